@@ -1,0 +1,335 @@
+//! Reading files: a scenario with the profiles and firmware models it names, resolved into a
+//! `Fleet`. Paths inside a file are relative to that file. Every problem in every file is
+//! collected, so one pass explains all of them.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Checker, ConfigError, ConfigErrors};
+use crate::firmware::{FirmwareFile, FirmwareModel};
+use crate::ids::{CohortId, DeviceId};
+use crate::profile::{LinkSpec, Profile, ProfileFile, validate_link};
+use crate::scenario::{ScenarioFile, ScenarioSettings};
+
+/// Where files come from: the file system, or files built into the binary (the demo).
+pub trait FileSource {
+    fn read(&self, path: &Path) -> Result<String, String>;
+}
+
+/// The file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FsSource;
+
+impl FileSource for FsSource {
+    fn read(&self, path: &Path) -> Result<String, String> {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))
+    }
+}
+
+/// Files compiled into the binary, by relative path (`scenarios/demo.toml`).
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddedSource(pub &'static [(&'static str, &'static str)]);
+
+impl FileSource for EmbeddedSource {
+    fn read(&self, path: &Path) -> Result<String, String> {
+        let key = normalize(path);
+        self.0
+            .iter()
+            .find(|(name, _)| Path::new(name) == key)
+            .map(|(_, text)| text.to_string())
+            .ok_or_else(|| "no such built-in file".to_string())
+    }
+}
+
+/// Lexically resolves `.` and `..` (no file-system access, so it works for built-in files too).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for comp in path.components() {
+        match comp {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// A path named inside `base_file`, resolved against that file's folder.
+pub fn relative_to(base_file: &Path, named: &str) -> PathBuf {
+    let named = Path::new(named);
+    if named.is_absolute() {
+        return named.to_path_buf();
+    }
+    normalize(&base_file.parent().unwrap_or(Path::new("")).join(named))
+}
+
+/// Parses TOML into `T`, reporting the key path and line of the first problem.
+pub fn parse_toml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, ConfigErrors> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(file, text, &e, String::new()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." { String::new() } else { path };
+        toml_error(file, text, e.inner(), key)
+    })
+}
+
+fn toml_error(file: &str, text: &str, e: &toml::de::Error, key: String) -> ConfigErrors {
+    let location = e
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            format!(" (line {line}, column {col})")
+        })
+        .unwrap_or_default();
+    let message = e.message().trim().to_string();
+    ConfigError::without_value(file, key, format!("{message}{location}")).into()
+}
+
+/// What kind of file a TOML document is, judged by its top-level keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Scenario,
+    Profile,
+    Firmware,
+}
+
+pub fn detect_kind(file: &str, text: &str) -> Result<FileKind, ConfigErrors> {
+    let table: toml::Table = parse_toml(file, text)?;
+    if table.contains_key("cohorts") {
+        Ok(FileKind::Scenario)
+    } else if table.contains_key("identity") {
+        Ok(FileKind::Profile)
+    } else if table.contains_key("versions") {
+        Ok(FileKind::Firmware)
+    } else {
+        Err(ConfigError::without_value(
+            file,
+            "",
+            "is not a scenario (has `cohorts`), a device profile (has `identity`) or a firmware model (has `versions`)",
+        )
+        .into())
+    }
+}
+
+/// One cohort with its files resolved.
+#[derive(Clone, Debug)]
+pub struct Cohort {
+    pub id: CohortId,
+    pub name: String,
+    pub count: u32,
+    /// Global id of the cohort's first device.
+    pub first_device: u32,
+    pub profile: Arc<Profile>,
+    pub firmware: Arc<FirmwareModel>,
+    pub firmware_version: u16,
+    pub link: LinkSpec,
+}
+
+/// A scenario resolved with everything it names: what the engine runs.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    pub scenario_path: String,
+    pub settings: ScenarioSettings,
+    pub cohorts: Vec<Cohort>,
+}
+
+impl Fleet {
+    pub fn total_devices(&self) -> u32 {
+        self.cohorts.iter().map(|c| c.count).sum()
+    }
+
+    /// The cohort a device belongs to.
+    pub fn cohort_of(&self, id: DeviceId) -> &Cohort {
+        let i = self.cohorts.partition_point(|c| c.first_device <= id.0);
+        &self.cohorts[i.saturating_sub(1)]
+    }
+
+    /// Scales cohort counts in proportion so they add up to `total` (largest remainder).
+    pub fn scale_to(&mut self, total: u32) {
+        let current: u64 = self.cohorts.iter().map(|c| u64::from(c.count)).sum();
+        if current == 0 {
+            return;
+        }
+        let mut counts: Vec<(usize, u32, u64)> = self
+            .cohorts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let exact = u64::from(c.count) * u64::from(total);
+                (i, (exact / current) as u32, exact % current)
+            })
+            .collect();
+        let assigned: u32 = counts.iter().map(|c| c.1).sum();
+        let mut order: Vec<usize> = (0..counts.len()).collect();
+        order.sort_by(|a, b| counts[*b].2.cmp(&counts[*a].2).then(a.cmp(b)));
+        for &i in order.iter().take((total - assigned) as usize) {
+            counts[i].1 += 1;
+        }
+        for (i, count, _) in counts {
+            self.cohorts[i].count = count;
+        }
+        self.renumber();
+    }
+
+    fn renumber(&mut self) {
+        let mut next = 0u32;
+        for c in &mut self.cohorts {
+            c.first_device = next;
+            next = next.saturating_add(c.count);
+        }
+    }
+}
+
+/// Loads and validates a scenario and everything it names.
+pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = source.read(path).map_err(|e| ConfigError::without_value(&file, "", e))?;
+    let raw: ScenarioFile = parse_toml(&file, &text)?;
+    let mut errors = ConfigErrors::default();
+    let settings = raw.validate_settings(&file).map_err(|e| errors.extend(e)).ok();
+
+    let mut profiles: HashMap<PathBuf, Option<(Arc<Profile>, PathBuf)>> = HashMap::new();
+    let mut models: HashMap<PathBuf, Option<Arc<FirmwareModel>>> = HashMap::new();
+    let mut cohorts = Vec::new();
+    let mut next_id = 0u64;
+    for (i, c) in raw.cohorts.iter().enumerate() {
+        let key = format!("cohorts[{i}]");
+        let profile_path = relative_to(path, &c.profile);
+        let loaded = profiles
+            .entry(profile_path.clone())
+            .or_insert_with(|| match load_profile(source, &profile_path) {
+                Ok(p) => Some((Arc::new(p), profile_path.clone())),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            })
+            .clone();
+        let Some((profile, profile_path)) = loaded else {
+            continue;
+        };
+        let model_path = relative_to(&profile_path, &profile.firmware_model);
+        let model = models
+            .entry(model_path.clone())
+            .or_insert_with(|| match load_firmware(source, &model_path) {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            })
+            .clone();
+        let Some(model) = model else { continue };
+        let mut ck = Checker::new(&file);
+        let version = c.firmware_version.as_deref().unwrap_or(&profile.firmware_version);
+        let version_key = if c.firmware_version.is_some() {
+            format!("{key}.firmware_version")
+        } else {
+            format!("{key}.profile ({}: firmware.version)", profile_path.display())
+        };
+        let firmware_version = match model.version_index(version) {
+            Some(v) => v,
+            None => {
+                ck.fail(
+                    &version_key,
+                    format!("{version:?}"),
+                    format!("is not a version of firmware model {} (versions: {})", model.name, model.version_list()),
+                );
+                0
+            }
+        };
+        let link = match &c.link {
+            Some(over) => validate_link(&mut ck, &format!("{key}.link"), &profile.link_raw.overridden_by(over)),
+            None => profile.link.clone(),
+        };
+        errors.extend(ck.errors);
+        if c.count == 0 {
+            errors.push(ConfigError::new(&file, format!("{key}.count"), 0, "must be at least 1"));
+        }
+        next_id += u64::from(c.count);
+        cohorts.push(Cohort {
+            id: CohortId(i as u16),
+            name: c.name.clone(),
+            count: c.count,
+            first_device: 0,
+            profile,
+            firmware: model,
+            firmware_version,
+            link,
+        });
+    }
+    if next_id > u64::from(MAX_DEVICES) {
+        errors.push(ConfigError::new(
+            &file,
+            "cohorts[*].count",
+            next_id,
+            format!("the fleet may hold at most {MAX_DEVICES} devices per process; split it with --shard K/N"),
+        ));
+    }
+    if raw.cohorts.len() > usize::from(u16::MAX) {
+        errors.push(ConfigError::new(&file, "cohorts", raw.cohorts.len(), "at most 65535 cohorts"));
+    }
+    let settings = match settings {
+        Some(s) if errors.is_empty() => s,
+        _ => return Err(errors),
+    };
+    let mut fleet = Fleet {
+        scenario_path: file,
+        settings,
+        cohorts,
+    };
+    fleet.renumber();
+    Ok(fleet)
+}
+
+/// The most devices one process simulates (ids are u32 and per-process tables are indexed by them).
+pub const MAX_DEVICES: u32 = 50_000_000;
+
+pub fn load_profile(source: &dyn FileSource, path: &Path) -> Result<Profile, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = source.read(path).map_err(|e| ConfigError::without_value(&file, "", e))?;
+    let raw: ProfileFile = parse_toml(&file, &text)?;
+    raw.validate(&file)
+}
+
+pub fn load_firmware(source: &dyn FileSource, path: &Path) -> Result<FirmwareModel, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = source.read(path).map_err(|e| ConfigError::without_value(&file, "", e))?;
+    let raw: FirmwareFile = parse_toml(&file, &text)?;
+    raw.validate(&file)
+}
+
+/// Validates any of the three file kinds; scenarios are checked with everything they name.
+pub fn validate_file(source: &dyn FileSource, path: &Path) -> Result<FileKind, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = source.read(path).map_err(|e| ConfigError::without_value(&file, "", e))?;
+    let kind = detect_kind(&file, &text)?;
+    match kind {
+        FileKind::Scenario => load_fleet(source, path).map(|_| kind),
+        FileKind::Profile => {
+            let profile = load_profile(source, path)?;
+            // A profile is only usable with its firmware model: check that too.
+            let model = load_firmware(source, &relative_to(path, &profile.firmware_model))?;
+            match model.version_index(&profile.firmware_version) {
+                Some(_) => Ok(kind),
+                None => Err(ConfigError::new(
+                    &file,
+                    "firmware.version",
+                    format!("{:?}", profile.firmware_version),
+                    format!("is not a version of firmware model {} (versions: {})", model.name, model.version_list()),
+                )
+                .into()),
+            }
+        }
+        FileKind::Firmware => load_firmware(source, path).map(|_| kind),
+    }
+}

@@ -1,0 +1,780 @@
+//! Device profiles: one TOML file per device type (`device-profiles/*.toml`).
+//!
+//! Raw structs mirror the file (`deny_unknown_fields`); `validate()` turns them into trusted
+//! types or a list of every problem, each naming the file, the key, the value and the expectation.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::defaults;
+use crate::dist::{Dist, DistSpec};
+use crate::error::{Checker, ConfigErrors};
+use crate::template::{Template, Var};
+use crate::time::{SimDuration, parse_duration};
+
+// ---------------------------------------------------------------- raw (as written) ----------
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub identity: IdentityRaw,
+    pub reporting: ReportingRaw,
+    #[serde(default)]
+    pub sensors: BTreeMap<String, SensorRaw>,
+    pub battery: Option<BatteryRaw>,
+    #[serde(default)]
+    pub link: LinkRaw,
+    pub firmware: FirmwareRefRaw,
+    #[serde(default)]
+    pub mqtt: MqttRaw,
+    #[serde(default)]
+    pub commands: CommandsRaw,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityRaw {
+    pub device_id: String,
+    pub client_id: Option<String>,
+    pub telemetry_topic: String,
+    pub command_topic: Option<String>,
+    pub response_topic: Option<String>,
+    pub status_topic: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportingRaw {
+    pub interval: String,
+    #[serde(default)]
+    pub jitter: f64,
+    #[serde(default)]
+    pub qos: u8,
+    #[serde(default)]
+    pub retain: bool,
+    #[serde(default = "defaults::offline_buffer")]
+    pub offline_buffer: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorKind {
+    Constant,
+    Normal,
+    RandomWalk,
+    Sine,
+    Counter,
+}
+
+/// A sensor as written: `kind` says which of the other fields apply.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorRaw {
+    pub kind: SensorKind,
+    pub unit: Option<String>,
+    #[serde(default = "defaults::decimals")]
+    pub decimals: u8,
+    /// constant: the value
+    pub value: Option<f64>,
+    /// normal, sine: the centre
+    pub mean: Option<f64>,
+    /// normal: standard deviation
+    pub sigma: Option<f64>,
+    /// random_walk, counter: the first value
+    pub start: Option<f64>,
+    /// random_walk: standard deviation of one step (per report)
+    pub step: Option<f64>,
+    /// random_walk: bounds
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// sine: amplitude and period
+    pub amplitude: Option<f64>,
+    pub period: Option<String>,
+    /// sine: phase as a fraction of the period (0..1); "random" gives each device its own
+    pub phase: Option<PhaseRaw>,
+    /// sine: added normal noise
+    pub noise: Option<f64>,
+    /// counter: mean increase per second, and its relative spread per report
+    pub rate_per_s: Option<f64>,
+    pub rate_sigma: Option<f64>,
+    #[serde(default)]
+    pub faults: SensorFaultsRaw,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PhaseRaw {
+    Fixed(f64),
+    Named(String),
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorFaultsRaw {
+    #[serde(default)]
+    pub spike_probability: f64,
+    #[serde(default)]
+    pub spike_magnitude: f64,
+    #[serde(default)]
+    pub stuck_probability: f64,
+    pub stuck_duration: Option<String>,
+    #[serde(default)]
+    pub drift_per_hour: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatteryRaw {
+    pub capacity_mah: f64,
+    pub idle_ma: f64,
+    pub tx_mah: f64,
+    /// Starting charge in percent: a number, or `[min, max]` drawn per device.
+    #[serde(default = "defaults::start_percent")]
+    pub start_percent: StartPercentRaw,
+    #[serde(default = "defaults::low_percent")]
+    pub low_percent: f64,
+    #[serde(default = "defaults::low_interval_factor")]
+    pub low_interval_factor: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StartPercentRaw {
+    Fixed(f64),
+    Range([f64; 2]),
+}
+
+/// A link model; every field optional so a cohort can override some of a profile's.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRaw {
+    pub latency_ms: Option<DistSpec>,
+    pub loss: Option<f64>,
+    /// Mean time between link drops, or "never".
+    pub mtbf: Option<String>,
+    pub mttr_s: Option<DistSpec>,
+    pub connect_timeout: Option<String>,
+    pub reconnect: Option<BackoffRaw>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffRaw {
+    pub initial: String,
+    pub max: String,
+    #[serde(default = "defaults::backoff_multiplier")]
+    pub multiplier: f64,
+    #[serde(default = "defaults::backoff_jitter")]
+    pub jitter: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareRefRaw {
+    /// Path to the firmware model, relative to this profile.
+    pub model: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttRaw {
+    #[serde(default = "defaults::keep_alive")]
+    pub keep_alive: String,
+    #[serde(default = "defaults::yes")]
+    pub clean_session: bool,
+    /// v5 session expiry for persistent sessions.
+    #[serde(default)]
+    pub session_expiry: Option<String>,
+    #[serde(default = "defaults::yes")]
+    pub last_will: bool,
+}
+
+impl Default for MqttRaw {
+    fn default() -> Self {
+        MqttRaw {
+            keep_alive: defaults::keep_alive(),
+            clean_session: true,
+            session_expiry: None,
+            last_will: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsRaw {
+    #[serde(default = "defaults::commands")]
+    pub enabled: Vec<String>,
+    #[serde(default = "defaults::one")]
+    pub qos: u8,
+}
+
+impl Default for CommandsRaw {
+    fn default() -> Self {
+        CommandsRaw {
+            enabled: defaults::commands(),
+            qos: 1,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- validated ----------------
+
+/// MQTT quality of service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Qos {
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+impl Qos {
+    pub fn from_u8(v: u8) -> Option<Qos> {
+        match v {
+            0 => Some(Qos::AtMostOnce),
+            1 => Some(Qos::AtLeastOnce),
+            2 => Some(Qos::ExactlyOnce),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub device_id: Template,
+    pub client_id: Template,
+    pub telemetry_topic: Template,
+    pub command_topic: Option<Template>,
+    pub response_topic: Option<Template>,
+    pub status_topic: Option<Template>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Reporting {
+    pub interval: SimDuration,
+    pub jitter: f64,
+    pub qos: Qos,
+    pub retain: bool,
+    pub offline_buffer: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum SensorModel {
+    Constant { value: f64 },
+    Normal { mean: f64, sigma: f64 },
+    RandomWalk { start: f64, step: f64, min: f64, max: f64 },
+    Sine { mean: f64, amplitude: f64, period: SimDuration, phase: Option<f64>, noise: f64 },
+    Counter { start: f64, rate_per_s: f64, rate_sigma: f64 },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SensorFaults {
+    pub spike_probability: f64,
+    pub spike_magnitude: f64,
+    pub stuck_probability: f64,
+    pub stuck_duration: SimDuration,
+    pub drift_per_hour: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct SensorSpec {
+    pub name: String,
+    pub unit: Option<String>,
+    pub decimals: u8,
+    pub model: SensorModel,
+    pub faults: SensorFaults,
+}
+
+#[derive(Clone, Debug)]
+pub struct BatterySpec {
+    pub capacity_mah: f64,
+    pub idle_ma: f64,
+    pub tx_mah: f64,
+    pub start_percent: (f64, f64),
+    pub low_percent: f64,
+    pub low_interval_factor: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    pub initial: SimDuration,
+    pub max: SimDuration,
+    pub multiplier: f64,
+    /// Fraction of the delay drawn at random: delay * (1 - jitter * u), u in [0, 1).
+    pub jitter: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct LinkSpec {
+    pub latency_ms: Dist,
+    pub loss: f64,
+    pub mtbf: Option<SimDuration>,
+    pub mttr_s: Dist,
+    pub connect_timeout: SimDuration,
+    pub reconnect: Backoff,
+}
+
+#[derive(Clone, Debug)]
+pub struct MqttSpec {
+    pub keep_alive: SimDuration,
+    pub clean_session: bool,
+    pub session_expiry: Option<SimDuration>,
+    pub last_will: bool,
+}
+
+/// Commands a device answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandSet {
+    pub set_interval: bool,
+    pub reboot: bool,
+    pub ping: bool,
+    pub report_now: bool,
+}
+
+pub const COMMAND_NAMES: &[&str] = &["set_interval", "reboot", "ping", "report_now"];
+
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    pub identity: Identity,
+    pub reporting: Reporting,
+    pub sensors: Vec<SensorSpec>,
+    pub battery: Option<BatterySpec>,
+    /// Kept raw so a cohort can override parts of it before it is validated.
+    pub link_raw: LinkRaw,
+    pub link: LinkSpec,
+    pub firmware_model: String,
+    pub firmware_version: String,
+    pub mqtt: MqttSpec,
+    pub commands: CommandSet,
+    pub command_qos: Qos,
+}
+
+const DEVICE_ID_VARS: &[Var] = &[Var::Id, Var::Index, Var::Cohort, Var::Profile];
+const TOPIC_VARS: &[Var] = &[Var::Id, Var::Index, Var::Cohort, Var::Profile, Var::DeviceId];
+
+fn template(c: &mut Checker, key: &str, text: &str, vars: &[Var], topic: bool) -> Template {
+    match Template::parse(text, vars) {
+        Ok(t) if topic && t.has_topic_wildcards() => {
+            c.fail(key, format!("{text:?}"), "a topic to publish on must not contain + or #");
+            t
+        }
+        Ok(t) if topic && text.is_empty() => {
+            c.fail(key, "\"\"", "must not be empty");
+            t
+        }
+        Ok(t) => t,
+        Err(e) => {
+            c.fail(key, format!("{text:?}"), e);
+            Template::parse("", &[]).unwrap_or_else(|_| unreachable!("the empty template parses"))
+        }
+    }
+}
+
+pub(crate) fn duration(c: &mut Checker, key: &str, text: &str) -> SimDuration {
+    match parse_duration(text) {
+        Ok(d) => d,
+        Err(e) => {
+            c.fail(key, format!("{text:?}"), format!("must be a duration like \"30s\" or \"5m\" ({e})"));
+            SimDuration::ZERO
+        }
+    }
+}
+
+pub(crate) fn positive_duration(c: &mut Checker, key: &str, text: &str) -> SimDuration {
+    let d = duration(c, key, text);
+    if d == SimDuration::ZERO && parse_duration(text).is_ok() {
+        c.fail(key, format!("{text:?}"), "must be longer than zero");
+    }
+    d
+}
+
+impl ProfileFile {
+    pub fn validate(&self, file: &str) -> Result<Profile, ConfigErrors> {
+        let mut c = Checker::new(file);
+        if self.name.is_empty() || !self.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            c.fail("name", format!("{:?}", self.name), "must be non-empty letters, digits, - or _");
+        }
+        let id = &self.identity;
+        let identity = Identity {
+            device_id: template(&mut c, "identity.device_id", &id.device_id, DEVICE_ID_VARS, false),
+            client_id: template(
+                &mut c,
+                "identity.client_id",
+                id.client_id.as_deref().unwrap_or("{device_id}"),
+                TOPIC_VARS,
+                false,
+            ),
+            telemetry_topic: template(&mut c, "identity.telemetry_topic", &id.telemetry_topic, TOPIC_VARS, true),
+            command_topic: id
+                .command_topic
+                .as_deref()
+                .map(|t| template(&mut c, "identity.command_topic", t, TOPIC_VARS, true)),
+            response_topic: id
+                .response_topic
+                .as_deref()
+                .map(|t| template(&mut c, "identity.response_topic", t, TOPIC_VARS, true)),
+            status_topic: id
+                .status_topic
+                .as_deref()
+                .map(|t| template(&mut c, "identity.status_topic", t, TOPIC_VARS, true)),
+        };
+        if id.device_id.is_empty() {
+            c.fail("identity.device_id", "\"\"", "must not be empty");
+        } else if !identity.device_id.uses(Var::Id) && !identity.device_id.uses(Var::Index) {
+            c.fail(
+                "identity.device_id",
+                format!("{:?}", id.device_id),
+                "must contain {id} or {index} so every device gets its own id",
+            );
+        }
+        if identity.command_topic.is_some() != identity.response_topic.is_some() {
+            c.fail_key(
+                "identity.response_topic",
+                "command_topic and response_topic go together: set both or neither",
+            );
+        }
+
+        let r = &self.reporting;
+        let reporting = Reporting {
+            interval: positive_duration(&mut c, "reporting.interval", &r.interval),
+            jitter: r.jitter,
+            qos: Qos::from_u8(r.qos).unwrap_or(Qos::AtMostOnce),
+            retain: r.retain,
+            offline_buffer: r.offline_buffer,
+        };
+        c.check((0.0..1.0).contains(&r.jitter), "reporting.jitter", r.jitter, "must be a fraction in [0, 1)");
+        c.check(r.qos <= 2, "reporting.qos", r.qos, "must be 0, 1 or 2");
+        c.check(
+            r.offline_buffer <= defaults::MAX_OFFLINE_BUFFER,
+            "reporting.offline_buffer",
+            r.offline_buffer,
+            &format!("must be at most {}", defaults::MAX_OFFLINE_BUFFER),
+        );
+
+        let sensors = self
+            .sensors
+            .iter()
+            .map(|(name, s)| validate_sensor(&mut c, name, s))
+            .collect();
+
+        let battery = self.battery.as_ref().map(|b| validate_battery(&mut c, b));
+        let link = validate_link(&mut c, "link", &self.link);
+
+        let mqtt = MqttSpec {
+            keep_alive: duration(&mut c, "mqtt.keep_alive", &self.mqtt.keep_alive),
+            clean_session: self.mqtt.clean_session,
+            session_expiry: self
+                .mqtt
+                .session_expiry
+                .as_deref()
+                .map(|t| duration(&mut c, "mqtt.session_expiry", t)),
+            last_will: self.mqtt.last_will,
+        };
+        c.check(
+            mqtt.keep_alive.as_micros() <= 65_535_000_000,
+            "mqtt.keep_alive",
+            &self.mqtt.keep_alive,
+            "must be at most 65535s (MQTT limit)",
+        );
+        if self.mqtt.last_will && identity.status_topic.is_none() {
+            // A will needs a topic; silently turning it off would surprise a user.
+            c.fail_key("mqtt.last_will", "needs identity.status_topic (the will is published there)");
+        }
+
+        let mut commands = CommandSet::default();
+        for (i, name) in self.commands.enabled.iter().enumerate() {
+            match name.as_str() {
+                "set_interval" => commands.set_interval = true,
+                "reboot" => commands.reboot = true,
+                "ping" => commands.ping = true,
+                "report_now" => commands.report_now = true,
+                other => c.fail(
+                    &format!("commands.enabled[{i}]"),
+                    format!("{other:?}"),
+                    format!("must be one of {}", COMMAND_NAMES.join(", ")),
+                ),
+            }
+        }
+        c.check(self.commands.qos <= 2, "commands.qos", self.commands.qos, "must be 0, 1 or 2");
+        if !self.commands.enabled.is_empty() && identity.command_topic.is_none() {
+            c.fail_key(
+                "identity.command_topic",
+                "commands are enabled, so a command_topic (and response_topic) is needed; or set commands.enabled = []",
+            );
+        }
+        c.check(!self.firmware.model.is_empty(), "firmware.model", "\"\"", "must name a firmware model file");
+
+        let profile = Profile {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            identity,
+            reporting,
+            sensors,
+            battery,
+            link_raw: self.link.clone(),
+            link,
+            firmware_model: self.firmware.model.clone(),
+            firmware_version: self.firmware.version.clone(),
+            mqtt,
+            commands,
+            command_qos: Qos::from_u8(self.commands.qos).unwrap_or(Qos::AtLeastOnce),
+        };
+        c.errors.into_result(profile)
+    }
+}
+
+fn require(c: &mut Checker, key: &str, field: &str, v: Option<f64>, kind: &str) -> f64 {
+    match v {
+        Some(x) if x.is_finite() => x,
+        Some(x) => {
+            c.fail(&format!("{key}.{field}"), x, "must be a finite number");
+            0.0
+        }
+        None => {
+            c.fail_key(&format!("{key}.{field}"), format!("is required for kind = \"{kind}\""));
+            0.0
+        }
+    }
+}
+
+fn validate_sensor(c: &mut Checker, name: &str, s: &SensorRaw) -> SensorSpec {
+    let key = format!("sensors.{name}");
+    if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+        c.fail(&key, format!("{name:?}"), "a sensor name must be letters, digits or _ (it becomes a JSON key)");
+    }
+    let allowed: &[&str] = match s.kind {
+        SensorKind::Constant => &["value"],
+        SensorKind::Normal => &["mean", "sigma"],
+        SensorKind::RandomWalk => &["start", "step", "min", "max"],
+        SensorKind::Sine => &["mean", "amplitude", "period", "phase", "noise"],
+        SensorKind::Counter => &["start", "rate_per_s", "rate_sigma"],
+    };
+    let present = [
+        ("value", s.value.is_some()),
+        ("mean", s.mean.is_some()),
+        ("sigma", s.sigma.is_some()),
+        ("start", s.start.is_some()),
+        ("step", s.step.is_some()),
+        ("min", s.min.is_some()),
+        ("max", s.max.is_some()),
+        ("amplitude", s.amplitude.is_some()),
+        ("period", s.period.is_some()),
+        ("phase", s.phase.is_some()),
+        ("noise", s.noise.is_some()),
+        ("rate_per_s", s.rate_per_s.is_some()),
+        ("rate_sigma", s.rate_sigma.is_some()),
+    ];
+    let kind_name = format!("{:?}", s.kind).to_lowercase();
+    for (field, is_set) in present {
+        if is_set && !allowed.contains(&field) {
+            c.fail_key(
+                &format!("{key}.{field}"),
+                format!("does not apply to kind = \"{kind_name}\" (it takes: {})", allowed.join(", ")),
+            );
+        }
+    }
+    let model = match s.kind {
+        SensorKind::Constant => SensorModel::Constant {
+            value: require(c, &key, "value", s.value, "constant"),
+        },
+        SensorKind::Normal => {
+            let sigma = require(c, &key, "sigma", s.sigma, "normal");
+            c.check(sigma >= 0.0, &format!("{key}.sigma"), sigma, "must be >= 0");
+            SensorModel::Normal {
+                mean: require(c, &key, "mean", s.mean, "normal"),
+                sigma,
+            }
+        }
+        SensorKind::RandomWalk => {
+            let (start, step) = (
+                require(c, &key, "start", s.start, "random_walk"),
+                require(c, &key, "step", s.step, "random_walk"),
+            );
+            let (min, max) = (
+                require(c, &key, "min", s.min, "random_walk"),
+                require(c, &key, "max", s.max, "random_walk"),
+            );
+            c.check(step >= 0.0, &format!("{key}.step"), step, "must be >= 0");
+            c.check(min <= max, &format!("{key}.max"), max, &format!("must be >= min ({min})"));
+            c.check(
+                (min..=max).contains(&start),
+                &format!("{key}.start"),
+                start,
+                &format!("must lie within min..max ({min}..{max})"),
+            );
+            SensorModel::RandomWalk { start, step, min, max }
+        }
+        SensorKind::Sine => {
+            let period = match &s.period {
+                Some(p) => positive_duration(c, &format!("{key}.period"), p),
+                None => {
+                    c.fail_key(&format!("{key}.period"), "is required for kind = \"sine\"");
+                    SimDuration::from_secs(1)
+                }
+            };
+            let phase = match &s.phase {
+                None => Some(0.0),
+                Some(PhaseRaw::Fixed(p)) => {
+                    c.check((0.0..=1.0).contains(p), &format!("{key}.phase"), p, "must be a fraction of the period in [0, 1] or \"random\"");
+                    Some(*p)
+                }
+                Some(PhaseRaw::Named(n)) if n == "random" => None,
+                Some(PhaseRaw::Named(n)) => {
+                    c.fail(&format!("{key}.phase"), format!("{n:?}"), "must be a fraction in [0, 1] or \"random\"");
+                    Some(0.0)
+                }
+            };
+            let noise = s.noise.unwrap_or(0.0);
+            c.check(noise >= 0.0, &format!("{key}.noise"), noise, "must be >= 0");
+            SensorModel::Sine {
+                mean: require(c, &key, "mean", s.mean, "sine"),
+                amplitude: require(c, &key, "amplitude", s.amplitude, "sine"),
+                period,
+                phase,
+                noise,
+            }
+        }
+        SensorKind::Counter => {
+            let rate = require(c, &key, "rate_per_s", s.rate_per_s, "counter");
+            let rate_sigma = s.rate_sigma.unwrap_or(0.0);
+            c.check(rate >= 0.0, &format!("{key}.rate_per_s"), rate, "must be >= 0 (a counter only grows)");
+            c.check(rate_sigma >= 0.0, &format!("{key}.rate_sigma"), rate_sigma, "must be >= 0");
+            SensorModel::Counter {
+                start: s.start.unwrap_or(0.0),
+                rate_per_s: rate,
+                rate_sigma,
+            }
+        }
+    };
+    c.check(s.decimals <= 9, &format!("{key}.decimals"), s.decimals, "must be 0..=9");
+    let f = &s.faults;
+    c.probability(&format!("{key}.faults.spike_probability"), f.spike_probability);
+    c.probability(&format!("{key}.faults.stuck_probability"), f.stuck_probability);
+    c.finite_at_least(&format!("{key}.faults.spike_magnitude"), f.spike_magnitude, f64::MIN);
+    c.finite_at_least(&format!("{key}.faults.drift_per_hour"), f.drift_per_hour, f64::MIN);
+    let stuck_duration = match &f.stuck_duration {
+        Some(d) => duration(c, &format!("{key}.faults.stuck_duration"), d),
+        None if f.stuck_probability > 0.0 => {
+            c.fail_key(&format!("{key}.faults.stuck_duration"), "is required when stuck_probability > 0");
+            SimDuration::ZERO
+        }
+        None => SimDuration::ZERO,
+    };
+    SensorSpec {
+        name: name.to_string(),
+        unit: s.unit.clone(),
+        decimals: s.decimals.min(9),
+        model,
+        faults: SensorFaults {
+            spike_probability: f.spike_probability,
+            spike_magnitude: f.spike_magnitude,
+            stuck_probability: f.stuck_probability,
+            stuck_duration,
+            drift_per_hour: f.drift_per_hour,
+        },
+    }
+}
+
+fn validate_battery(c: &mut Checker, b: &BatteryRaw) -> BatterySpec {
+    c.check(b.capacity_mah.is_finite() && b.capacity_mah > 0.0, "battery.capacity_mah", b.capacity_mah, "must be > 0");
+    c.finite_at_least("battery.idle_ma", b.idle_ma, 0.0);
+    c.finite_at_least("battery.tx_mah", b.tx_mah, 0.0);
+    let start = match b.start_percent {
+        StartPercentRaw::Fixed(p) => (p, p),
+        StartPercentRaw::Range([lo, hi]) => (lo, hi),
+    };
+    c.check(
+        (0.0..=100.0).contains(&start.0) && (0.0..=100.0).contains(&start.1) && start.0 <= start.1,
+        "battery.start_percent",
+        format!("{:?}", start),
+        "must be a percentage, or [min, max] with 0 <= min <= max <= 100",
+    );
+    c.check((0.0..=100.0).contains(&b.low_percent), "battery.low_percent", b.low_percent, "must be 0..=100");
+    c.check(
+        b.low_interval_factor.is_finite() && b.low_interval_factor >= 1.0,
+        "battery.low_interval_factor",
+        b.low_interval_factor,
+        "must be >= 1 (low battery reports less often, never more)",
+    );
+    BatterySpec {
+        capacity_mah: b.capacity_mah,
+        idle_ma: b.idle_ma,
+        tx_mah: b.tx_mah,
+        start_percent: start,
+        low_percent: b.low_percent,
+        low_interval_factor: b.low_interval_factor,
+    }
+}
+
+/// Validates a (possibly merged) link model; `key` is the section's key path for messages.
+pub fn validate_link(c: &mut Checker, key: &str, l: &LinkRaw) -> LinkSpec {
+    let latency_ms = match &l.latency_ms {
+        Some(spec) => Dist::validate(spec, &format!("{key}.latency_ms"), c),
+        None => Dist::Constant(0.0),
+    };
+    let loss = l.loss.unwrap_or(0.0);
+    c.check((0.0..1.0).contains(&loss), &format!("{key}.loss"), loss, "must be a probability in [0, 1)");
+    let mtbf = match l.mtbf.as_deref() {
+        None | Some("never") => None,
+        Some(t) => Some(positive_duration(c, &format!("{key}.mtbf"), t)),
+    };
+    let mttr_s = match &l.mttr_s {
+        Some(spec) => Dist::validate(spec, &format!("{key}.mttr_s"), c),
+        None => Dist::Constant(defaults::MTTR_S),
+    };
+    let connect_timeout = match &l.connect_timeout {
+        Some(t) => positive_duration(c, &format!("{key}.connect_timeout"), t),
+        None => defaults::CONNECT_TIMEOUT,
+    };
+    let reconnect = match &l.reconnect {
+        None => defaults::backoff(),
+        Some(b) => {
+            let k = format!("{key}.reconnect");
+            let initial = positive_duration(c, &format!("{k}.initial"), &b.initial);
+            let max = positive_duration(c, &format!("{k}.max"), &b.max);
+            c.check(max >= initial, &format!("{k}.max"), &b.max, &format!("must be >= initial ({})", b.initial));
+            c.check(
+                b.multiplier.is_finite() && b.multiplier >= 1.0,
+                &format!("{k}.multiplier"),
+                b.multiplier,
+                "must be >= 1",
+            );
+            c.check((0.0..=1.0).contains(&b.jitter), &format!("{k}.jitter"), b.jitter, "must be a fraction in [0, 1]");
+            Backoff {
+                initial,
+                max,
+                multiplier: b.multiplier,
+                jitter: b.jitter,
+            }
+        }
+    };
+    LinkSpec {
+        latency_ms,
+        loss,
+        mtbf,
+        mttr_s,
+        connect_timeout,
+        reconnect,
+    }
+}
+
+impl LinkRaw {
+    /// `over`'s fields win where set.
+    pub fn overridden_by(&self, over: &LinkRaw) -> LinkRaw {
+        LinkRaw {
+            latency_ms: over.latency_ms.clone().or_else(|| self.latency_ms.clone()),
+            loss: over.loss.or(self.loss),
+            mtbf: over.mtbf.clone().or_else(|| self.mtbf.clone()),
+            mttr_s: over.mttr_s.clone().or_else(|| self.mttr_s.clone()),
+            connect_timeout: over.connect_timeout.clone().or_else(|| self.connect_timeout.clone()),
+            reconnect: over.reconnect.clone().or_else(|| self.reconnect.clone()),
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Scenarios: what to run (`scenarios/*.toml`): seed, duration, clock, broker, cohorts, ramp-up,
+//! timed fleet events and SLO thresholds.
+
+use serde::Deserialize;
+
+use crate::defaults;
+use crate::dist::{Dist, DistSpec};
+use crate::error::{Checker, ConfigErrors};
+use crate::profile::{LinkRaw, duration, positive_duration};
+use crate::slo::{SloBound, SloSpec, metric_is_known, METRIC_NAMES};
+use crate::time::SimDuration;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    pub duration: String,
+    #[serde(default)]
+    pub clock: Clock,
+    /// Wall-clock instant (ms since the Unix epoch) a virtual run starts at.
+    pub start_epoch_ms: Option<u64>,
+    /// After `duration`, how long to wait for outstanding acknowledgements.
+    #[serde(default = "defaults::drain")]
+    pub drain: String,
+    pub broker: Option<BrokerRaw>,
+    #[serde(default)]
+    pub mqtt: MqttSessionRaw,
+    #[serde(default)]
+    pub embedded_broker: EmbeddedBrokerRaw,
+    #[serde(default)]
+    pub ramp: RampRaw,
+    pub cohorts: Vec<CohortRaw>,
+    #[serde(default)]
+    pub events: Vec<EventRaw>,
+    #[serde(default)]
+    pub slo: Vec<SloRaw>,
+    #[serde(default)]
+    pub sim_broker: SimBrokerRaw,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clock {
+    /// Real time, real sockets.
+    #[default]
+    Wall,
+    /// Discrete-event time against a simulated broker, as fast as the CPU goes.
+    Virtual,
+}
+
+impl Clock {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Clock::Wall => "wall",
+            Clock::Virtual => "virtual",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerRaw {
+    /// One broker URL, `mqtt://host:port`.
+    pub url: Option<String>,
+    /// Several listeners of one broker (or a cluster): sessions are spread over them.
+    #[serde(default)]
+    pub urls: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MqttVersion {
+    #[default]
+    V311,
+    V5,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSessionRaw {
+    #[serde(default)]
+    pub version: MqttVersion,
+    /// Disable Nagle: lower latency for paced QoS 1, more packets for floods.
+    #[serde(default = "crate::defaults::yes")]
+    pub tcp_nodelay: bool,
+    /// Local addresses sessions bind to, round-robin by device id (127.0.0.x or this host's IPs).
+    #[serde(default)]
+    pub source_addrs: Vec<String>,
+}
+
+impl Default for MqttSessionRaw {
+    fn default() -> Self {
+        MqttSessionRaw {
+            version: MqttVersion::V311,
+            tcp_nodelay: true,
+            source_addrs: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBrokerRaw {
+    /// Listener count; 0 = one per 2,000 devices, at least one.
+    #[serde(default)]
+    pub listeners: u16,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RampMode {
+    /// Everyone at once.
+    All,
+    /// Evenly spaced arrivals at `per_second`.
+    #[default]
+    Rate,
+    /// Poisson arrivals with mean rate `per_second`.
+    Poisson,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RampRaw {
+    #[serde(default)]
+    pub mode: RampMode,
+    #[serde(default = "defaults::ramp_per_second")]
+    pub per_second: f64,
+}
+
+impl Default for RampRaw {
+    fn default() -> Self {
+        RampRaw {
+            mode: RampMode::Rate,
+            per_second: defaults::RAMP_PER_SECOND,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CohortRaw {
+    pub name: String,
+    /// Path to a device profile, relative to this scenario file.
+    pub profile: String,
+    pub count: u32,
+    /// Overrides the profile's firmware version.
+    pub firmware_version: Option<String>,
+    /// Overrides fields of the profile's link model.
+    pub link: Option<LinkRaw>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A fraction of the fleet loses its link for `duration`, then reconnects through backoff.
+    Outage,
+    /// A fraction of the fleet reboots, spread over `spread`.
+    RebootWave,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRaw {
+    pub at: String,
+    pub kind: EventKind,
+    pub fraction: f64,
+    pub duration: Option<String>,
+    pub spread: Option<String>,
+    /// Only devices of this cohort.
+    pub cohort: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SloRaw {
+    pub name: String,
+    pub metric: String,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimBrokerRaw {
+    /// Broker service time per request, microseconds (virtual clock only).
+    pub service_us: DistSpec,
+}
+
+impl Default for SimBrokerRaw {
+    fn default() -> Self {
+        SimBrokerRaw {
+            service_us: DistSpec::Lognormal {
+                median: defaults::SIM_BROKER_SERVICE_MEDIAN_US,
+                sigma: defaults::SIM_BROKER_SERVICE_SIGMA,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------- validated ----------------
+
+#[derive(Clone, Debug)]
+pub enum FleetEventKind {
+    Outage { duration: SimDuration },
+    RebootWave { spread: SimDuration },
+}
+
+#[derive(Clone, Debug)]
+pub struct FleetEvent {
+    pub at: SimDuration,
+    pub fraction: f64,
+    pub cohort: Option<String>,
+    pub kind: FleetEventKind,
+}
+
+/// The scenario's own settings, validated; cohorts are resolved with their files in `load`.
+#[derive(Clone, Debug)]
+pub struct ScenarioSettings {
+    pub name: String,
+    pub description: String,
+    pub seed: u64,
+    pub duration: SimDuration,
+    pub clock: Clock,
+    pub start_epoch_ms: Option<u64>,
+    pub drain: SimDuration,
+    pub broker_urls: Vec<String>,
+    pub mqtt_version: MqttVersion,
+    pub tcp_nodelay: bool,
+    pub source_addrs: Vec<std::net::IpAddr>,
+    pub embedded_listeners: u16,
+    pub ramp_mode: RampMode,
+    pub ramp_per_second: f64,
+    pub events: Vec<FleetEvent>,
+    pub slos: Vec<SloSpec>,
+    pub sim_broker_service_us: Dist,
+}
+
+/// `mqtt://host:port` (port defaults to 1883).
+pub fn check_broker_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or("must start with mqtt:// (mqtts:// comes with TLS support)")?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err("has no host".into());
+    }
+    if let Some((host, port)) = rest.rsplit_once(':')
+        && !host.ends_with(']')
+        && !host.is_empty()
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("port `{port}` is not a number 1..65535"));
+    }
+    Ok(())
+}
+
+impl ScenarioFile {
+    pub fn validate_settings(&self, file: &str) -> Result<ScenarioSettings, ConfigErrors> {
+        let mut c = Checker::new(file);
+        c.check(!self.name.is_empty(), "name", "\"\"", "must not be empty");
+        let run_duration = positive_duration(&mut c, "duration", &self.duration);
+        let drain = duration(&mut c, "drain", &self.drain);
+        let mut broker_urls = Vec::new();
+        if let Some(b) = &self.broker {
+            if let Some(u) = &b.url {
+                broker_urls.push(u.clone());
+            }
+            broker_urls.extend(b.urls.iter().cloned());
+            if broker_urls.is_empty() {
+                c.fail_key("broker", "needs url = \"mqtt://host:port\" or urls = [...]; remove [broker] to use the embedded broker");
+            }
+        }
+        for (i, u) in broker_urls.iter().enumerate() {
+            if let Err(e) = check_broker_url(u) {
+                c.fail(&format!("broker.urls[{i}]"), format!("{u:?}"), e);
+            }
+        }
+        let mut source_addrs = Vec::new();
+        for (i, a) in self.mqtt.source_addrs.iter().enumerate() {
+            match a.parse() {
+                Ok(ip) => source_addrs.push(ip),
+                Err(_) => c.fail(&format!("mqtt.source_addrs[{i}]"), format!("{a:?}"), "must be an IP address like 127.0.0.2"),
+            }
+        }
+        c.check(
+            self.ramp.per_second.is_finite() && self.ramp.per_second > 0.0,
+            "ramp.per_second",
+            self.ramp.per_second,
+            "must be > 0",
+        );
+        c.check(!self.cohorts.is_empty(), "cohorts", "[]", "must list at least one cohort");
+        for (i, cohort) in self.cohorts.iter().enumerate() {
+            if self.cohorts[..i].iter().any(|o| o.name == cohort.name) {
+                c.fail(&format!("cohorts[{i}].name"), format!("{:?}", cohort.name), "is used by an earlier cohort");
+            }
+            if cohort.name.is_empty() {
+                c.fail(&format!("cohorts[{i}].name"), "\"\"", "must not be empty");
+            }
+        }
+        let mut events = Vec::new();
+        for (i, e) in self.events.iter().enumerate() {
+            let key = format!("events[{i}]");
+            let at = duration(&mut c, &format!("{key}.at"), &e.at);
+            c.check(
+                e.fraction > 0.0 && e.fraction <= 1.0,
+                &format!("{key}.fraction"),
+                e.fraction,
+                "must be in (0, 1]",
+            );
+            if let Some(name) = &e.cohort
+                && !self.cohorts.iter().any(|co| &co.name == name)
+            {
+                c.fail(&format!("{key}.cohort"), format!("{name:?}"), "must name a cohort of this scenario");
+            }
+            let kind = match e.kind {
+                EventKind::Outage => {
+                    if e.spread.is_some() {
+                        c.fail_key(&format!("{key}.spread"), "applies to reboot_wave, not outage");
+                    }
+                    match &e.duration {
+                        Some(d) => FleetEventKind::Outage {
+                            duration: positive_duration(&mut c, &format!("{key}.duration"), d),
+                        },
+                        None => {
+                            c.fail_key(&format!("{key}.duration"), "is required for kind = \"outage\"");
+                            FleetEventKind::Outage { duration: SimDuration::ZERO }
+                        }
+                    }
+                }
+                EventKind::RebootWave => {
+                    if e.duration.is_some() {
+                        c.fail_key(&format!("{key}.duration"), "applies to outage; a reboot wave takes spread");
+                    }
+                    FleetEventKind::RebootWave {
+                        spread: e
+                            .spread
+                            .as_deref()
+                            .map(|s| duration(&mut c, &format!("{key}.spread"), s))
+                            .unwrap_or(SimDuration::ZERO),
+                    }
+                }
+            };
+            if at >= run_duration && run_duration > SimDuration::ZERO {
+                c.fail(&format!("{key}.at"), format!("{:?}", e.at), format!("must be before the end of the run ({})", self.duration));
+            }
+            events.push(FleetEvent {
+                at,
+                fraction: e.fraction,
+                cohort: e.cohort.clone(),
+                kind,
+            });
+        }
+        let mut slos = Vec::new();
+        for (i, s) in self.slo.iter().enumerate() {
+            let key = format!("slo[{i}]");
+            if !metric_is_known(&s.metric) {
+                c.fail(&format!("{key}.metric"), format!("{:?}", s.metric), format!("must be one of: {}", METRIC_NAMES.join(", ")));
+            }
+            let bound = match (s.max, s.min) {
+                (Some(max), None) => SloBound::Max(max),
+                (None, Some(min)) => SloBound::Min(min),
+                _ => {
+                    c.fail_key(&key, "needs exactly one of max or min");
+                    SloBound::Max(0.0)
+                }
+            };
+            slos.push(SloSpec {
+                name: s.name.clone(),
+                metric: s.metric.clone(),
+                bound,
+            });
+        }
+        let sim_broker_service_us = Dist::validate(&self.sim_broker.service_us, "sim_broker.service_us", &mut c);
+        c.errors.into_result(ScenarioSettings {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            seed: self.seed,
+            duration: run_duration,
+            clock: self.clock,
+            start_epoch_ms: self.start_epoch_ms,
+            drain,
+            broker_urls,
+            mqtt_version: self.mqtt.version,
+            tcp_nodelay: self.mqtt.tcp_nodelay,
+            source_addrs,
+            embedded_listeners: self.embedded_broker.listeners,
+            ramp_mode: self.ramp.mode,
+            ramp_per_second: self.ramp.per_second,
+            events,
+            slos,
+            sim_broker_service_us,
+        })
+    }
+}

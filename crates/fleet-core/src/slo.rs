@@ -1,0 +1,51 @@
+//! SLO thresholds: a metric of the run report and a bound it must keep.
+
+/// Report values an SLO may name. `fleet-metrics` computes each of them.
+pub const METRIC_NAMES: &[&str] = &[
+    "latency_us.publish_ack.p50",
+    "latency_us.publish_ack.p90",
+    "latency_us.publish_ack.p99",
+    "latency_us.publish_ack.p999",
+    "latency_us.publish_ack.max",
+    "latency_us.connect.p50",
+    "latency_us.connect.p99",
+    "latency_us.connect.max",
+    "messages.published",
+    "messages.acked",
+    "messages.failed",
+    "messages.delivered_ratio",
+    "connections.failed",
+    "generator.max_lag_ms",
+    "devices.connected_ratio",
+];
+
+pub fn metric_is_known(name: &str) -> bool {
+    METRIC_NAMES.contains(&name)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SloBound {
+    Max(f64),
+    Min(f64),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SloSpec {
+    pub name: String,
+    pub metric: String,
+    pub bound: SloBound,
+}
+
+impl SloSpec {
+    pub fn limit(&self) -> f64 {
+        match self.bound {
+            SloBound::Max(v) | SloBound::Min(v) => v,
+        }
+    }
+    pub fn holds(&self, value: f64) -> bool {
+        match self.bound {
+            SloBound::Max(max) => value <= max,
+            SloBound::Min(min) => value >= min,
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Identity templates: `env-{id:06}`, `fleet/{cohort}/{device_id}/telemetry`.
+//!
+//! Placeholders: `{id}` (global device id), `{index}` (index within the cohort), `{cohort}`,
+//! `{profile}`, and in topics and client ids `{device_id}` (the rendered device id). A number
+//! placeholder may carry a zero-padded width: `{id:06}`. `{{` and `}}` write literal braces.
+//! Templates are parsed once and rendered into a reused buffer, so a million devices cost no
+//! stored strings.
+
+use std::io::Write as _;
+
+/// What a placeholder stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Var {
+    Id,
+    Index,
+    Cohort,
+    Profile,
+    DeviceId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seg {
+    Lit(String),
+    Var(Var, usize),
+}
+
+/// A parsed template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    segs: Vec<Seg>,
+}
+
+/// The values a template is rendered with.
+#[derive(Clone, Copy, Debug)]
+pub struct TemplateVars<'a> {
+    pub id: u32,
+    pub index: u32,
+    pub cohort: &'a str,
+    pub profile: &'a str,
+    /// The rendered device id; empty while rendering the device id itself.
+    pub device_id: &'a [u8],
+}
+
+impl Template {
+    /// Parses a template; `allowed` lists the placeholders this field may use.
+    pub fn parse(text: &str, allowed: &[Var]) -> Result<Template, String> {
+        let mut segs = Vec::new();
+        let mut lit = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        name.push(c);
+                    }
+                    if !closed {
+                        return Err(format!("unclosed `{{` in `{text}`"));
+                    }
+                    let (var_name, width) = match name.split_once(':') {
+                        Some((v, w)) => {
+                            let width = w
+                                .strip_prefix('0')
+                                .and_then(|d| d.parse::<usize>().ok())
+                                .filter(|n| (1..=20).contains(n))
+                                .ok_or_else(|| format!("`{{{name}}}`: width must look like `:06`"))?;
+                            (v, width)
+                        }
+                        None => (name.as_str(), 0),
+                    };
+                    let var = match var_name {
+                        "id" => Var::Id,
+                        "index" => Var::Index,
+                        "cohort" => Var::Cohort,
+                        "profile" => Var::Profile,
+                        "device_id" => Var::DeviceId,
+                        other => {
+                            return Err(format!(
+                                "unknown placeholder `{{{other}}}` (allowed: {})",
+                                names(allowed)
+                            ));
+                        }
+                    };
+                    if !allowed.contains(&var) {
+                        return Err(format!("placeholder `{{{var_name}}}` is not allowed here (allowed: {})", names(allowed)));
+                    }
+                    if width > 0 && !matches!(var, Var::Id | Var::Index) {
+                        return Err(format!("`{{{name}}}`: only {{id}} and {{index}} take a width"));
+                    }
+                    if !lit.is_empty() {
+                        segs.push(Seg::Lit(std::mem::take(&mut lit)));
+                    }
+                    segs.push(Seg::Var(var, width));
+                }
+                '}' => return Err(format!("unmatched `}}` in `{text}` (write `}}}}` for a literal brace)")),
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            segs.push(Seg::Lit(lit));
+        }
+        Ok(Template { segs })
+    }
+
+    /// Appends the rendered template to `out`.
+    pub fn render_into(&self, vars: &TemplateVars, out: &mut Vec<u8>) {
+        for seg in &self.segs {
+            match seg {
+                Seg::Lit(s) => out.extend_from_slice(s.as_bytes()),
+                Seg::Var(Var::Id, w) => push_padded(out, vars.id, *w),
+                Seg::Var(Var::Index, w) => push_padded(out, vars.index, *w),
+                Seg::Var(Var::Cohort, _) => out.extend_from_slice(vars.cohort.as_bytes()),
+                Seg::Var(Var::Profile, _) => out.extend_from_slice(vars.profile.as_bytes()),
+                Seg::Var(Var::DeviceId, _) => out.extend_from_slice(vars.device_id),
+            }
+        }
+    }
+
+    /// Renders to a new string (for setup and tests; hot paths use `render_into`).
+    pub fn render(&self, vars: &TemplateVars) -> String {
+        let mut out = Vec::new();
+        self.render_into(vars, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// True when the template contains MQTT wildcards or other characters a topic must not have.
+    pub fn has_topic_wildcards(&self) -> bool {
+        self.segs.iter().any(|s| matches!(s, Seg::Lit(l) if l.contains(['+', '#', '\0'])))
+    }
+
+    /// True when the template uses the placeholder.
+    pub fn uses(&self, var: Var) -> bool {
+        self.segs.iter().any(|s| matches!(s, Seg::Var(v, _) if *v == var))
+    }
+}
+
+fn push_padded(out: &mut Vec<u8>, n: u32, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n);
+    for _ in digits.len()..width {
+        out.push(b'0');
+    }
+    let _ = out.write_all(digits.as_bytes());
+}
+
+fn names(allowed: &[Var]) -> String {
+    allowed
+        .iter()
+        .map(|v| match v {
+            Var::Id => "{id}",
+            Var::Index => "{index}",
+            Var::Cohort => "{cohort}",
+            Var::Profile => "{profile}",
+            Var::DeviceId => "{device_id}",
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: &[Var] = &[Var::Id, Var::Index, Var::Cohort, Var::Profile, Var::DeviceId];
+
+    fn vars() -> TemplateVars<'static> {
+        TemplateVars {
+            id: 42,
+            index: 7,
+            cohort: "meters",
+            profile: "smart-meter",
+            device_id: b"meter-000042",
+        }
+    }
+
+    #[test]
+    fn placeholders_render_with_zero_padding() {
+        let t = Template::parse("meter-{id:06}", ALL).unwrap();
+        assert_eq!(t.render(&vars()), "meter-000042");
+        let t = Template::parse("{profile}/{cohort}/{device_id}/t{index}", ALL).unwrap();
+        assert_eq!(t.render(&vars()), "smart-meter/meters/meter-000042/t7");
+    }
+
+    #[test]
+    fn doubled_braces_are_literal() {
+        let t = Template::parse("a{{b}}", ALL).unwrap();
+        assert_eq!(t.render(&vars()), "a{b}");
+    }
+
+    #[test]
+    fn bad_templates_say_why() {
+        assert!(Template::parse("x-{serial}", ALL).unwrap_err().contains("unknown placeholder `{serial}`"));
+        assert!(Template::parse("x-{id", ALL).unwrap_err().contains("unclosed"));
+        assert!(Template::parse("x-{device_id}", &[Var::Id]).unwrap_err().contains("not allowed here"));
+        assert!(Template::parse("x-{cohort:04}", ALL).unwrap_err().contains("take a width"));
+        assert!(Template::parse("x-{id:ab}", ALL).unwrap_err().contains("width"));
+    }
+
+    #[test]
+    fn wildcards_are_detected() {
+        assert!(Template::parse("a/+/b", ALL).unwrap().has_topic_wildcards());
+        assert!(!Template::parse("a/{id}/b", ALL).unwrap().has_topic_wildcards());
+    }
+}
