@@ -1,1 +1,17 @@
+//! fleet-metrics: what a run measured.
+//!
+//! Each shard owns a `ShardMetrics` (counters and HdrHistograms, no locks). Once a second it
+//! sends a `ShardReport` (cumulative counters, the interval's histograms) to the collector, which
+//! merges them into a `FleetSnapshot` for progress lines, the TUI and the final `RunReport`.
+//! Latency is measured from the *scheduled* send time, so a generator that falls behind shows up
+//! as latency (coordinated omission corrected) and as lag.
 
+mod counters;
+mod histogram;
+mod report;
+mod snapshot;
+
+pub use counters::Counters;
+pub use histogram::{LATENCY_MAX_US, LatencyHistogram, Percentiles};
+pub use report::{ProcessStats, RunInfo, RunReport, SloResult, evaluate_slos};
+pub use snapshot::{Collector, FleetSnapshot, ShardLoad, ShardMetrics, ShardReport, STATE_COUNT};

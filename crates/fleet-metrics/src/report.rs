@@ -1,0 +1,319 @@
+//! The end-of-run report: JSON for machines (`--report`), a summary for people, SLO verdicts.
+//! Keys are documented in docs/report.md; SLO metric names are paths into this JSON.
+
+use std::collections::BTreeMap;
+
+use fleet_core::DeviceState;
+use fleet_core::slo::SloSpec;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::histogram::Percentiles;
+use crate::snapshot::FleetSnapshot;
+
+/// Facts about the run that the metrics do not know.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunInfo {
+    pub id: String,
+    pub seed: u64,
+    pub scenario: String,
+    pub scenario_path: String,
+    pub clock: String,
+    /// The scenario's duration, seconds of (simulated) time.
+    pub duration_s: f64,
+    /// Wall-clock seconds the run took, ramp-up, drain and shutdown included.
+    pub elapsed_s: f64,
+    pub shards: u16,
+    pub broker: String,
+    pub mqtt_version: String,
+    pub fleetsim_version: String,
+    /// The run stopped early (Ctrl-C / SIGTERM).
+    pub interrupted: bool,
+}
+
+/// What the process cost, read from the OS at the end of the run.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ProcessStats {
+    pub rss_peak_bytes: u64,
+    pub cpu_user_s: f64,
+    pub cpu_system_s: f64,
+    pub open_files_limit: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SloResult {
+    pub name: String,
+    pub metric: String,
+    pub ok: bool,
+    /// The measured value; null when the run produced none (then `ok` is false).
+    pub value: Option<f64>,
+    pub limit: f64,
+    /// "max" or "min".
+    pub bound: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DevicesSection {
+    pub total: u64,
+    pub by_state: BTreeMap<&'static str, u64>,
+    pub peak_online: u64,
+    /// Devices online when the run's duration ended, over all devices.
+    pub connected_ratio: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MessagesSection {
+    pub published: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub in_flight: u64,
+    pub buffered: u64,
+    /// acked / published (1.0 when nothing was published).
+    pub delivered_ratio: f64,
+    pub failed_by_reason: BTreeMap<&'static str, u64>,
+    pub retransmits: u64,
+    pub flushed_from_buffer: u64,
+    pub bytes_sent: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectionsSection {
+    pub attempts: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub skipped_no_link: u64,
+    pub link_drops: u64,
+    pub sessions_lost: u64,
+    pub malformed_packets: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CommandsSection {
+    pub received: u64,
+    pub rejected: u64,
+    pub reboots: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectLatency {
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencySection {
+    pub publish_ack: Percentiles,
+    pub connect: ConnectLatency,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GeneratorSection {
+    /// True when a shard fell behind its schedule by more than `saturation_threshold_ms`.
+    pub saturated: bool,
+    pub saturation_threshold_ms: f64,
+    pub max_lag_ms: f64,
+    pub lag_p99_ms: f64,
+    pub steps: u64,
+    pub steps_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub run: RunInfo,
+    pub devices: DevicesSection,
+    pub messages: MessagesSection,
+    pub connections: ConnectionsSection,
+    pub commands: CommandsSection,
+    pub latency_us: LatencySection,
+    pub generator: GeneratorSection,
+    pub process: ProcessStats,
+    pub slo: Vec<SloResult>,
+    pub ok: bool,
+}
+
+impl RunReport {
+    /// Builds the report. `at_end` is the snapshot taken when the duration ended (before
+    /// shutdown), `last` the final one (everything drained and counted).
+    pub fn build(
+        run: RunInfo,
+        at_end: &FleetSnapshot,
+        last: &FleetSnapshot,
+        process: ProcessStats,
+        saturation_threshold_us: u64,
+        slos: &[SloSpec],
+    ) -> RunReport {
+        let t = &last.totals;
+        let by_state = DeviceState::ALL
+            .iter()
+            .map(|s| (s.as_str(), at_end.state(*s)))
+            .collect();
+        let total = last.devices_total;
+        let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+        let failed_by_reason = BTreeMap::from([
+            ("lost_on_link", t.failed_lost_link),
+            ("offline_buffer_full", t.failed_offline),
+            ("write_error", t.failed_write),
+            ("unacked_when_session_lost", t.failed_unacked),
+        ]);
+        let steps_per_s = if run.elapsed_s > 0.0 { t.steps as f64 / run.elapsed_s } else { 0.0 };
+        let mut report = RunReport {
+            devices: DevicesSection {
+                total,
+                by_state,
+                peak_online: last.peak_online,
+                connected_ratio: ratio(at_end.state(DeviceState::Online), total),
+            },
+            messages: MessagesSection {
+                published: t.published,
+                sent: t.sent,
+                acked: t.acked,
+                failed: t.failed(),
+                in_flight: last.in_flight,
+                buffered: last.buffered,
+                delivered_ratio: ratio(t.acked, t.published),
+                failed_by_reason,
+                retransmits: t.retransmits,
+                flushed_from_buffer: t.flushed,
+                bytes_sent: t.bytes_sent,
+            },
+            connections: ConnectionsSection {
+                attempts: t.connect_attempts,
+                succeeded: t.connects_ok,
+                failed: t.connects_failed,
+                skipped_no_link: t.connects_no_link,
+                link_drops: t.link_drops,
+                sessions_lost: t.sessions_lost,
+                malformed_packets: t.malformed_packets,
+            },
+            commands: CommandsSection {
+                received: t.commands,
+                rejected: t.commands_rejected,
+                reboots: t.reboots,
+            },
+            latency_us: LatencySection {
+                publish_ack: last.publish_ack,
+                connect: ConnectLatency {
+                    count: last.connect.count,
+                    p50: last.connect.p50,
+                    p99: last.connect.p99,
+                    max: last.connect.max,
+                },
+            },
+            generator: GeneratorSection {
+                saturated: last.max_lag_us > saturation_threshold_us,
+                saturation_threshold_ms: saturation_threshold_us as f64 / 1e3,
+                max_lag_ms: last.max_lag_us as f64 / 1e3,
+                lag_p99_ms: last.lag_p99_us as f64 / 1e3,
+                steps: t.steps,
+                steps_per_s,
+            },
+            process,
+            run,
+            slo: Vec::new(),
+            ok: true,
+        };
+        report.slo = evaluate_slos(&report, slos);
+        report.ok = report.slo.iter().all(|s| s.ok);
+        report
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Looks up a dotted path (`latency_us.publish_ack.p99`) in the report.
+pub fn metric_value(report: &Value, path: &str) -> Option<f64> {
+    let mut v = report;
+    for part in path.split('.') {
+        v = v.get(part)?;
+    }
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        _ => None,
+    }
+}
+
+pub fn evaluate_slos(report: &RunReport, slos: &[SloSpec]) -> Vec<SloResult> {
+    let json = report.to_json();
+    slos.iter()
+        .map(|s| {
+            let value = metric_value(&json, &s.metric);
+            // A latency SLO over zero samples is not met: nothing was measured.
+            let measured = match s.metric.as_str() {
+                m if m.starts_with("latency_us.publish_ack") => report.latency_us.publish_ack.count > 0,
+                m if m.starts_with("latency_us.connect") => report.latency_us.connect.count > 0,
+                _ => true,
+            };
+            let value = if measured { value } else { None };
+            SloResult {
+                name: s.name.clone(),
+                metric: s.metric.clone(),
+                ok: value.is_some_and(|v| s.holds(v)),
+                value,
+                limit: s.limit(),
+                bound: match s.bound {
+                    fleet_core::slo::SloBound::Max(_) => "max",
+                    fleet_core::slo::SloBound::Min(_) => "min",
+                },
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Collector, ShardMetrics};
+    use fleet_core::slo::{METRIC_NAMES, SloBound};
+
+    fn report(slos: &[SloSpec]) -> RunReport {
+        let mut c = Collector::new(1, 10);
+        let mut m = ShardMetrics::default();
+        m.counters.published = 100;
+        m.counters.acked = 98;
+        m.counters.failed_offline = 2;
+        m.states[DeviceState::Online.index()] = 10;
+        for v in 1..=100 {
+            m.publish_ack_us.record(v * 1000);
+        }
+        m.connect_us.record(5000);
+        c.ingest(m.take_report(0, 0, true));
+        let s = c.snapshot(1.0);
+        RunReport::build(RunInfo::default(), &s, &s, ProcessStats::default(), 1_000_000, slos)
+    }
+
+    #[test]
+    fn every_slo_metric_name_is_a_number_in_the_report() {
+        let json = report(&[]).to_json();
+        for name in METRIC_NAMES {
+            assert!(metric_value(&json, name).is_some(), "{name} is not in the report");
+        }
+    }
+
+    #[test]
+    fn slos_pass_and_fail_on_their_bounds() {
+        let slos = [
+            SloSpec {
+                name: "p99".into(),
+                metric: "latency_us.publish_ack.p99".into(),
+                bound: SloBound::Max(50_000.0),
+            },
+            SloSpec {
+                name: "delivered".into(),
+                metric: "messages.delivered_ratio".into(),
+                bound: SloBound::Min(0.95),
+            },
+        ];
+        let r = report(&slos);
+        assert!(!r.slo[0].ok, "p99 of 1..100 ms is 99 ms > 50 ms");
+        assert!(r.slo[1].ok);
+        assert!(!r.ok);
+        assert_eq!(r.messages.failed, 2);
+        assert_eq!(r.devices.connected_ratio, 1.0);
+    }
+}

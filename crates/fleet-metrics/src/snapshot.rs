@@ -1,0 +1,288 @@
+use fleet_core::DeviceState;
+use serde::Serialize;
+
+use crate::counters::Counters;
+use crate::histogram::{LatencyHistogram, Percentiles};
+
+/// Number of device states (`DeviceState::ALL`).
+pub const STATE_COUNT: usize = DeviceState::ALL.len();
+
+/// The metrics a shard records as it runs. Owned by the shard thread: no locks.
+#[derive(Clone, Debug, Default)]
+pub struct ShardMetrics {
+    pub counters: Counters,
+    /// Publish -> ack latency (QoS >= 1), from the scheduled send time. This interval only.
+    pub publish_ack_us: LatencyHistogram,
+    /// Connect attempt -> CONNACK. This interval only.
+    pub connect_us: LatencyHistogram,
+    /// How late the shard ran its deadlines. This interval only.
+    pub lag_us: LatencyHistogram,
+    pub max_lag_us: u64,
+    /// Gauges, set by the shard before each report.
+    pub states: [u64; STATE_COUNT],
+    pub in_flight: u64,
+    pub buffered: u64,
+}
+
+/// What a shard sends to the collector once a second.
+#[derive(Clone, Debug)]
+pub struct ShardReport {
+    pub shard: u16,
+    /// The shard's simulated time (for virtual runs, how far it has got).
+    pub sim_time_us: u64,
+    pub counters: Counters,
+    pub publish_ack_us: LatencyHistogram,
+    pub connect_us: LatencyHistogram,
+    pub lag_us: LatencyHistogram,
+    pub max_lag_us: u64,
+    pub states: [u64; STATE_COUNT],
+    pub in_flight: u64,
+    pub buffered: u64,
+    /// The shard has finished its run; this is its last report.
+    pub done: bool,
+}
+
+impl ShardMetrics {
+    pub fn record_lag(&mut self, lag_us: u64) {
+        self.lag_us.record(lag_us);
+        self.max_lag_us = self.max_lag_us.max(lag_us);
+    }
+
+    /// The report for this interval; the interval's histograms start again empty.
+    pub fn take_report(&mut self, shard: u16, sim_time_us: u64, done: bool) -> ShardReport {
+        let report = ShardReport {
+            shard,
+            sim_time_us,
+            counters: self.counters,
+            publish_ack_us: self.publish_ack_us.clone(),
+            connect_us: self.connect_us.clone(),
+            lag_us: self.lag_us.clone(),
+            max_lag_us: self.max_lag_us,
+            states: self.states,
+            in_flight: self.in_flight,
+            buffered: self.buffered,
+            done,
+        };
+        self.publish_ack_us.reset();
+        self.connect_us.reset();
+        self.lag_us.reset();
+        report
+    }
+
+    /// A report that could not be sent (the collector's queue was full) is folded back in, so
+    /// nothing is lost: it goes out with the next one.
+    pub fn restore(&mut self, r: ShardReport) {
+        self.publish_ack_us.add(&r.publish_ack_us);
+        self.connect_us.add(&r.connect_us);
+        self.lag_us.add(&r.lag_us);
+    }
+}
+
+/// One shard's load, as the snapshot shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ShardLoad {
+    pub shard: u16,
+    pub sim_time_s: f64,
+    pub max_lag_ms: f64,
+    pub steps: u64,
+    pub done: bool,
+}
+
+/// The whole fleet at one moment: what the progress line, the TUI and the report read.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FleetSnapshot {
+    pub elapsed_s: f64,
+    /// The slowest shard's simulated time.
+    pub sim_time_s: f64,
+    pub devices_total: u64,
+    pub states: [u64; STATE_COUNT],
+    pub totals: Counters,
+    pub published_per_s: f64,
+    pub acked_per_s: f64,
+    pub steps_per_s: f64,
+    /// Publish -> ack latency over the last interval, and over the whole run.
+    pub publish_ack_interval: Percentiles,
+    pub publish_ack: Percentiles,
+    pub connect: Percentiles,
+    pub lag_interval_p99_us: u64,
+    pub lag_p99_us: u64,
+    pub max_lag_us: u64,
+    pub in_flight: u64,
+    pub buffered: u64,
+    pub peak_online: u64,
+    pub shards: Vec<ShardLoad>,
+}
+
+impl FleetSnapshot {
+    pub fn state(&self, s: DeviceState) -> u64 {
+        self.states[s.index()]
+    }
+    pub fn shards_done(&self) -> bool {
+        !self.shards.is_empty() && self.shards.iter().all(|s| s.done)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ShardState {
+    sim_time_us: u64,
+    counters: Counters,
+    states: [u64; STATE_COUNT],
+    in_flight: u64,
+    buffered: u64,
+    max_lag_us: u64,
+    done: bool,
+}
+
+/// Merges shard reports into fleet snapshots.
+#[derive(Debug)]
+pub struct Collector {
+    devices_total: u64,
+    shards: Vec<Option<ShardState>>,
+    publish_ack: LatencyHistogram,
+    publish_ack_interval: LatencyHistogram,
+    connect: LatencyHistogram,
+    lag: LatencyHistogram,
+    lag_interval: LatencyHistogram,
+    prev: Counters,
+    prev_elapsed_s: f64,
+    peak_online: u64,
+}
+
+impl Collector {
+    pub fn new(shards: usize, devices_total: u64) -> Self {
+        Collector {
+            devices_total,
+            shards: vec![None; shards],
+            publish_ack: LatencyHistogram::new(),
+            publish_ack_interval: LatencyHistogram::new(),
+            connect: LatencyHistogram::new(),
+            lag: LatencyHistogram::new(),
+            lag_interval: LatencyHistogram::new(),
+            prev: Counters::default(),
+            prev_elapsed_s: 0.0,
+            peak_online: 0,
+        }
+    }
+
+    pub fn ingest(&mut self, r: ShardReport) {
+        self.publish_ack.add(&r.publish_ack_us);
+        self.publish_ack_interval.add(&r.publish_ack_us);
+        self.connect.add(&r.connect_us);
+        self.lag.add(&r.lag_us);
+        self.lag_interval.add(&r.lag_us);
+        if let Some(slot) = self.shards.get_mut(usize::from(r.shard)) {
+            *slot = Some(ShardState {
+                sim_time_us: r.sim_time_us,
+                counters: r.counters,
+                states: r.states,
+                in_flight: r.in_flight,
+                buffered: r.buffered,
+                max_lag_us: r.max_lag_us,
+                done: r.done,
+            });
+        }
+        let online: u64 = self
+            .shards
+            .iter()
+            .flatten()
+            .map(|s| s.states[DeviceState::Online.index()])
+            .sum();
+        self.peak_online = self.peak_online.max(online);
+    }
+
+    /// The fleet now; starts a new interval.
+    pub fn snapshot(&mut self, elapsed_s: f64) -> FleetSnapshot {
+        let mut snap = FleetSnapshot {
+            elapsed_s,
+            devices_total: self.devices_total,
+            ..FleetSnapshot::default()
+        };
+        let mut min_sim = u64::MAX;
+        for (i, s) in self.shards.iter().enumerate() {
+            let Some(s) = s else {
+                snap.shards.push(ShardLoad {
+                    shard: i as u16,
+                    ..ShardLoad::default()
+                });
+                min_sim = 0;
+                continue;
+            };
+            snap.totals.add(&s.counters);
+            for (a, b) in snap.states.iter_mut().zip(s.states) {
+                *a += b;
+            }
+            snap.in_flight += s.in_flight;
+            snap.buffered += s.buffered;
+            snap.max_lag_us = snap.max_lag_us.max(s.max_lag_us);
+            min_sim = min_sim.min(s.sim_time_us);
+            snap.shards.push(ShardLoad {
+                shard: i as u16,
+                sim_time_s: s.sim_time_us as f64 / 1e6,
+                max_lag_ms: s.max_lag_us as f64 / 1e3,
+                steps: s.counters.steps,
+                done: s.done,
+            });
+        }
+        snap.sim_time_s = if min_sim == u64::MAX { 0.0 } else { min_sim as f64 / 1e6 };
+        let dt = elapsed_s - self.prev_elapsed_s;
+        if dt > 0.0 {
+            snap.published_per_s = (snap.totals.published - self.prev.published.min(snap.totals.published)) as f64 / dt;
+            snap.acked_per_s = (snap.totals.acked - self.prev.acked.min(snap.totals.acked)) as f64 / dt;
+            snap.steps_per_s = (snap.totals.steps - self.prev.steps.min(snap.totals.steps)) as f64 / dt;
+        }
+        snap.publish_ack_interval = self.publish_ack_interval.percentiles();
+        snap.publish_ack = self.publish_ack.percentiles();
+        snap.connect = self.connect.percentiles();
+        snap.lag_interval_p99_us = self.lag_interval.quantile(0.99);
+        snap.lag_p99_us = self.lag.quantile(0.99);
+        snap.peak_online = self.peak_online;
+        self.prev = snap.totals;
+        self.prev_elapsed_s = elapsed_s;
+        self.publish_ack_interval.reset();
+        self.lag_interval.reset();
+        snap
+    }
+
+    /// The whole run's publish -> ack histogram.
+    pub fn publish_ack(&self) -> &LatencyHistogram {
+        &self.publish_ack
+    }
+    pub fn connect(&self) -> &LatencyHistogram {
+        &self.connect
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_that_could_not_be_sent_is_not_lost() {
+        let mut m = ShardMetrics::default();
+        m.publish_ack_us.record(100);
+        let r = m.take_report(0, 0, false);
+        assert_eq!(m.publish_ack_us.count(), 0);
+        m.restore(r);
+        m.publish_ack_us.record(200);
+        let r = m.take_report(0, 0, false);
+        assert_eq!(r.publish_ack_us.count(), 2);
+    }
+
+    #[test]
+    fn snapshots_sum_shards_and_compute_rates() {
+        let mut c = Collector::new(2, 10);
+        for shard in 0..2 {
+            let mut m = ShardMetrics::default();
+            m.counters.published = 50;
+            m.states[DeviceState::Online.index()] = 5;
+            m.publish_ack_us.record(1000);
+            c.ingest(m.take_report(shard, 1_000_000, false));
+        }
+        let s = c.snapshot(2.0);
+        assert_eq!(s.totals.published, 100);
+        assert_eq!(s.state(DeviceState::Online), 10);
+        assert_eq!(s.published_per_s, 50.0);
+        assert_eq!(s.publish_ack.count, 2);
+        assert_eq!(s.peak_online, 10);
+    }
+}
