@@ -276,6 +276,11 @@ impl Device {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+    /// The device's link generator: the simulated network draws its timing from it, so the
+    /// timing a device sees depends only on the device.
+    pub fn link_rng(&mut self) -> &mut rand_pcg::Pcg32 {
+        &mut self.rng.link
+    }
     pub fn buffered(&self) -> usize {
         self.offline.len()
     }

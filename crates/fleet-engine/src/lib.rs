@@ -1,1 +1,22 @@
+//! fleet-engine: runs a fleet.
+//!
+//! Shards (one thread each) own a contiguous range of device ids, their state machines, a
+//! scheduler of deadlines and the devices' sessions. The virtual clock jumps from deadline to
+//! deadline against a simulated broker; the wall clock runs a current-thread tokio runtime per
+//! shard and talks to a real broker through an `Adapter`. The engine knows no protocol.
 
+pub mod adapter;
+pub mod event_log;
+pub mod plan;
+pub mod process;
+pub mod run;
+pub mod scheduler;
+pub mod shard;
+mod virtual_clock;
+mod wall_clock;
+
+pub use adapter::{Adapter, NetInput, SendOutcome};
+pub use plan::RunPlan;
+pub use run::{EngineError, RunOptions, RunOutcome, SATURATION_LAG_US, run_virtual, run_wall};
+pub use virtual_clock::NoAdapter;
+pub use wall_clock::{INBOX_CAPACITY, MAX_EVENTS_PER_TURN, MAX_STEPS_PER_TURN};

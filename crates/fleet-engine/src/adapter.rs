@@ -1,0 +1,67 @@
+//! The seam between the engine and a protocol: an `Adapter` owns the sessions of one shard's
+//! devices. The shard calls it synchronously from its loop (connect, publish, close, tick); the
+//! adapter's own tasks (connection set-up, socket readers) report back through a bounded
+//! channel of `Self::Event`, which the shard hands to `on_event` to turn into `NetInput`s.
+
+use bytes::Bytes;
+use fleet_core::{Device, DeviceCtx, Publish, SimTime};
+use tokio::sync::mpsc;
+
+/// What a protocol tells the engine about a device's session.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NetInput {
+    /// The session is up; `latency_us` from the connect call to the broker's acceptance.
+    Connected { latency_us: u64 },
+    /// The attempt failed (refused, timed out, TCP error); `reason` for the log.
+    ConnectFailed { reason: &'static str },
+    /// The session died; `unacked` QoS >= 1 telemetry messages were in flight.
+    SessionLost { reason: &'static str, unacked: u32 },
+    /// A QoS >= 1 telemetry message was acknowledged.
+    Acked { scheduled: SimTime, from_buffer: bool },
+    /// A command arrived for the device.
+    Command(Bytes),
+    /// An inbound packet could not be decoded (the adapter has closed the session).
+    Malformed,
+}
+
+/// What became of a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Handed to the socket; nothing more will be heard of it (QoS 0).
+    Written,
+    /// Handed to the socket; an `Acked` (or `SessionLost`) will follow (QoS >= 1).
+    AwaitingAck,
+    /// Could not be sent: no session, or the session's send queue is full.
+    Failed,
+}
+
+/// The sessions of one shard. Implemented by the MQTT adapter; the engine knows no protocol.
+pub trait Adapter {
+    type Event: Send + 'static;
+
+    /// Called once on the shard's thread, inside its runtime, before any device starts.
+    fn start(&mut self, events: mpsc::Sender<Self::Event>);
+
+    /// Open a session for local device `dev`. The outcome arrives later as an event.
+    fn connect(&mut self, dev: u32, device: &Device, ctx: &DeviceCtx, now: SimTime);
+
+    /// Send a message on the device's session.
+    fn publish(&mut self, dev: u32, device: &Device, ctx: &DeviceCtx, p: &Publish, payload: &[u8]) -> SendOutcome;
+
+    /// End the session: cleanly (DISCONNECT) or abruptly (the link died; the broker sends the
+    /// will). Returns the number of QoS >= 1 telemetry messages that were still unacknowledged.
+    fn close(&mut self, dev: u32, clean: bool) -> u32;
+
+    /// Turns one of the adapter's events into inputs for devices.
+    fn on_event(&mut self, event: Self::Event, now: SimTime, out: &mut Vec<(u32, NetInput)>);
+
+    /// Called about once a second: keep-alive, retrying blocked writes, timeouts.
+    fn tick(&mut self, now: SimTime, out: &mut Vec<(u32, NetInput)>);
+
+    /// Live sessions and QoS >= 1 messages awaiting acknowledgement, for the metrics.
+    fn sessions_open(&self) -> u64;
+    fn in_flight(&self) -> u64;
+
+    /// Bytes accepted but not yet written to sockets (shutdown waits for zero, briefly).
+    fn pending_bytes(&self) -> u64;
+}

@@ -1,0 +1,99 @@
+//! A run, planned: which devices each shard owns, when each device powers on, when the run
+//! ends. Everything here depends only on the scenario and the seed.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use fleet_core::scenario::{Clock, RampMode};
+use fleet_core::{DeviceId, Fleet, RunSeed, SimDuration, SimTime};
+use rand_distr_free::exp1;
+
+/// Salt of the fleet-wide ramp-up generator.
+const RAMP_SALT: u64 = 0x72616d70; // "ramp"
+
+#[derive(Clone, Debug)]
+pub struct RunPlan {
+    pub fleet: Arc<Fleet>,
+    pub seed: RunSeed,
+    pub clock: Clock,
+    pub shards: u16,
+    /// Reports stop at this simulated time.
+    pub end: SimTime,
+    /// After `end`, wait at most this long for outstanding acknowledgements.
+    pub drain: SimDuration,
+    /// Wall-clock ms since the Unix epoch at SimTime 0.
+    pub epoch_ms: u64,
+    /// Device ids this process simulates (all, or the slice of `--shard K/N`).
+    pub devices: Range<u32>,
+    /// Power-on times, indexed by device id - devices.start.
+    start_times: Arc<[SimTime]>,
+}
+
+impl RunPlan {
+    pub fn new(fleet: Arc<Fleet>, shards: u16, epoch_ms: u64) -> RunPlan {
+        let s = &fleet.settings;
+        let total = fleet.total_devices();
+        let start_times = ramp_times(RunSeed(s.seed), s.ramp_mode, s.ramp_per_second, total).into();
+        RunPlan {
+            seed: RunSeed(s.seed),
+            clock: s.clock,
+            shards: shards.max(1),
+            end: SimTime::ZERO + s.duration,
+            drain: s.drain,
+            epoch_ms,
+            devices: 0..total,
+            start_times,
+            fleet,
+        }
+    }
+
+    /// The device ids shard `k` owns: contiguous, near-equal ranges (stable for a given count).
+    pub fn shard_range(&self, k: u16) -> Range<u32> {
+        let n = u64::from(self.devices.end - self.devices.start);
+        let shards = u64::from(self.shards);
+        let lo = self.devices.start as u64 + n * u64::from(k) / shards;
+        let hi = self.devices.start as u64 + n * (u64::from(k) + 1) / shards;
+        lo as u32..hi as u32
+    }
+
+    pub fn start_time(&self, id: DeviceId) -> SimTime {
+        self.start_times
+            .get((id.0 - self.devices.start) as usize)
+            .copied()
+            .unwrap_or(SimTime::ZERO)
+    }
+
+    pub fn total_devices(&self) -> u32 {
+        self.devices.end - self.devices.start
+    }
+}
+
+/// Power-on times for every device, in id order.
+fn ramp_times(seed: RunSeed, mode: RampMode, per_second: f64, total: u32) -> Vec<SimTime> {
+    let step_us = 1e6 / per_second.max(1e-9);
+    match mode {
+        RampMode::All => vec![SimTime::ZERO; total as usize],
+        RampMode::Rate => (0..total).map(|i| SimTime((f64::from(i) * step_us) as u64)).collect(),
+        RampMode::Poisson => {
+            let mut rng = seed.fleet_rng(RAMP_SALT);
+            let mut t = 0.0;
+            (0..total)
+                .map(|_| {
+                    t += exp1(&mut rng) * step_us;
+                    SimTime(t as u64)
+                })
+                .collect()
+        }
+    }
+}
+
+mod rand_distr_free {
+    use rand::RngExt;
+    use rand_pcg::Pcg32;
+
+    /// A standard exponential draw by inversion (portable, no library algorithm to change).
+    pub fn exp1(rng: &mut Pcg32) -> f64 {
+        let u: f64 = rng.random();
+        -(1.0 - u).ln()
+    }
+}

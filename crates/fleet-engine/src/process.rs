@@ -1,0 +1,82 @@
+//! What the operating system allows and what the process costs.
+
+/// The soft limit on open files (RLIMIT_NOFILE) of this process.
+pub fn open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY-free: getrlimit only writes the struct we pass.
+    let rc = unsafe_free_getrlimit(&mut lim);
+    if rc == 0 { lim.rlim_cur } else { u64::MAX }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_free_getrlimit(lim: &mut libc::rlimit) -> i32 {
+    // SAFETY: `lim` is a valid, exclusive pointer to an rlimit for the duration of the call.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim) }
+}
+
+/// Raises the soft open-files limit to the hard limit (what a shell's `ulimit -n` would allow).
+pub fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: valid exclusive pointers to an rlimit for the duration of each call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    open_files_limit()
+}
+
+/// CPU time and peak resident memory of the process so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub cpu_user_s: f64,
+    pub cpu_system_s: f64,
+    pub rss_peak_bytes: u64,
+}
+
+pub fn usage() -> Usage {
+    #[allow(unsafe_code)]
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let (rc, ru) = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        let rc = libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        (rc, ru)
+    };
+    if rc != 0 {
+        return Usage::default();
+    }
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    Usage {
+        cpu_user_s: secs(ru.ru_utime),
+        cpu_system_s: secs(ru.ru_stime),
+        rss_peak_bytes: (ru.ru_maxrss as u64) * 1024,
+    }
+}
+
+/// Current resident memory in bytes (Linux: /proc/self/statm), if it can be read.
+pub fn rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_and_usage_are_readable() {
+        assert!(open_files_limit() > 0);
+        let u = usage();
+        assert!(u.rss_peak_bytes > 0);
+        assert!(rss_bytes().is_some_and(|b| b > 0));
+    }
+}

@@ -1,0 +1,224 @@
+//! Running a plan: one thread per shard, a collector on the caller's thread that merges shard
+//! reports into a snapshot every second, and the outcome when every shard has finished.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use fleet_metrics::{Collector, FleetSnapshot, ShardMetrics, ShardReport};
+
+use crate::adapter::Adapter;
+use crate::event_log;
+use crate::plan::RunPlan;
+use crate::shard::Shard;
+
+/// How often shards report and the collector publishes a snapshot.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Shard reports queued per shard before a shard keeps its interval to itself (and folds it
+/// into the next report: nothing is lost, only delayed).
+const REPORT_QUEUE_PER_SHARD: usize = 4;
+/// The generator counts as saturated when a deadline ran this late.
+pub const SATURATION_LAG_US: u64 = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("shard {shard} failed: {message}")]
+    Shard { shard: u16, message: String },
+    #[error("event log {path}: {source}")]
+    EventLog { path: String, source: std::io::Error },
+    #[error("cannot start shard thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+pub(crate) enum ShardMsg {
+    Report(ShardReport),
+    /// The shard reached the end of the scenario's duration (this report is the state then).
+    Ended(ShardReport),
+    Failed { shard: u16, message: String },
+}
+
+/// What a shard thread gets to talk to the run.
+pub(crate) struct ShardControl {
+    tx: SyncSender<ShardMsg>,
+    stop: Arc<AtomicBool>,
+    pub start: Instant,
+}
+
+impl ShardControl {
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Sends a periodic report; when the queue is full, keeps its histograms for the next one.
+    pub fn try_send(&self, r: ShardReport, metrics: &mut ShardMetrics) {
+        match self.tx.try_send(ShardMsg::Report(r)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(ShardMsg::Report(r))) => metrics.restore(r),
+            Err(_) => {}
+        }
+    }
+
+    pub fn send_ended(&self, r: ShardReport) {
+        self.send(ShardMsg::Ended(r));
+    }
+
+    pub fn send(&self, m: ShardMsg) {
+        let _ = self.tx.send(m);
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub event_log: Option<PathBuf>,
+}
+
+/// How a run went.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// The fleet when the scenario's duration ended (before shutdown).
+    pub at_end: FleetSnapshot,
+    /// The fleet after drain and shutdown: final counts.
+    pub last: FleetSnapshot,
+    pub elapsed: Duration,
+    pub interrupted: bool,
+}
+
+/// Runs `plan` on the virtual clock against the simulated broker.
+pub fn run_virtual(
+    plan: Arc<RunPlan>,
+    opts: &RunOptions,
+    stop: Arc<AtomicBool>,
+    observe: impl FnMut(&FleetSnapshot),
+) -> Result<RunOutcome, EngineError> {
+    run_shards(plan, opts, stop, observe, |shard, ctl| {
+        crate::virtual_clock::run_virtual(shard, ctl)
+    })
+}
+
+/// Runs `plan` on the wall clock with one adapter per shard.
+pub fn run_wall<A, F>(
+    plan: Arc<RunPlan>,
+    make_adapter: F,
+    opts: &RunOptions,
+    stop: Arc<AtomicBool>,
+    observe: impl FnMut(&FleetSnapshot),
+) -> Result<RunOutcome, EngineError>
+where
+    A: Adapter,
+    F: Fn(u16) -> A + Send + Sync,
+{
+    run_shards(plan, opts, stop, observe, |shard, ctl| {
+        let adapter = make_adapter(shard.id);
+        crate::wall_clock::run_wall(shard, adapter, ctl)
+    })
+}
+
+fn run_shards<F>(
+    plan: Arc<RunPlan>,
+    opts: &RunOptions,
+    stop: Arc<AtomicBool>,
+    mut observe: impl FnMut(&FleetSnapshot),
+    drive: F,
+) -> Result<RunOutcome, EngineError>
+where
+    F: Fn(Shard, &ShardControl) -> std::io::Result<()> + Send + Sync,
+{
+    let shards = plan.shards;
+    let (tx, rx) = mpsc::sync_channel(usize::from(shards) * REPORT_QUEUE_PER_SHARD + 4);
+    let start = Instant::now();
+    let mut collector = Collector::new(usize::from(shards), u64::from(plan.total_devices()));
+    let outcome = std::thread::scope(|scope| {
+        for k in 0..shards {
+            let ctl = ShardControl {
+                tx: tx.clone(),
+                stop: stop.clone(),
+                start,
+            };
+            let plan = plan.clone();
+            let log_part = opts.event_log.as_ref().map(|p| event_log::part_path(p, k));
+            let drive = &drive;
+            std::thread::Builder::new()
+                .name(format!("shard-{k}"))
+                .spawn_scoped(scope, move || {
+                    let result = Shard::new(k, plan, log_part.as_deref()).and_then(|shard| drive(shard, &ctl));
+                    if let Err(e) = result {
+                        ctl.send(ShardMsg::Failed {
+                            shard: k,
+                            message: e.to_string(),
+                        });
+                    }
+                })
+                .map_err(EngineError::Spawn)?;
+        }
+        drop(tx);
+        collect(&rx, &mut collector, shards, start, &stop, &mut observe)
+    })?;
+    if let Some(path) = &opts.event_log {
+        event_log::join_parts(path, shards).map_err(|source| EngineError::EventLog {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(outcome)
+}
+
+fn collect(
+    rx: &Receiver<ShardMsg>,
+    collector: &mut Collector,
+    shards: u16,
+    start: Instant,
+    stop: &AtomicBool,
+    observe: &mut impl FnMut(&FleetSnapshot),
+) -> Result<RunOutcome, EngineError> {
+    let mut ended = 0u16;
+    let mut done = 0u16;
+    let mut at_end: Option<FleetSnapshot> = None;
+    let mut failure: Option<EngineError> = None;
+    let mut next_snapshot = start + REPORT_INTERVAL;
+    loop {
+        let wait = next_snapshot.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(ShardMsg::Report(r)) => {
+                if r.done {
+                    done += 1;
+                }
+                collector.ingest(r);
+            }
+            Ok(ShardMsg::Ended(r)) => {
+                collector.ingest(r);
+                ended += 1;
+                if ended == shards {
+                    at_end = Some(collector.snapshot(start.elapsed().as_secs_f64()));
+                }
+            }
+            Ok(ShardMsg::Failed { shard, message }) => {
+                // Stop the others: a run with a dead shard measures nothing trustworthy.
+                stop.store(true, Ordering::Relaxed);
+                failure.get_or_insert(EngineError::Shard { shard, message });
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if Instant::now() >= next_snapshot {
+            next_snapshot += REPORT_INTERVAL;
+            let snap = collector.snapshot(start.elapsed().as_secs_f64());
+            observe(&snap);
+        }
+        if done == shards {
+            break;
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let last = collector.snapshot(start.elapsed().as_secs_f64());
+    observe(&last);
+    Ok(RunOutcome {
+        at_end: at_end.unwrap_or_else(|| last.clone()),
+        last,
+        elapsed: start.elapsed(),
+        interrupted: stop.load(Ordering::Relaxed),
+    })
+}

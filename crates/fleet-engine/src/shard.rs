@@ -1,0 +1,501 @@
+//! A shard: one thread's devices, their deadlines, their sessions and their metrics.
+//!
+//! This is the clock-agnostic core both drivers share (`virtual_clock.rs`, `wall_clock.rs`):
+//! step a device, count and log what it did, hand its effects to the network (the simulated
+//! broker, or a protocol `Adapter`), and schedule its next wake-up.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use fleet_core::device::encode_status;
+use fleet_core::profile::Qos;
+use fleet_core::{Device, DeviceCtx, DeviceId, DeviceState, Effect, Effects, Event, Input, Publish, SimDuration, SimTime, TopicKind};
+use fleet_core::scenario::FleetEventKind;
+use fleet_metrics::{Counters, ShardMetrics, ShardReport};
+
+use crate::adapter::{Adapter, NetInput, SendOutcome};
+use crate::event_log::EventLog;
+use crate::plan::RunPlan;
+use crate::scheduler::{Due, Entry, Scheduler};
+
+/// Salt for picking the devices a fleet event touches (mixed with the event's index).
+const FLEET_EVENT_SALT: u64 = 0x6576_656e_7400_0000;
+/// Salt for spreading a reboot wave.
+const REBOOT_SPREAD_SALT: u64 = 0x7370_7265_6164_0000;
+
+/// Where effects go: the simulated broker (virtual clock) or a protocol adapter (wall clock).
+pub enum Net<'a, A: Adapter> {
+    Sim,
+    Real(&'a mut A),
+}
+
+/// A message held back for its simulated uplink latency (wall clock).
+struct Parked {
+    dev: u32,
+    session: u32,
+    publish: Publish,
+    payload: Box<[u8]>,
+}
+
+pub struct Shard {
+    pub id: u16,
+    pub plan: Arc<RunPlan>,
+    first: u32,
+    devices: Vec<Device>,
+    /// The wake-up each device has in the scheduler (later entries for it are stale).
+    scheduled: Vec<SimTime>,
+    /// Session generation per device: bumped when a session ends, so late acks are recognised.
+    sessions: Vec<u32>,
+    pub sched: Scheduler,
+    fx: Effects,
+    pub metrics: ShardMetrics,
+    log: Option<EventLog>,
+    log_error: Option<io::Error>,
+    parked: Vec<Option<Parked>>,
+    free_slots: Vec<u32>,
+    sim_in_flight: u64,
+    inputs: Vec<(u32, NetInput)>,
+}
+
+fn ctx<'a>(plan: &'a RunPlan, device: &Device) -> DeviceCtx<'a> {
+    DeviceCtx {
+        cohort: &plan.fleet.cohorts[usize::from(device.cohort.0)],
+        epoch_ms: plan.epoch_ms,
+        end: plan.end,
+    }
+}
+
+fn count(c: &mut Counters, e: &Event) {
+    match e {
+        Event::Report { .. } => c.published += 1,
+        Event::LostOnLink { .. } => c.failed_lost_link += 1,
+        Event::Retransmit { .. } => c.retransmits += 1,
+        Event::DroppedOffline { .. } => c.failed_offline += 1,
+        Event::Flushed { count } => c.flushed += u64::from(*count),
+        Event::ConnectAttempt { .. } => c.connect_attempts += 1,
+        Event::NoLink { .. } => c.connects_no_link += 1,
+        Event::ConnectFailed { .. } => c.connects_failed += 1,
+        Event::LinkLost { .. } => c.sessions_lost += 1,
+        Event::LinkDropped { .. } => c.link_drops += 1,
+        Event::Command { .. } => c.commands += 1,
+        Event::CommandRejected => {
+            c.commands += 1;
+            c.commands_rejected += 1;
+        }
+        Event::Reboot => c.reboots += 1,
+        Event::BatteryDepleted => c.batteries_depleted += 1,
+        _ => {}
+    }
+}
+
+fn topic_name(t: TopicKind) -> &'static str {
+    match t {
+        TopicKind::Telemetry => "telemetry",
+        TopicKind::Response => "response",
+        TopicKind::Status => "status",
+    }
+}
+
+impl Shard {
+    pub fn new(id: u16, plan: Arc<RunPlan>, log_path: Option<&Path>) -> io::Result<Shard> {
+        let range = plan.shard_range(id);
+        let seed = plan.seed;
+        let devices: Vec<Device> = range
+            .clone()
+            .map(|i| {
+                let id = DeviceId(i);
+                Device::new(seed, id, plan.fleet.cohort_of(id))
+            })
+            .collect();
+        let n = devices.len();
+        let log = log_path.map(EventLog::create).transpose()?;
+        Ok(Shard {
+            id,
+            first: range.start,
+            scheduled: vec![SimTime::NEVER; n],
+            sessions: vec![0; n],
+            sched: Scheduler::with_capacity(n + 16),
+            fx: Effects::default(),
+            metrics: ShardMetrics::default(),
+            log,
+            log_error: None,
+            parked: Vec::new(),
+            free_slots: Vec::new(),
+            sim_in_flight: 0,
+            inputs: Vec::new(),
+            devices,
+            plan,
+        })
+    }
+
+    /// Schedules the fleet events, then every device's power-on. (Fleet events first: at equal
+    /// times they come before device deadlines in every shard layout.)
+    pub fn init(&mut self) {
+        for (i, e) in self.plan.fleet.settings.events.iter().enumerate() {
+            self.sched.push(SimTime::ZERO + e.at, 0, Due::FleetEvent { index: i as u32 });
+        }
+        for (i, d) in self.devices.iter_mut().enumerate() {
+            let at = self.plan.start_time(d.id);
+            d.power_on_at(at);
+            self.sched.push(at, i as u32, Due::Wake);
+            self.scheduled[i] = at;
+        }
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Runs one scheduler entry at `now` (its due time in virtual runs, the wall clock's now
+    /// otherwise).
+    pub fn run_entry<A: Adapter>(&mut self, e: Entry, now: SimTime, net: &mut Net<A>) {
+        let dev = e.dev;
+        match e.due {
+            Due::Wake => {
+                if self.scheduled.get(dev as usize) != Some(&e.at) {
+                    return; // superseded
+                }
+                self.scheduled[dev as usize] = SimTime::NEVER;
+                self.metrics.record_lag(now.saturating_since(e.at).as_micros());
+                self.step(dev, now, Input::Wake, net);
+            }
+            Due::SimConnected { session, started } => {
+                let d = &self.devices[dev as usize];
+                if session == self.sessions[dev as usize] && d.state() == DeviceState::Connecting {
+                    self.metrics.connect_us.record(now.saturating_since(started).as_micros());
+                    self.metrics.counters.connects_ok += 1;
+                    self.step(dev, now, Input::Connected, net);
+                }
+            }
+            Due::SimAck {
+                session,
+                scheduled,
+                from_buffer,
+            } => {
+                self.sim_in_flight -= 1;
+                if session == self.sessions[dev as usize] {
+                    self.acked(dev, now, scheduled, from_buffer);
+                } else {
+                    self.metrics.counters.failed_unacked += 1;
+                }
+            }
+            Due::SendParked { slot } => {
+                let Some(p) = self.parked.get_mut(slot as usize).and_then(Option::take) else {
+                    return;
+                };
+                self.free_slots.push(slot);
+                let live = p.session == self.sessions[p.dev as usize]
+                    && self.devices[p.dev as usize].state() == DeviceState::Online;
+                match net {
+                    Net::Real(adapter) if live => {
+                        let d = &self.devices[p.dev as usize];
+                        let outcome = adapter.publish(p.dev, d, &ctx(&self.plan, d), &p.publish, &p.payload);
+                        self.count_send(&p.publish, p.payload.len(), outcome);
+                    }
+                    _ => {
+                        if p.publish.topic == TopicKind::Telemetry {
+                            self.metrics.counters.failed_unacked += 1;
+                        }
+                    }
+                }
+            }
+            Due::FleetEvent { index } => self.fleet_event(index, now, net),
+        }
+    }
+
+    fn fleet_event<A: Adapter>(&mut self, index: u32, now: SimTime, net: &mut Net<A>) {
+        let plan = self.plan.clone();
+        let Some(event) = plan.fleet.settings.events.get(index as usize) else {
+            return;
+        };
+        let cohort = event
+            .cohort
+            .as_ref()
+            .and_then(|name| plan.fleet.cohorts.iter().find(|c| &c.name == name).map(|c| c.id));
+        let salt = FLEET_EVENT_SALT ^ u64::from(index);
+        for dev in 0..self.devices.len() as u32 {
+            let d = &self.devices[dev as usize];
+            if cohort.is_some_and(|c| c != d.cohort) || plan.seed.unit_draw(salt, d.id) >= event.fraction {
+                continue;
+            }
+            let input = match event.kind {
+                FleetEventKind::Outage { duration } => Input::Outage { until: now + duration },
+                FleetEventKind::RebootWave { spread } => {
+                    let u = plan.seed.unit_draw(REBOOT_SPREAD_SALT ^ u64::from(index), d.id);
+                    Input::Reboot { at: now + spread.mul_f64(u) }
+                }
+            };
+            self.step(dev, now, input, net);
+        }
+    }
+
+    /// Hands a protocol's input to its device.
+    pub fn net_input<A: Adapter>(&mut self, dev: u32, input: NetInput, now: SimTime, net: &mut Net<A>) {
+        if dev as usize >= self.devices.len() {
+            return;
+        }
+        match input {
+            NetInput::Connected { latency_us } => {
+                self.metrics.connect_us.record(latency_us);
+                self.metrics.counters.connects_ok += 1;
+                self.step(dev, now, Input::Connected, net);
+            }
+            NetInput::ConnectFailed { reason } => {
+                self.log_line(dev, now, format_args!("connect_error reason={reason}"), None);
+                self.step(dev, now, Input::ConnectFailed, net);
+            }
+            NetInput::SessionLost { reason, unacked } => {
+                self.metrics.counters.failed_unacked += u64::from(unacked);
+                self.sessions[dev as usize] = self.sessions[dev as usize].wrapping_add(1);
+                self.log_line(dev, now, format_args!("session_error reason={reason} unacked={unacked}"), None);
+                self.step(dev, now, Input::LinkLost, net);
+            }
+            NetInput::Acked { scheduled, from_buffer } => self.acked(dev, now, scheduled, from_buffer),
+            NetInput::Command(payload) => self.step(dev, now, Input::Command(&payload), net),
+            NetInput::Malformed => self.metrics.counters.malformed_packets += 1,
+        }
+    }
+
+    /// Passes everything in `inputs` (filled by the adapter) to the devices.
+    pub fn drain_inputs<A: Adapter>(&mut self, now: SimTime, net: &mut Net<A>) {
+        let mut inputs = std::mem::take(&mut self.inputs);
+        for (dev, input) in inputs.drain(..) {
+            self.net_input(dev, input, now, net);
+        }
+        self.inputs = inputs;
+    }
+
+    /// The buffer adapters fill with inputs (see `drain_inputs`).
+    pub fn inputs_mut(&mut self) -> &mut Vec<(u32, NetInput)> {
+        &mut self.inputs
+    }
+
+    fn acked(&mut self, dev: u32, now: SimTime, scheduled: SimTime, from_buffer: bool) {
+        self.metrics.counters.acked += 1;
+        let latency = now.saturating_since(scheduled).as_micros();
+        if !from_buffer {
+            self.metrics.publish_ack_us.record(latency);
+        }
+        self.log_line(dev, now, format_args!("ack latency_us={latency}"), None);
+    }
+
+    /// Steps device `dev` with `input` and carries out what it asks for.
+    pub fn step<A: Adapter>(&mut self, dev: u32, now: SimTime, input: Input, net: &mut Net<A>) {
+        let i = dev as usize;
+        let mut fx = std::mem::take(&mut self.fx);
+        fx.clear();
+        {
+            let d = &mut self.devices[i];
+            let c = ctx(&self.plan, d);
+            d.handle(now, input, &c, &mut fx);
+        }
+        self.metrics.counters.steps += 1;
+        let id = self.devices[i].id;
+        for e in &fx.events {
+            count(&mut self.metrics.counters, e);
+            if let Some(log) = &mut self.log
+                && let Err(err) = log.event(id, now, e)
+            {
+                self.log_error.get_or_insert(err);
+            }
+        }
+        for effect in &fx.list {
+            match effect {
+                Effect::Connect => self.connect(dev, now, net),
+                Effect::Publish(p) => self.publish(dev, now, p, fx.payload_of(p), net),
+                Effect::DropLink => self.close(dev, false, net),
+                Effect::Disconnect => self.close(dev, true, net),
+            }
+        }
+        self.fx = fx;
+        let wake = self.devices[i].wake_at();
+        if wake != self.scheduled[i] {
+            self.scheduled[i] = wake;
+            if !wake.is_never() {
+                self.sched.push(wake, dev, Due::Wake);
+            }
+        }
+    }
+
+    fn connect<A: Adapter>(&mut self, dev: u32, now: SimTime, net: &mut Net<A>) {
+        let i = dev as usize;
+        match net {
+            Net::Sim => {
+                let service = &self.plan.fleet.settings.sim_broker_service_us;
+                let d = &mut self.devices[i];
+                let link = &self.plan.fleet.cohorts[usize::from(d.cohort.0)].link;
+                let rng = d.link_rng();
+                // TCP handshake plus CONNECT/CONNACK: two round trips over the link.
+                let one_way_ms: f64 = (0..4).map(|_| link.latency_ms.sample(rng)).sum();
+                let latency = SimDuration::from_secs_f64(one_way_ms / 1e3 + service.sample(rng) / 1e6);
+                let session = self.sessions[i];
+                self.sched.push(now + latency, dev, Due::SimConnected { session, started: now });
+            }
+            Net::Real(adapter) => {
+                let d = &self.devices[i];
+                adapter.connect(dev, d, &ctx(&self.plan, d), now);
+            }
+        }
+    }
+
+    fn publish<A: Adapter>(&mut self, dev: u32, now: SimTime, p: &Publish, payload: &[u8], net: &mut Net<A>) {
+        let i = dev as usize;
+        if let Some(log) = &mut self.log {
+            let r = log.line(
+                self.devices[i].id,
+                now,
+                format_args!(
+                    "publish {} seq={} qos={} delay_us={}",
+                    topic_name(p.topic),
+                    p.seq,
+                    p.qos as u8,
+                    p.delay.as_micros()
+                ),
+                Some(payload),
+            );
+            if let Err(err) = r {
+                self.log_error.get_or_insert(err);
+            }
+        }
+        match net {
+            Net::Sim => {
+                self.metrics.counters.sent += 1;
+                self.metrics.counters.bytes_sent += payload.len() as u64;
+                if p.topic != TopicKind::Telemetry {
+                    return;
+                }
+                if p.qos == Qos::AtMostOnce {
+                    self.metrics.counters.acked += 1;
+                    return;
+                }
+                let service = &self.plan.fleet.settings.sim_broker_service_us;
+                let d = &mut self.devices[i];
+                let link = &self.plan.fleet.cohorts[usize::from(d.cohort.0)].link;
+                let rng = d.link_rng();
+                let mut ms = link.latency_ms.sample(rng); // the ack's way back
+                if p.qos == Qos::ExactlyOnce {
+                    ms += link.latency_ms.sample(rng) * 2.0; // PUBREL / PUBCOMP
+                }
+                let back = SimDuration::from_secs_f64(ms / 1e3 + service.sample(rng) / 1e6);
+                self.sim_in_flight += 1;
+                self.sched.push(
+                    now + p.delay + back,
+                    dev,
+                    Due::SimAck {
+                        session: self.sessions[i],
+                        scheduled: p.scheduled,
+                        from_buffer: p.from_buffer,
+                    },
+                );
+            }
+            Net::Real(adapter) => {
+                if p.delay > SimDuration::ZERO {
+                    let parked = Parked {
+                        dev,
+                        session: self.sessions[i],
+                        publish: p.clone(),
+                        payload: payload.into(),
+                    };
+                    let slot = match self.free_slots.pop() {
+                        Some(s) => {
+                            self.parked[s as usize] = Some(parked);
+                            s
+                        }
+                        None => {
+                            self.parked.push(Some(parked));
+                            (self.parked.len() - 1) as u32
+                        }
+                    };
+                    self.sched.push(now + p.delay, dev, Due::SendParked { slot });
+                    return;
+                }
+                let d = &self.devices[i];
+                let outcome = adapter.publish(dev, d, &ctx(&self.plan, d), p, payload);
+                self.count_send(p, payload.len(), outcome);
+            }
+        }
+    }
+
+    fn count_send(&mut self, p: &Publish, len: usize, outcome: SendOutcome) {
+        let c = &mut self.metrics.counters;
+        match outcome {
+            SendOutcome::Written | SendOutcome::AwaitingAck => {
+                c.sent += 1;
+                c.bytes_sent += len as u64;
+                if outcome == SendOutcome::Written && p.topic == TopicKind::Telemetry {
+                    c.acked += 1;
+                }
+            }
+            SendOutcome::Failed => {
+                if p.topic == TopicKind::Telemetry {
+                    c.failed_write += 1;
+                }
+            }
+        }
+    }
+
+    fn close<A: Adapter>(&mut self, dev: u32, clean: bool, net: &mut Net<A>) {
+        let i = dev as usize;
+        self.sessions[i] = self.sessions[i].wrapping_add(1);
+        if let Net::Real(adapter) = net {
+            let unacked = adapter.close(dev, clean);
+            self.metrics.counters.failed_unacked += u64::from(unacked);
+        }
+    }
+
+    /// Ends every device's run (clean disconnects) at `now`.
+    pub fn shutdown_devices<A: Adapter>(&mut self, now: SimTime, net: &mut Net<A>) {
+        for dev in 0..self.devices.len() as u32 {
+            if self.devices[dev as usize].state() != DeviceState::Dead || self.devices[dev as usize].wake_at() != SimTime::NEVER {
+                self.step(dev, now, Input::Shutdown, net);
+            }
+        }
+    }
+
+    /// QoS >= 1 telemetry awaiting acknowledgement.
+    pub fn in_flight<A: Adapter>(&self, net: &Net<A>) -> u64 {
+        match net {
+            Net::Sim => self.sim_in_flight,
+            Net::Real(a) => a.in_flight(),
+        }
+    }
+
+    /// The metrics report for this interval, with the gauges brought up to date.
+    pub fn report<A: Adapter>(&mut self, now: SimTime, done: bool, net: &Net<A>) -> ShardReport {
+        let mut states = [0u64; fleet_metrics::STATE_COUNT];
+        let mut buffered = 0u64;
+        for d in &self.devices {
+            states[d.state().index()] += 1;
+            buffered += d.buffered() as u64;
+        }
+        self.metrics.states = states;
+        self.metrics.buffered = buffered;
+        self.metrics.in_flight = self.in_flight(net);
+        self.metrics.take_report(self.id, now.as_micros(), done)
+    }
+
+    fn log_line(&mut self, dev: u32, now: SimTime, text: std::fmt::Arguments, payload: Option<&[u8]>) {
+        if let Some(log) = &mut self.log
+            && let Err(err) = log.line(DeviceId(self.first + dev), now, text, payload)
+        {
+            self.log_error.get_or_insert(err);
+        }
+    }
+
+    /// Flushes the event log; the first write error of the run, if any.
+    pub fn finish_log(&mut self) -> io::Result<()> {
+        if let Some(err) = self.log_error.take() {
+            return Err(err);
+        }
+        match &mut self.log {
+            Some(log) => log.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// The encoded will (status "offline") of a device, for adapters that set one up.
+    pub fn will_payload(device: &Device, ctx: &DeviceCtx, now: SimTime, out: &mut Vec<u8>) {
+        encode_status(device, false, now, ctx, out);
+    }
+}

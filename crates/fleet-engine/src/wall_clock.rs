@@ -1,0 +1,117 @@
+//! The wall-clock driver: a current-thread tokio runtime per shard. The loop runs due deadlines
+//! and inbound network events, each with a bound per turn, then sleeps until the next deadline or
+//! the next event. Adapter tasks (connects, socket readers) run on the same runtime.
+
+use std::time::{Duration, Instant};
+
+use fleet_core::{SimDuration, SimTime};
+use tokio::sync::mpsc;
+
+use crate::adapter::Adapter;
+use crate::run::{REPORT_INTERVAL, ShardControl, ShardMsg};
+use crate::shard::{Net, Shard};
+
+/// Deadlines run per turn before the loop looks at the network again.
+pub const MAX_STEPS_PER_TURN: usize = 4096;
+/// Inbound events handled per turn before deadlines run again.
+pub const MAX_EVENTS_PER_TURN: usize = 4096;
+/// Capacity of a shard's inbound event channel. When it is full, socket readers wait: TCP
+/// back-pressure reaches the broker instead of memory growing.
+pub const INBOX_CAPACITY: usize = 16_384;
+/// The loop wakes at least this often (to notice Ctrl-C and the end of the run).
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// At shutdown, how long to wait for queued bytes to reach the sockets.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+fn now_since(start: Instant) -> SimTime {
+    SimTime(start.elapsed().as_micros() as u64)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining,
+}
+
+pub(crate) fn run_wall<A: Adapter>(mut shard: Shard, mut adapter: A, ctl: &ShardControl) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (tx, mut rx) = mpsc::channel::<A::Event>(INBOX_CAPACITY);
+        adapter.start(tx);
+        shard.init();
+        let start = ctl.start;
+        let end = shard.plan.end;
+        let drain_until = end + shard.plan.drain;
+        let mut phase = Phase::Running;
+        let mut next_tick = SimTime::ZERO + SimDuration::from_secs(1);
+        loop {
+            let now = now_since(start);
+            let mut net = Net::Real(&mut adapter);
+            let mut steps = 0;
+            while steps < MAX_STEPS_PER_TURN {
+                let Some(entry) = shard.sched.pop_due(now) else { break };
+                shard.run_entry(entry, now, &mut net);
+                steps += 1;
+            }
+            let mut events = 0;
+            while events < MAX_EVENTS_PER_TURN {
+                let Ok(ev) = rx.try_recv() else { break };
+                if let Net::Real(a) = &mut net {
+                    a.on_event(ev, now, shard.inputs_mut());
+                }
+                shard.drain_inputs(now, &mut net);
+                events += 1;
+            }
+            if now >= next_tick {
+                next_tick = now + SimDuration::from_micros(REPORT_INTERVAL.as_micros() as u64);
+                if let Net::Real(a) = &mut net {
+                    a.tick(now, shard.inputs_mut());
+                }
+                shard.drain_inputs(now, &mut net);
+                ctl.try_send(shard.report(now, false, &net), &mut shard.metrics);
+            }
+            if phase == Phase::Running && (now >= end || ctl.stopped()) {
+                phase = Phase::Draining;
+                ctl.send_ended(shard.report(now.min(end), false, &net));
+            }
+            if phase == Phase::Draining && (shard.in_flight(&net) == 0 || now >= drain_until || ctl.stopped()) {
+                shard.shutdown_devices(now, &mut net);
+                break;
+            }
+            if steps == MAX_STEPS_PER_TURN || events == MAX_EVENTS_PER_TURN {
+                // More is due: let the adapter's tasks run, then go on.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let next = shard.sched.peek_time().unwrap_or(SimTime::NEVER).min(next_tick);
+            let sleep_for = next.saturating_since(now_since(start)).to_std().min(MAX_SLEEP);
+            tokio::select! {
+                biased;
+                ev = rx.recv() => {
+                    if let Some(ev) = ev {
+                        let now = now_since(start);
+                        let mut net = Net::Real(&mut adapter);
+                        if let Net::Real(a) = &mut net {
+                            a.on_event(ev, now, shard.inputs_mut());
+                        }
+                        shard.drain_inputs(now, &mut net);
+                    }
+                }
+                _ = tokio::time::sleep(sleep_for) => {}
+            }
+        }
+        // Let DISCONNECTs and last messages reach the sockets.
+        let flush_start = Instant::now();
+        while adapter.pending_bytes() > 0 && flush_start.elapsed() < FLUSH_WAIT {
+            let now = now_since(start);
+            adapter.tick(now, shard.inputs_mut());
+            shard.inputs_mut().clear();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let now = now_since(start);
+        let net: Net<A> = Net::Real(&mut adapter);
+        let result = shard.finish_log();
+        ctl.send(ShardMsg::Report(shard.report(now, true, &net)));
+        result
+    })
+}
