@@ -18,9 +18,14 @@ fn workspace_root() -> PathBuf {
 /// The `*.toml` files of a folder under the workspace root, sorted, at least one.
 fn toml_files(folder: &str) -> Vec<PathBuf> {
     let dir = workspace_root().join(folder);
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
     let mut files: Vec<PathBuf> = entries
-        .map(|entry| entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())).path())
+        .map(|entry| {
+            entry
+                .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+                .path()
+        })
         .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
         .collect();
     files.sort();
@@ -34,7 +39,10 @@ fn problems_in(folder: &str, kind: Option<FileKind>) -> Vec<String> {
     for path in toml_files(folder) {
         match validate_file(&FsSource, &path) {
             Ok(found) if kind.is_none_or(|k| k == found) => {}
-            Ok(found) => problems.push(format!("{}: is a {found:?}, expected a {kind:?}", path.display())),
+            Ok(found) => problems.push(format!(
+                "{}: is a {found:?}, expected a {kind:?}",
+                path.display()
+            )),
             Err(errors) => problems.push(errors.to_string()),
         }
     }
@@ -81,22 +89,38 @@ fn every_invalid_fixture_fails_with_its_expected_message_naming_the_file() {
     assert!(files.len() >= 12, "only {} invalid fixtures", files.len());
     let mut problems = Vec::new();
     for path in files {
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         let Some(expect) = header(&text, "expect") else {
-            problems.push(format!("{}: does not start with `# expect: <message text>`", path.display()));
+            problems.push(format!(
+                "{}: does not start with `# expect: <message text>`",
+                path.display()
+            ));
             continue;
         };
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let names = header(&text, "names").unwrap_or(file_name);
         match validate_file(&FsSource, &path) {
-            Ok(kind) => problems.push(format!("{}: validated as a {kind:?}, expected: {expect}", path.display())),
+            Ok(kind) => problems.push(format!(
+                "{}: validated as a {kind:?}, expected: {expect}",
+                path.display()
+            )),
             Err(errors) => {
                 let message = errors.to_string();
                 if !message.contains(&expect) {
-                    problems.push(format!("{}: message lacks {expect:?}:\n    {message}", path.display()));
+                    problems.push(format!(
+                        "{}: message lacks {expect:?}:\n    {message}",
+                        path.display()
+                    ));
                 }
                 if !message.contains(&names) {
-                    problems.push(format!("{}: message does not name {names:?}:\n    {message}", path.display()));
+                    problems.push(format!(
+                        "{}: message does not name {names:?}:\n    {message}",
+                        path.display()
+                    ));
                 }
             }
         }
@@ -124,7 +148,11 @@ fn scaling_the_demo_to_a_thousand_devices_keeps_the_cohort_proportions() {
             cohort.name,
             cohort.count
         );
-        assert_eq!(cohort.first_device, next_device, "cohort {} is not numbered on", cohort.name);
+        assert_eq!(
+            cohort.first_device, next_device,
+            "cohort {} is not numbered on",
+            cohort.name
+        );
         next_device += cohort.count;
     }
 }
