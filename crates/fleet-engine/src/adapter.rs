@@ -58,6 +58,10 @@ pub trait Adapter {
     /// Called about once a second: keep-alive, retrying blocked writes, timeouts.
     fn tick(&mut self, now: SimTime, out: &mut Vec<(u32, NetInput)>);
 
+    /// Retries writes that the sockets could not take at once. Called every loop turn; returns
+    /// true while some remain (the loop then sleeps only briefly).
+    fn flush(&mut self) -> bool;
+
     /// Live sessions and QoS >= 1 messages awaiting acknowledgement, for the metrics.
     fn sessions_open(&self) -> u64;
     fn in_flight(&self) -> u64;

@@ -36,6 +36,9 @@ impl Adapter for NoAdapter {
     fn tick(&mut self, _: SimTime, _: &mut Vec<(u32, NetInput)>) {
         match *self {}
     }
+    fn flush(&mut self) -> bool {
+        match *self {}
+    }
     fn sessions_open(&self) -> u64 {
         match *self {}
     }

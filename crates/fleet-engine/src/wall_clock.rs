@@ -20,6 +20,8 @@ pub const MAX_EVENTS_PER_TURN: usize = 4096;
 pub const INBOX_CAPACITY: usize = 16_384;
 /// The loop wakes at least this often (to notice Ctrl-C and the end of the run).
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// While some socket could not take all its bytes, the loop retries this often.
+const BLOCKED_WRITE_RETRY: Duration = Duration::from_millis(1);
 /// At shutdown, how long to wait for queued bytes to reach the sockets.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
@@ -78,13 +80,15 @@ pub(crate) fn run_wall<A: Adapter>(mut shard: Shard, mut adapter: A, ctl: &Shard
                 shard.shutdown_devices(now, &mut net);
                 break;
             }
+            let blocked = adapter.flush();
             if steps == MAX_STEPS_PER_TURN || events == MAX_EVENTS_PER_TURN {
                 // More is due: let the adapter's tasks run, then go on.
                 tokio::task::yield_now().await;
                 continue;
             }
             let next = shard.sched.peek_time().unwrap_or(SimTime::NEVER).min(next_tick);
-            let sleep_for = next.saturating_since(now_since(start)).to_std().min(MAX_SLEEP);
+            let cap = if blocked { BLOCKED_WRITE_RETRY } else { MAX_SLEEP };
+            let sleep_for = next.saturating_since(now_since(start)).to_std().min(cap);
             tokio::select! {
                 biased;
                 ev = rx.recv() => {
@@ -103,9 +107,7 @@ pub(crate) fn run_wall<A: Adapter>(mut shard: Shard, mut adapter: A, ctl: &Shard
         // Let DISCONNECTs and last messages reach the sockets.
         let flush_start = Instant::now();
         while adapter.pending_bytes() > 0 && flush_start.elapsed() < FLUSH_WAIT {
-            let now = now_since(start);
-            adapter.tick(now, shard.inputs_mut());
-            shard.inputs_mut().clear();
+            adapter.flush();
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let now = now_since(start);

@@ -1,0 +1,677 @@
+//! One shard's MQTT sessions, driven by the shard loop.
+//!
+//! The shard owns each session's write half and protocol state (packet ids, in-flight messages,
+//! keep-alive) in a compact `Session`; a small reader task per live connection decodes inbound
+//! packets and sends them to the shard as events. Connecting happens in a short-lived task
+//! (TCP connect, CONNECT, wait for CONNACK, SUBSCRIBE), bounded per shard by a semaphore so a
+//! fleet that starts at once does not overflow the broker's listen backlog.
+
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use fleet_core::profile::Qos;
+use fleet_core::{Device, DeviceCtx, Publish, SimTime, TopicKind};
+use fleet_engine::shard::Shard;
+use fleet_engine::{Adapter, NetInput, SendOutcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
+
+use crate::codec::{self, ConnectOptions, DecodeError, Inbound, Version, Will};
+
+/// Connection attempts in progress at once per shard (TCP handshake + CONNECT/CONNACK).
+pub const MAX_CONNECTING_PER_SHARD: usize = 128;
+/// Bytes a session may queue when its socket is full; a publish beyond it fails (counted).
+pub const MAX_PENDING_BYTES: usize = 256 * 1024;
+/// QoS >= 1 messages a session may have unacknowledged; a publish beyond it fails (counted).
+pub const MAX_INFLIGHT_PER_SESSION: usize = 1024;
+/// Bytes a reader asks the socket for at a time.
+const READ_CHUNK: usize = 512;
+/// Keep-alive: a session is dead when nothing was heard for this many keep-alive periods.
+const KEEPALIVE_GRACE: f64 = 1.5;
+
+/// Settings shared by every shard's adapter.
+#[derive(Clone, Debug)]
+pub struct MqttConfig {
+    pub version: Version,
+    /// Broker listeners; device `id` uses `targets[id % len]`.
+    pub targets: Vec<SocketAddr>,
+    /// Local addresses to bind; device `id` uses `source_addrs[id % len]` (empty: the OS picks).
+    pub source_addrs: Vec<IpAddr>,
+    pub tcp_nodelay: bool,
+}
+
+/// What the adapter's tasks tell the shard.
+pub enum MqttEvent {
+    Connected {
+        dev: u32,
+        epoch: u32,
+        write: OwnedWriteHalf,
+        reader: AbortHandle,
+        latency_us: u64,
+    },
+    ConnectFailed {
+        dev: u32,
+        epoch: u32,
+        reason: &'static str,
+    },
+    Packet {
+        dev: u32,
+        epoch: u32,
+        packet: Inbound,
+    },
+    Closed {
+        dev: u32,
+        epoch: u32,
+        reason: &'static str,
+        malformed: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum State {
+    #[default]
+    Idle,
+    Connecting,
+    Up,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Inflight {
+    pkid: u16,
+    telemetry: bool,
+    /// QoS 2: PUBREC seen, waiting for PUBCOMP.
+    released: bool,
+    scheduled: SimTime,
+    from_buffer: bool,
+}
+
+/// A device's session as the shard holds it (about 120 bytes when idle).
+#[derive(Default)]
+struct Session {
+    epoch: u32,
+    state: State,
+    write: Option<OwnedWriteHalf>,
+    reader: Option<AbortHandle>,
+    /// Bytes the socket has not taken yet.
+    out: BytesMut,
+    next_pkid: u16,
+    inflight: VecDeque<Inflight>,
+    keep_alive_s: u16,
+    last_write_s: u32,
+    last_read_s: u32,
+}
+
+impl Session {
+    fn telemetry_in_flight(&self) -> u32 {
+        self.inflight.iter().filter(|i| i.telemetry).count() as u32
+    }
+
+    fn next_pkid(&mut self) -> u16 {
+        self.next_pkid = self.next_pkid.wrapping_add(1);
+        if self.next_pkid == 0 {
+            self.next_pkid = 1;
+        }
+        self.next_pkid
+    }
+
+    /// Drops the connection and all protocol state; returns the write half and pending bytes.
+    fn reset(&mut self) -> (Option<OwnedWriteHalf>, BytesMut) {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.state = State::Idle;
+        if let Some(r) = self.reader.take() {
+            r.abort();
+        }
+        self.inflight = VecDeque::new();
+        (self.write.take(), std::mem::take(&mut self.out))
+    }
+}
+
+/// The MQTT side of one shard.
+pub struct MqttAdapter {
+    cfg: Arc<MqttConfig>,
+    sessions: Vec<Session>,
+    events: Option<mpsc::Sender<MqttEvent>>,
+    connecting: Arc<Semaphore>,
+    start: Instant,
+    /// Sessions whose `out` is not empty.
+    blocked: Vec<u32>,
+    /// Cleanly closed sessions still flushing their last bytes (DISCONNECT last).
+    closing: Vec<(OwnedWriteHalf, BytesMut)>,
+    open: u64,
+    in_flight: u64,
+    device_id: Vec<u8>,
+    topic: Vec<u8>,
+    packet: BytesMut,
+}
+
+fn secs(now: SimTime) -> u32 {
+    (now.as_micros() / 1_000_000) as u32
+}
+
+/// Writes what the socket takes now; returns what it did not take. Err on a dead socket.
+fn write_now(w: &OwnedWriteHalf, bytes: &[u8]) -> Result<usize, ()> {
+    match w.try_write(bytes) {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+        Err(_) => Err(()),
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(24) => "too many open files (EMFILE)",
+        Some(99) => "no free local port for this source address (EADDRNOTAVAIL)",
+        _ => match e.kind() {
+            ErrorKind::ConnectionRefused => "connection refused",
+            ErrorKind::ConnectionReset => "connection reset",
+            ErrorKind::TimedOut => "timed out",
+            ErrorKind::AddrNotAvailable => "source address not available",
+            ErrorKind::UnexpectedEof => "closed by broker",
+            _ => "network error",
+        },
+    }
+}
+
+impl MqttAdapter {
+    /// The adapter for the shard owning device ids `devices`.
+    pub fn new(cfg: Arc<MqttConfig>, devices: Range<u32>) -> MqttAdapter {
+        let n = (devices.end - devices.start) as usize;
+        MqttAdapter {
+            cfg,
+            sessions: (0..n).map(|_| Session::default()).collect(),
+            events: None,
+            connecting: Arc::new(Semaphore::new(MAX_CONNECTING_PER_SHARD)),
+            start: Instant::now(),
+            blocked: Vec::new(),
+            closing: Vec::new(),
+            open: 0,
+            in_flight: 0,
+            device_id: Vec::with_capacity(32),
+            topic: Vec::with_capacity(96),
+            packet: BytesMut::with_capacity(1024),
+        }
+    }
+
+    /// Renders the topic of `kind` for `device` into `self.topic`; false if the profile has none.
+    fn render_topic(&mut self, device: &Device, ctx: &DeviceCtx, kind: TopicKind) -> bool {
+        let identity = &ctx.cohort.profile.identity;
+        let template = match kind {
+            TopicKind::Telemetry => Some(&identity.telemetry_topic),
+            TopicKind::Response => identity.response_topic.as_ref(),
+            TopicKind::Status => identity.status_topic.as_ref(),
+        };
+        let Some(template) = template else { return false };
+        self.device_id.clear();
+        device.render_device_id(ctx, &mut self.device_id);
+        self.topic.clear();
+        template.render_into(&ctx.vars(device.id, &self.device_id), &mut self.topic);
+        true
+    }
+
+    /// Queues `self.packet` on the session. False if the session cannot take it.
+    fn send_packet(&mut self, dev: u32, now: SimTime) -> bool {
+        let s = &mut self.sessions[dev as usize];
+        let Some(w) = &s.write else { return false };
+        if s.out.is_empty() {
+            match write_now(w, &self.packet) {
+                Ok(n) if n == self.packet.len() => {}
+                Ok(n) => {
+                    s.out.extend_from_slice(&self.packet[n..]);
+                    self.blocked.push(dev);
+                }
+                Err(()) => return false, // the reader reports the closed socket
+            }
+        } else if s.out.len() + self.packet.len() > MAX_PENDING_BYTES {
+            return false;
+        } else {
+            s.out.extend_from_slice(&self.packet);
+        }
+        s.last_write_s = secs(now);
+        true
+    }
+
+    fn lost(&mut self, dev: u32, reason: &'static str, out: &mut Vec<(u32, NetInput)>) {
+        let s = &mut self.sessions[dev as usize];
+        if s.state == State::Idle {
+            return;
+        }
+        let was_up = s.state == State::Up;
+        let unacked = s.telemetry_in_flight();
+        self.in_flight -= u64::from(unacked);
+        let _ = s.reset();
+        if was_up {
+            self.open -= 1;
+            out.push((dev, NetInput::SessionLost { reason, unacked }));
+        } else {
+            out.push((dev, NetInput::ConnectFailed { reason }));
+        }
+    }
+
+    fn on_packet(&mut self, dev: u32, packet: Inbound, now: SimTime, out: &mut Vec<(u32, NetInput)>) {
+        let s = &mut self.sessions[dev as usize];
+        s.last_read_s = secs(now);
+        match packet {
+            Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
+                if let Some(pos) = s.inflight.iter().position(|i| i.pkid == pkid) {
+                    if let Some(i) = s.inflight.remove(pos)
+                        && i.telemetry
+                    {
+                        self.in_flight -= 1;
+                        out.push((
+                            dev,
+                            NetInput::Acked {
+                                scheduled: i.scheduled,
+                                from_buffer: i.from_buffer,
+                            },
+                        ));
+                    }
+                }
+            }
+            Inbound::PubRec(pkid) => {
+                if let Some(i) = s.inflight.iter_mut().find(|i| i.pkid == pkid) {
+                    i.released = true;
+                }
+                self.packet.clear();
+                codec::write_ack(&mut self.packet, codec::PUBREL, pkid);
+                self.send_packet(dev, now);
+            }
+            Inbound::PubRel(pkid) => {
+                self.packet.clear();
+                codec::write_ack(&mut self.packet, codec::PUBCOMP, pkid);
+                self.send_packet(dev, now);
+            }
+            Inbound::Publish { qos, pkid, payload } => {
+                if qos > 0 {
+                    self.packet.clear();
+                    codec::write_ack(&mut self.packet, if qos == 1 { codec::PUBACK } else { codec::PUBREC }, pkid);
+                    self.send_packet(dev, now);
+                }
+                out.push((dev, NetInput::Command(payload)));
+            }
+            Inbound::SubAck { .. } | Inbound::PingResp => {}
+            Inbound::Disconnect => self.lost(dev, "DISCONNECT from broker", out),
+            Inbound::ConnAck { .. } | Inbound::Unexpected(_) => {
+                out.push((dev, NetInput::Malformed));
+                self.lost(dev, "protocol error", out);
+            }
+        }
+    }
+}
+
+impl Adapter for MqttAdapter {
+    type Event = MqttEvent;
+
+    fn start(&mut self, events: mpsc::Sender<MqttEvent>) {
+        self.events = Some(events);
+    }
+
+    fn connect(&mut self, dev: u32, device: &Device, ctx: &DeviceCtx, now: SimTime) {
+        let Some(events) = self.events.clone() else { return };
+        let profile = &ctx.cohort.profile;
+        let cfg = &self.cfg;
+        let id = device.id.0 as usize;
+        let target = cfg.targets[id % cfg.targets.len()];
+        let source = (!cfg.source_addrs.is_empty()).then(|| cfg.source_addrs[id % cfg.source_addrs.len()]);
+        let version = cfg.version;
+        let nodelay = cfg.tcp_nodelay;
+
+        // CONNECT: client id, keep-alive, session, will.
+        self.device_id.clear();
+        device.render_device_id(ctx, &mut self.device_id);
+        let mut client_id = Vec::with_capacity(32);
+        profile
+            .identity
+            .client_id
+            .render_into(&ctx.vars(device.id, &self.device_id), &mut client_id);
+        let mut will_payload = Vec::new();
+        let has_will = profile.mqtt.last_will && self.render_topic(device, ctx, TopicKind::Status);
+        if has_will {
+            Shard::will_payload(device, ctx, now, &mut will_payload);
+        }
+        let keep_alive_s = (profile.mqtt.keep_alive.as_micros() / 1_000_000).min(65_535) as u16;
+        let session_expiry_s = match (profile.mqtt.clean_session, profile.mqtt.session_expiry) {
+            (_, Some(d)) => Some((d.as_micros() / 1_000_000).min(u64::from(u32::MAX)) as u32),
+            (true, None) => None,
+            (false, None) => Some(3600),
+        };
+        let mut hello = BytesMut::with_capacity(128);
+        codec::write_connect(
+            &mut hello,
+            &ConnectOptions {
+                version,
+                client_id: &client_id,
+                keep_alive_s,
+                clean: profile.mqtt.clean_session,
+                session_expiry_s,
+                will: has_will.then(|| Will {
+                    topic: &self.topic,
+                    payload: &will_payload,
+                    qos: 1,
+                    retain: true,
+                }),
+                username: None,
+                password: None,
+            },
+        );
+        let subscribe = match &profile.identity.command_topic {
+            Some(t) if profile.commands != fleet_core::profile::CommandSet::default() => {
+                let mut filter = Vec::with_capacity(64);
+                t.render_into(&ctx.vars(device.id, &self.device_id), &mut filter);
+                let mut sub = BytesMut::with_capacity(filter.len() + 8);
+                codec::write_subscribe(&mut sub, version, 1, &filter, profile.command_qos as u8);
+                Some(sub)
+            }
+            _ => None,
+        };
+
+        let s = &mut self.sessions[dev as usize];
+        let (_, _) = s.reset();
+        s.state = State::Connecting;
+        s.keep_alive_s = keep_alive_s;
+        s.next_pkid = 1; // 1 is the SUBSCRIBE's
+        let epoch = s.epoch;
+        let timeout = ctx.cohort.link.connect_timeout.to_std();
+        let permits = self.connecting.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = tokio::time::timeout(timeout, async {
+                let _permit = permits.acquire_owned().await.map_err(|_| "shutting down")?;
+                handshake(target, source, nodelay, version, &hello, subscribe.as_deref()).await
+            })
+            .await;
+            let latency_us = started.elapsed().as_micros() as u64;
+            match result {
+                Ok(Ok((stream, leftover))) => {
+                    let Ok(permit) = events.reserve().await else { return };
+                    let (read, write) = stream.into_split();
+                    let reader = tokio::spawn(read_loop(dev, epoch, version, read, leftover, events.clone()));
+                    permit.send(MqttEvent::Connected {
+                        dev,
+                        epoch,
+                        write,
+                        reader: reader.abort_handle(),
+                        latency_us,
+                    });
+                }
+                Ok(Err(reason)) => {
+                    let _ = events.send(MqttEvent::ConnectFailed { dev, epoch, reason }).await;
+                }
+                Err(_) => {
+                    let _ = events
+                        .send(MqttEvent::ConnectFailed {
+                            dev,
+                            epoch,
+                            reason: "connect timed out",
+                        })
+                        .await;
+                }
+            }
+        });
+    }
+
+    fn publish(&mut self, dev: u32, device: &Device, ctx: &DeviceCtx, p: &Publish, payload: &[u8]) -> SendOutcome {
+        let s = &self.sessions[dev as usize];
+        if s.state != State::Up || (p.qos != Qos::AtMostOnce && s.inflight.len() >= MAX_INFLIGHT_PER_SESSION) {
+            return SendOutcome::Failed;
+        }
+        if !self.render_topic(device, ctx, p.topic) {
+            return SendOutcome::Failed;
+        }
+        let s = &mut self.sessions[dev as usize];
+        let pkid = if p.qos == Qos::AtMostOnce { 0 } else { s.next_pkid() };
+        self.packet.clear();
+        codec::write_publish(&mut self.packet, self.cfg.version, &self.topic, p.qos as u8, p.retain, pkid, payload);
+        let now = SimTime(self.start.elapsed().as_micros() as u64);
+        if !self.send_packet(dev, now) {
+            return SendOutcome::Failed;
+        }
+        if p.qos == Qos::AtMostOnce {
+            return SendOutcome::Written;
+        }
+        let telemetry = p.topic == TopicKind::Telemetry;
+        self.sessions[dev as usize].inflight.push_back(Inflight {
+            pkid,
+            telemetry,
+            released: false,
+            scheduled: p.scheduled,
+            from_buffer: p.from_buffer,
+        });
+        if telemetry {
+            self.in_flight += 1;
+            SendOutcome::AwaitingAck
+        } else {
+            SendOutcome::Written
+        }
+    }
+
+    fn close(&mut self, dev: u32, clean: bool) -> u32 {
+        let s = &mut self.sessions[dev as usize];
+        let was_up = s.state == State::Up;
+        let unacked = s.telemetry_in_flight();
+        let (write, mut pending) = s.reset();
+        if was_up {
+            self.open -= 1;
+        }
+        self.in_flight -= u64::from(unacked);
+        if let (true, Some(w)) = (clean, write) {
+            codec::write_disconnect(&mut pending, self.cfg.version);
+            match write_now(&w, &pending) {
+                Ok(n) if n == pending.len() => {}
+                Ok(n) => {
+                    let _ = pending.split_to(n);
+                    self.closing.push((w, pending));
+                }
+                Err(()) => {}
+            }
+        }
+        // An abrupt close drops the write half here: the broker sees the connection end without
+        // DISCONNECT and publishes the will.
+        unacked
+    }
+
+    fn on_event(&mut self, event: MqttEvent, now: SimTime, out: &mut Vec<(u32, NetInput)>) {
+        match event {
+            MqttEvent::Connected {
+                dev,
+                epoch,
+                write,
+                reader,
+                latency_us,
+            } => {
+                let s = &mut self.sessions[dev as usize];
+                if s.epoch != epoch || s.state != State::Connecting {
+                    reader.abort(); // the device gave up on this attempt meanwhile
+                    return;
+                }
+                s.state = State::Up;
+                s.write = Some(write);
+                s.reader = Some(reader);
+                s.last_read_s = secs(now);
+                s.last_write_s = secs(now);
+                self.open += 1;
+                out.push((dev, NetInput::Connected { latency_us }));
+            }
+            MqttEvent::ConnectFailed { dev, epoch, reason } => {
+                let s = &mut self.sessions[dev as usize];
+                if s.epoch == epoch && s.state == State::Connecting {
+                    let _ = s.reset();
+                    out.push((dev, NetInput::ConnectFailed { reason }));
+                }
+            }
+            MqttEvent::Packet { dev, epoch, packet } => {
+                if self.sessions[dev as usize].epoch == epoch && self.sessions[dev as usize].state == State::Up {
+                    self.on_packet(dev, packet, now, out);
+                }
+            }
+            MqttEvent::Closed {
+                dev,
+                epoch,
+                reason,
+                malformed,
+            } => {
+                if self.sessions[dev as usize].epoch == epoch {
+                    if malformed {
+                        out.push((dev, NetInput::Malformed));
+                    }
+                    self.lost(dev, reason, out);
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, now: SimTime, out: &mut Vec<(u32, NetInput)>) {
+        let now_s = secs(now);
+        for dev in 0..self.sessions.len() as u32 {
+            let s = &self.sessions[dev as usize];
+            if s.state != State::Up || s.keep_alive_s == 0 {
+                continue;
+            }
+            let ka = u32::from(s.keep_alive_s);
+            if f64::from(now_s.saturating_sub(s.last_read_s)) > f64::from(ka) * KEEPALIVE_GRACE {
+                self.lost(dev, "keep-alive timeout (broker silent)", out);
+            } else if now_s.saturating_sub(s.last_write_s) >= ka {
+                self.packet.clear();
+                codec::write_pingreq(&mut self.packet);
+                self.send_packet(dev, now);
+            }
+        }
+    }
+
+    fn flush(&mut self) -> bool {
+        let mut i = 0;
+        while i < self.blocked.len() {
+            let dev = self.blocked[i];
+            let s = &mut self.sessions[dev as usize];
+            let done = match &s.write {
+                Some(w) if !s.out.is_empty() => match write_now(w, &s.out) {
+                    Ok(n) => {
+                        let _ = s.out.split_to(n);
+                        s.out.is_empty()
+                    }
+                    Err(()) => true,
+                },
+                _ => true,
+            };
+            if done {
+                s.out = BytesMut::new();
+                self.blocked.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        self.closing.retain_mut(|(w, pending)| match write_now(w, pending) {
+            Ok(n) => {
+                let _ = pending.split_to(n);
+                !pending.is_empty()
+            }
+            Err(()) => false,
+        });
+        !self.blocked.is_empty() || !self.closing.is_empty()
+    }
+
+    fn sessions_open(&self) -> u64 {
+        self.open
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.in_flight
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        let open: usize = self.blocked.iter().map(|d| self.sessions[*d as usize].out.len()).sum();
+        let closing: usize = self.closing.iter().map(|(_, p)| p.len()).sum();
+        (open + closing) as u64
+    }
+}
+
+/// TCP connect (from `source` if given), CONNECT, wait for CONNACK, SUBSCRIBE.
+async fn handshake(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    nodelay: bool,
+    version: Version,
+    hello: &[u8],
+    subscribe: Option<&[u8]>,
+) -> Result<(TcpStream, BytesMut), &'static str> {
+    let socket = if target.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|e| io_reason(&e))?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0)).map_err(|e| io_reason(&e))?;
+    }
+    let mut stream = socket.connect(target).await.map_err(|e| io_reason(&e))?;
+    let _ = stream.set_nodelay(nodelay);
+    stream.write_all(hello).await.map_err(|e| io_reason(&e))?;
+    let mut buf = BytesMut::with_capacity(64);
+    loop {
+        match codec::read_packet(&mut buf, version) {
+            Ok(Inbound::ConnAck { accepted: true, .. }) => break,
+            Ok(Inbound::ConnAck { accepted: false, .. }) => return Err("refused by broker (CONNACK)"),
+            Ok(_) => return Err("protocol error: packet before CONNACK"),
+            Err(DecodeError::Malformed(_)) => return Err("malformed CONNACK"),
+            Err(DecodeError::Incomplete) => {
+                if stream.read_buf(&mut buf).await.map_err(|e| io_reason(&e))? == 0 {
+                    return Err("closed by broker before CONNACK");
+                }
+            }
+        }
+    }
+    if let Some(sub) = subscribe {
+        stream.write_all(sub).await.map_err(|e| io_reason(&e))?;
+    }
+    Ok((stream, buf))
+}
+
+/// Decodes inbound packets of one connection and forwards them to the shard.
+async fn read_loop(dev: u32, epoch: u32, version: Version, read: OwnedReadHalf, mut buf: BytesMut, events: mpsc::Sender<MqttEvent>) {
+    let reason = loop {
+        loop {
+            match codec::read_packet(&mut buf, version) {
+                Ok(packet) => {
+                    if events.send(MqttEvent::Packet { dev, epoch, packet }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(DecodeError::Incomplete) => break,
+                Err(DecodeError::Malformed(_)) => {
+                    let _ = events
+                        .send(MqttEvent::Closed {
+                            dev,
+                            epoch,
+                            reason: "malformed packet from broker",
+                            malformed: true,
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+        if buf.is_empty() && buf.capacity() > 0 {
+            buf = BytesMut::new(); // idle sessions hold no read buffer
+        }
+        if let Err(e) = read.readable().await {
+            break io_reason(&e);
+        }
+        buf.reserve(READ_CHUNK);
+        match read.try_read_buf(&mut buf) {
+            Ok(0) => break "closed by broker",
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => break io_reason(&e),
+        }
+    };
+    let _ = events
+        .send(MqttEvent::Closed {
+            dev,
+            epoch,
+            reason,
+            malformed: false,
+        })
+        .await;
+}

@@ -1,0 +1,62 @@
+//! Broker URLs: `mqtt://host:port` (port 1883 when left out).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("broker URL {url:?}: {why}")]
+    Invalid { url: String, why: String },
+    #[error("broker URL {url:?}: cannot resolve {host}: {source}")]
+    Resolve {
+        url: String,
+        host: String,
+        source: std::io::Error,
+    },
+}
+
+/// Resolves a broker URL to a socket address (the first the resolver gives).
+pub fn resolve(url: &str) -> Result<SocketAddr, UrlError> {
+    fleet_core::scenario::check_broker_url(url).map_err(|why| UrlError::Invalid {
+        url: url.to_string(),
+        why,
+    })?;
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    let host_port = if rest.rsplit_once(':').is_some_and(|(h, p)| !h.ends_with(']') && p.parse::<u16>().is_ok())
+        || (rest.starts_with('[') && rest.contains("]:"))
+    {
+        rest.to_string()
+    } else {
+        format!("{rest}:1883")
+    };
+    let mut addrs = host_port.to_socket_addrs().map_err(|source| UrlError::Resolve {
+        url: url.to_string(),
+        host: host_port.clone(),
+        source,
+    })?;
+    addrs.next().ok_or_else(|| UrlError::Invalid {
+        url: url.to_string(),
+        why: "resolves to no address".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_resolve_with_and_without_a_port() {
+        assert_eq!(resolve("mqtt://127.0.0.1:1884").unwrap().port(), 1884);
+        assert_eq!(resolve("mqtt://127.0.0.1").unwrap().port(), 1883);
+        assert_eq!(resolve("mqtt://localhost:9").unwrap().port(), 9);
+    }
+
+    #[test]
+    fn bad_urls_say_why() {
+        assert!(resolve("http://x").unwrap_err().to_string().contains("mqtt://"));
+        assert!(resolve("mqtt://h:99999").unwrap_err().to_string().contains("port"));
+    }
+}
