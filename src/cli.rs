@@ -1,0 +1,156 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleetsim",
+    version,
+    about = "IoT device fleet emulator: thousands of deterministic simulated devices over MQTT",
+    long_about = "fleetsim runs a fleet of simulated IoT devices (sensors that drift and spike, batteries that drain, \
+flaky links) as real MQTT sessions against the embedded broker or yours, and reports what it measured.\n\n\
+Quick start:  fleetsim run            (the demo fleet on the embedded broker)\n\
+              fleetsim run scenarios/ingest-load.toml --broker mqtt://localhost:1883"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: human-readable lines, or JSON objects (one per line, with run and device ids).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Log level filter (tracing syntax), e.g. `debug` or `info,fleet_mqtt=debug`. The embedded
+    /// broker is silent unless named: `info,rumqttd=warn`. RUST_LOG wins.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scenario (the built-in demo when none is given).
+    Run(RunArgs),
+    /// Check scenario, profile and firmware files and explain every problem.
+    #[command(long_about = "Check scenario, device profile and firmware model files and explain every problem.\n\n\
+A scenario is checked together with the profiles and firmware models it names.\n\n\
+Example: fleetsim validate scenarios/*.toml device-profiles/*.toml firmware-models/*.toml")]
+    Validate {
+        /// Files to check (the kind is recognised from the file's keys).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print a shell completion script.
+    #[command(long_about = "Print a shell completion script.\n\n\
+Example: fleetsim completions bash > ~/.local/share/bash-completion/completions/fleetsim")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClockArg {
+    Wall,
+    Virtual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MqttVersionArg {
+    #[value(name = "3.1.1")]
+    V311,
+    #[value(name = "5")]
+    V5,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Scenario file. Without it: scenarios/demo.toml if it exists here, else the built-in demo.
+    pub scenario: Option<PathBuf>,
+
+    /// Point the fleet at this broker instead of the scenario's (or the embedded one).
+    /// Repeat to spread sessions over several listeners.
+    ///
+    /// Example: --broker mqtt://10.0.0.5:1883
+    #[arg(long, value_name = "URL")]
+    pub broker: Vec<String>,
+
+    /// Total number of devices; every cohort is scaled in proportion.
+    ///
+    /// Example: --devices 10000
+    #[arg(long, value_name = "N")]
+    pub devices: Option<u32>,
+
+    /// How long devices report (overrides the scenario).
+    ///
+    /// Example: --duration 30s, --duration 5m, --duration 2h (virtual clock: --duration 7d)
+    #[arg(long, value_name = "D", value_parser = parse_duration_arg)]
+    pub duration: Option<fleet_core::SimDuration>,
+
+    /// The run's seed: the same seed gives the same fleet behaviour.
+    ///
+    /// Example: --seed 42
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+
+    /// Engine threads (default: one per core). Devices are split by id range, so the fleet's
+    /// behaviour does not depend on this.
+    ///
+    /// Example: --shards 4
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub shards: Option<u16>,
+
+    /// Clock: wall (real time, real sockets) or virtual (simulated broker, as fast as the CPU goes).
+    ///
+    /// Example: --clock virtual --duration 7d
+    #[arg(long, value_enum)]
+    pub clock: Option<ClockArg>,
+
+    /// No interactive display: plain progress lines, also on a terminal.
+    #[arg(long)]
+    pub headless: bool,
+
+    /// Write the run report (JSON) here. Keys: docs/report.md.
+    ///
+    /// Example: --report out/run.json
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+
+    /// Write one line per device event here (sortable by device and time).
+    ///
+    /// Example: --event-log out/events.log
+    #[arg(long, value_name = "PATH")]
+    pub event_log: Option<PathBuf>,
+
+    /// MQTT protocol version (overrides the scenario).
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub mqtt_version: Option<MqttVersionArg>,
+
+    /// Local address sessions bind to; repeat for more (127.0.0.2, 127.0.0.3 ... on loopback).
+    /// One source address reaches about 28,000 sessions per broker listener.
+    ///
+    /// Example: --source-addr 127.0.0.2 --source-addr 127.0.0.3
+    #[arg(long, value_name = "IP")]
+    pub source_addr: Vec<std::net::IpAddr>,
+
+    /// Set TCP_NODELAY (true: no Nagle delay, best for paced QoS 1; false: fewer packets in floods).
+    ///
+    /// Example: --tcp-nodelay false
+    #[arg(long, value_name = "BOOL")]
+    pub tcp_nodelay: Option<bool>,
+
+    /// Progress line interval when not on a terminal (or with --headless).
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration_arg)]
+    pub progress_every: fleet_core::SimDuration,
+}
+
+fn parse_duration_arg(s: &str) -> Result<fleet_core::SimDuration, String> {
+    fleet_core::time::parse_duration(s)
+}

@@ -1,0 +1,94 @@
+//! Progress while a run goes: a bar on a terminal, a line every few seconds otherwise.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use fleet_core::DeviceState;
+use fleet_core::scenario::{Clock, ScenarioSettings};
+use fleet_metrics::FleetSnapshot;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    every: Duration,
+    last_line: Option<Instant>,
+    clock: Clock,
+    duration_s: f64,
+    devices: u32,
+}
+
+fn fmt_us(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.2}s", us as f64 / 1e6)
+    } else if us >= 1_000 {
+        format!("{:.1}ms", us as f64 / 1e3)
+    } else {
+        format!("{us}us")
+    }
+}
+
+impl Progress {
+    pub fn new(s: &ScenarioSettings, devices: u32, headless: bool, every: Duration) -> Progress {
+        let on_terminal = std::io::stderr().is_terminal() && !headless;
+        let bar = on_terminal.then(|| {
+            let bar = ProgressBar::with_draw_target(Some(s.duration.as_secs_f64().ceil() as u64), ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template("{spinner} [{bar:30}] {pos:>5}/{len}s  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            bar.set_style(style);
+            bar
+        });
+        Progress {
+            bar,
+            every,
+            last_line: None,
+            clock: s.clock,
+            duration_s: s.duration.as_secs_f64(),
+            devices,
+        }
+    }
+
+    fn line(&self, s: &FleetSnapshot) -> String {
+        let p = &s.publish_ack_interval;
+        format!(
+            "online {}/{}  offline {}  published {} ({:.0}/s)  acked {}  failed {}  p50 {} p99 {}  lag max {}",
+            s.state(DeviceState::Online),
+            self.devices,
+            s.state(DeviceState::Offline) + s.state(DeviceState::Connecting),
+            s.totals.published,
+            s.published_per_s,
+            s.totals.acked,
+            s.totals.failed(),
+            fmt_us(p.p50),
+            fmt_us(p.p99),
+            fmt_us(s.max_lag_us),
+        )
+    }
+
+    pub fn update(&mut self, s: &FleetSnapshot) {
+        let t = match self.clock {
+            Clock::Wall => s.elapsed_s,
+            Clock::Virtual => s.sim_time_s,
+        };
+        if let Some(bar) = &self.bar {
+            bar.set_position(t.min(self.duration_s) as u64);
+            bar.set_message(self.line(s));
+            return;
+        }
+        if self.last_line.is_some_and(|l| l.elapsed() < self.every) {
+            return;
+        }
+        self.last_line = Some(Instant::now());
+        let clock = match self.clock {
+            Clock::Wall => String::new(),
+            Clock::Virtual => format!(" (virtual, {:.0} steps/s)", s.steps_per_s),
+        };
+        tracing::info!("t={:.0}s/{:.0}s{clock}  {}", t, self.duration_s, self.line(s));
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! `fleetsim run`: load, size, check, start the broker, run, report.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use fleet_core::load::{FsSource, load_fleet};
+use fleet_core::scenario::{Clock, MqttVersion};
+use fleet_core::{Fleet, SimTime};
+use fleet_engine::{RunOptions, RunPlan, SATURATION_LAG_US, process};
+use fleet_metrics::{ProcessStats, RunInfo, RunReport};
+use fleet_mqtt::{MqttAdapter, MqttConfig, Version};
+
+use crate::cli::{ClockArg, MqttVersionArg, RunArgs};
+use crate::progress::Progress;
+use crate::{Failure, builtin, preflight, summary};
+
+/// Loads the scenario named on the command line, or the demo.
+fn load(args: &RunArgs) -> Result<Fleet, Failure> {
+    let fleet = match &args.scenario {
+        Some(path) => load_fleet(&FsSource, path),
+        None if Path::new(builtin::DEMO_PATH).exists() => load_fleet(&FsSource, Path::new(builtin::DEMO_PATH)),
+        None => {
+            tracing::info!("no scenario given and no {} here: running the built-in demo", builtin::DEMO_PATH);
+            load_fleet(&builtin::FILES, Path::new(builtin::DEMO_PATH))
+        }
+    };
+    fleet.map_err(Failure::Config)
+}
+
+/// Applies the command line's overrides to the scenario.
+fn apply_overrides(fleet: &mut Fleet, args: &RunArgs) -> Result<(), Failure> {
+    let s = &mut fleet.settings;
+    if let Some(d) = args.duration {
+        if d == fleet_core::SimDuration::ZERO {
+            return Err(Failure::Usage("--duration must be longer than zero".into()));
+        }
+        s.duration = d;
+        // Events past the new end would never fire: say so instead of silently dropping them.
+        if let Some(e) = s.events.iter().find(|e| e.at >= d) {
+            return Err(Failure::Usage(format!(
+                "--duration {d}: the scenario has an event at {}, after the end of the run; give a longer duration",
+                e.at
+            )));
+        }
+    }
+    if let Some(seed) = args.seed {
+        s.seed = seed;
+    }
+    if let Some(c) = args.clock {
+        s.clock = match c {
+            ClockArg::Wall => Clock::Wall,
+            ClockArg::Virtual => Clock::Virtual,
+        };
+    }
+    if !args.broker.is_empty() {
+        s.broker_urls = args.broker.clone();
+    }
+    if let Some(v) = args.mqtt_version {
+        s.mqtt_version = match v {
+            MqttVersionArg::V311 => MqttVersion::V311,
+            MqttVersionArg::V5 => MqttVersion::V5,
+        };
+    }
+    if !args.source_addr.is_empty() {
+        s.source_addrs = args.source_addr.clone();
+    }
+    if let Some(n) = args.tcp_nodelay {
+        s.tcp_nodelay = n;
+    }
+    if let Some(n) = args.devices {
+        if n == 0 {
+            return Err(Failure::Usage("--devices must be at least 1".into()));
+        }
+        if n > fleet_core::load::MAX_DEVICES {
+            return Err(Failure::Usage(format!(
+                "--devices {n}: one process simulates at most {} devices",
+                fleet_core::load::MAX_DEVICES
+            )));
+        }
+        fleet.scale_to(n);
+    }
+    Ok(())
+}
+
+fn run_id() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:016x}", fleet_core::seed::mix64(nanos as u64 ^ (u64::from(std::process::id()) << 32)))
+}
+
+fn ensure_writable(path: &Path, what: &str) -> Result<(), Failure> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::Usage(format!("{what} {}: cannot create folder {}: {e}", path.display(), dir.display())))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(|_| ())
+        .map_err(|e| Failure::Usage(format!("{what} {}: cannot write: {e}", path.display())))
+}
+
+pub fn run(args: RunArgs) -> Result<bool, Failure> {
+    let mut fleet = load(&args)?;
+    apply_overrides(&mut fleet, &args)?;
+    if let Some(p) = &args.report {
+        ensure_writable(p, "--report")?;
+    }
+    if let Some(p) = &args.event_log {
+        ensure_writable(p, "--event-log")?;
+    }
+    let devices = fleet.total_devices();
+    let shards = args
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u16).unwrap_or(1))
+        .min(devices.max(1).min(u32::from(u16::MAX)) as u16);
+    let settings = fleet.settings.clone();
+    let run_id = run_id();
+    let span = tracing::info_span!("run", run_id = %run_id);
+    let _enter = span.enter();
+
+    let version = match settings.mqtt_version {
+        MqttVersion::V311 => Version::V311,
+        MqttVersion::V5 => Version::V5,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    crate::signals::install(stop.clone());
+    let opts = RunOptions {
+        event_log: args.event_log.clone(),
+    };
+    let mut progress = Progress::new(&settings, devices, args.headless, args.progress_every.to_std());
+
+    let (outcome, broker_desc, epoch_ms) = match settings.clock {
+        Clock::Virtual => {
+            let epoch_ms = settings.start_epoch_ms.unwrap_or(fleet_core::defaults::VIRTUAL_EPOCH_MS);
+            let plan = Arc::new(RunPlan::new(Arc::new(fleet), shards, epoch_ms));
+            tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, "virtual run: simulated broker");
+            let out = fleet_engine::run_virtual(plan, &opts, stop.clone(), |s| progress.update(s))
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            (out, "simulated (virtual clock)".to_string(), epoch_ms)
+        }
+        Clock::Wall => {
+            let embedded = settings.broker_urls.is_empty();
+            let listeners = if embedded {
+                if settings.embedded_listeners > 0 {
+                    settings.embedded_listeners
+                } else {
+                    fleet_mqtt::broker::default_listeners(devices)
+                }
+            } else {
+                settings.broker_urls.len() as u16
+            };
+            preflight::check(devices, embedded, usize::from(listeners), settings.source_addrs.len()).map_err(Failure::Usage)?;
+            let (targets, desc) = if embedded {
+                let b = fleet_mqtt::broker::start(devices, listeners, version).map_err(|e| Failure::Runtime(e.into()))?;
+                let desc = format!(
+                    "embedded rumqttd ({})",
+                    b.listeners.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                );
+                (b.listeners, desc)
+            } else {
+                let mut targets = Vec::new();
+                for url in &settings.broker_urls {
+                    targets.push(fleet_mqtt::url::resolve(url).map_err(|e| Failure::Usage(e.to_string()))?);
+                }
+                (targets, settings.broker_urls.join(", "))
+            };
+            tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, broker = %desc, "wall-clock run");
+            let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            let plan = Arc::new(RunPlan::new(Arc::new(fleet), shards, epoch_ms));
+            let cfg = Arc::new(MqttConfig {
+                version,
+                targets,
+                source_addrs: settings.source_addrs.clone(),
+                tcp_nodelay: settings.tcp_nodelay,
+            });
+            let plan_for_adapters = plan.clone();
+            let out = fleet_engine::run_wall(
+                plan,
+                move |k| MqttAdapter::new(cfg.clone(), plan_for_adapters.shard_range(k)),
+                &opts,
+                stop.clone(),
+                |s| progress.update(s),
+            )
+            .map_err(|e| Failure::Runtime(e.into()))?;
+            (out, desc, epoch_ms)
+        }
+    };
+    progress.finish();
+    let _ = (epoch_ms, SimTime::ZERO);
+
+    let usage = process::usage();
+    let info = RunInfo {
+        id: run_id.clone(),
+        seed: settings.seed,
+        scenario: settings.name.clone(),
+        scenario_path: args
+            .scenario
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("{} (demo)", builtin::DEMO_PATH)),
+        clock: settings.clock.as_str().to_string(),
+        duration_s: settings.duration.as_secs_f64(),
+        elapsed_s: outcome.elapsed.as_secs_f64(),
+        shards,
+        broker: broker_desc,
+        mqtt_version: match version {
+            Version::V311 => "3.1.1".into(),
+            Version::V5 => "5".into(),
+        },
+        fleetsim_version: env!("CARGO_PKG_VERSION").into(),
+        interrupted: outcome.interrupted,
+    };
+    let stats = ProcessStats {
+        rss_peak_bytes: usage.rss_peak_bytes,
+        cpu_user_s: usage.cpu_user_s,
+        cpu_system_s: usage.cpu_system_s,
+        open_files_limit: process::open_files_limit(),
+    };
+    let report = RunReport::build(info, &outcome.at_end, &outcome.last, stats, SATURATION_LAG_US, &settings.slos);
+    if let Some(path) = &args.report {
+        write_report(path, &report).map_err(Failure::Runtime)?;
+    }
+    print!("{}", summary::render(&report, args.report.as_deref()));
+    Ok(report.ok)
+}
+
+fn write_report(path: &PathBuf, report: &RunReport) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(&report.to_json()).context("encoding the report")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing the report to {}", path.display()))
+}

@@ -1,0 +1,197 @@
+//! The human-readable end-of-run summary.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use fleet_metrics::RunReport;
+
+fn us(v: u64) -> String {
+    if v >= 1_000_000 {
+        format!("{:.2} s", v as f64 / 1e6)
+    } else if v >= 1_000 {
+        format!("{:.2} ms", v as f64 / 1e3)
+    } else {
+        format!("{v} us")
+    }
+}
+
+fn n(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn slo_value(metric: &str, v: f64) -> String {
+    if metric.starts_with("latency_us") {
+        us(v as u64)
+    } else if metric.ends_with("_ratio") {
+        format!("{:.4}", v)
+    } else if metric.ends_with("_ms") {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v}")
+    }
+}
+
+pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
+    let mut o = String::new();
+    let run = &r.run;
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "fleetsim {}  run {}  scenario {} ({})",
+        run.fleetsim_version, run.id, run.scenario, run.scenario_path
+    );
+    let _ = writeln!(
+        o,
+        "  seed {}  clock {}  duration {}s  elapsed {:.1}s  shards {}  broker {}  mqtt {}{}",
+        run.seed,
+        run.clock,
+        run.duration_s,
+        run.elapsed_s,
+        run.shards,
+        run.broker,
+        run.mqtt_version,
+        if run.interrupted { "  (interrupted)" } else { "" }
+    );
+    let d = &r.devices;
+    let state = |s: &str| d.by_state.get(s).copied().unwrap_or(0);
+    let _ = writeln!(
+        o,
+        "devices      {} total, at end: {} online, {} offline, {} connecting, {} booting, {} dead; peak online {}",
+        n(d.total),
+        n(state("online")),
+        n(state("offline")),
+        n(state("connecting")),
+        n(state("booting")),
+        n(state("dead")),
+        n(d.peak_online)
+    );
+    let m = &r.messages;
+    let _ = writeln!(
+        o,
+        "messages     published {}  acked {} ({:.2}%)  failed {}  in flight {}  buffered {}  ({} bytes sent)",
+        n(m.published),
+        n(m.acked),
+        m.delivered_ratio * 100.0,
+        n(m.failed),
+        n(m.in_flight),
+        n(m.buffered),
+        n(m.bytes_sent)
+    );
+    if m.failed > 0 {
+        let reasons: Vec<String> = m
+            .failed_by_reason
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{} {}", k.replace('_', " "), n(*v)))
+            .collect();
+        let _ = writeln!(o, "             failed: {}", reasons.join(", "));
+    }
+    let c = &r.connections;
+    let _ = writeln!(
+        o,
+        "connections  attempts {}  ok {}  failed {}  skipped (no link) {}  link drops {}  sessions lost {}",
+        n(c.attempts),
+        n(c.succeeded),
+        n(c.failed),
+        n(c.skipped_no_link),
+        n(c.link_drops),
+        n(c.sessions_lost)
+    );
+    let cm = &r.commands;
+    if cm.received > 0 || cm.reboots > 0 {
+        let _ = writeln!(
+            o,
+            "commands     received {}  rejected {}  reboots {}",
+            n(cm.received),
+            n(cm.rejected),
+            n(cm.reboots)
+        );
+    }
+    let p = &r.latency_us.publish_ack;
+    let _ = writeln!(
+        o,
+        "latency      publish->ack  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={}, from scheduled send time)",
+        us(p.p50),
+        us(p.p90),
+        us(p.p99),
+        us(p.p999),
+        us(p.max),
+        n(p.count)
+    );
+    let cl = &r.latency_us.connect;
+    let _ = writeln!(
+        o,
+        "             connect       p50 {}  p99 {}  max {}  (n={})",
+        us(cl.p50),
+        us(cl.p99),
+        us(cl.max),
+        n(cl.count)
+    );
+    let g = &r.generator;
+    let _ = writeln!(
+        o,
+        "generator    {}  max lag {:.1} ms  lag p99 {:.1} ms  steps {} ({:.0}/s)",
+        if g.saturated { "SATURATED (fell behind its schedule)" } else { "kept up" },
+        g.max_lag_ms,
+        g.lag_p99_ms,
+        n(g.steps),
+        g.steps_per_s
+    );
+    let pr = &r.process;
+    let _ = writeln!(
+        o,
+        "process      cpu {:.1} s user + {:.1} s system  peak RSS {:.1} MiB",
+        pr.cpu_user_s,
+        pr.cpu_system_s,
+        pr.rss_peak_bytes as f64 / (1024.0 * 1024.0)
+    );
+    for (i, s) in r.slo.iter().enumerate() {
+        let value = s.value.map(|v| slo_value(&s.metric, v)).unwrap_or_else(|| "no data".into());
+        let op = if s.bound == "max" { "<=" } else { ">=" };
+        let _ = writeln!(
+            o,
+            "{}{}  {}: {} = {} {} {}",
+            if i == 0 { "SLOs         " } else { "             " },
+            if s.ok { "ok  " } else { "FAIL" },
+            s.name,
+            s.metric,
+            value,
+            op,
+            slo_value(&s.metric, s.limit)
+        );
+    }
+    let failed = r.slo.iter().filter(|s| !s.ok).count();
+    let verdict = if r.slo.is_empty() {
+        "OK (no SLOs in this scenario)".to_string()
+    } else if failed == 0 {
+        format!("OK: all {} SLOs met", r.slo.len())
+    } else {
+        format!("FAILED: {failed} of {} SLOs not met", r.slo.len())
+    };
+    let _ = write!(o, "result       {verdict}");
+    if let Some(p) = report_path {
+        let _ = write!(o, "  (report: {})", p.display());
+    }
+    let _ = writeln!(o);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_get_thousands_separators() {
+        assert_eq!(n(0), "0");
+        assert_eq!(n(1234), "1,234");
+        assert_eq!(n(1234567), "1,234,567");
+    }
+}
