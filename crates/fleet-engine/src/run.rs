@@ -172,7 +172,6 @@ fn collect(
     stop: &AtomicBool,
     observe: &mut impl FnMut(&FleetSnapshot),
 ) -> Result<RunOutcome, EngineError> {
-    let mut ended = 0u16;
     let mut done = 0u16;
     let mut at_end: Option<FleetSnapshot> = None;
     let mut failure: Option<EngineError> = None;
@@ -187,10 +186,9 @@ fn collect(
                 collector.ingest(r);
             }
             Ok(ShardMsg::Ended(r)) => {
-                collector.ingest(r);
-                ended += 1;
-                if ended == shards {
-                    at_end = Some(collector.snapshot(start.elapsed().as_secs_f64()));
+                collector.ingest_ended(r);
+                if at_end.is_none() && collector.all_ended() {
+                    at_end = Some(collector.snapshot_at_end(start.elapsed().as_secs_f64()));
                 }
             }
             Ok(ShardMsg::Failed { shard, message }) => {

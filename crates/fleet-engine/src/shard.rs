@@ -47,6 +47,8 @@ pub struct Shard {
     scheduled: Vec<SimTime>,
     /// Session generation per device: bumped when a session ends, so late acks are recognised.
     sessions: Vec<u32>,
+    /// Devices that have had a session at least once.
+    connected_once: Vec<bool>,
     pub sched: Scheduler,
     fx: Effects,
     pub metrics: ShardMetrics,
@@ -115,6 +117,7 @@ impl Shard {
             first: range.start,
             scheduled: vec![SimTime::NEVER; n],
             sessions: vec![0; n],
+            connected_once: vec![false; n],
             sched: Scheduler::with_capacity(n + 16),
             fx: Effects::default(),
             metrics: ShardMetrics::default(),
@@ -163,8 +166,7 @@ impl Shard {
             Due::SimConnected { session, started } => {
                 let d = &self.devices[dev as usize];
                 if session == self.sessions[dev as usize] && d.state() == DeviceState::Connecting {
-                    self.metrics.connect_us.record(now.saturating_since(started).as_micros());
-                    self.metrics.counters.connects_ok += 1;
+                    self.connected(dev, now, now.saturating_since(started).as_micros());
                     self.step(dev, now, Input::Connected, net);
                 }
             }
@@ -237,15 +239,16 @@ impl Shard {
         }
         match input {
             NetInput::Connected { latency_us } => {
-                self.metrics.connect_us.record(latency_us);
-                self.metrics.counters.connects_ok += 1;
+                self.connected(dev, now, latency_us);
                 self.step(dev, now, Input::Connected, net);
             }
             NetInput::ConnectFailed { reason } => {
+                tracing::debug!(device_id = self.first + dev, reason, "connect failed");
                 self.log_line(dev, now, format_args!("connect_error reason={reason}"), None);
                 self.step(dev, now, Input::ConnectFailed, net);
             }
             NetInput::SessionLost { reason, unacked } => {
+                tracing::debug!(device_id = self.first + dev, reason, unacked, "session lost");
                 self.metrics.counters.failed_unacked += u64::from(unacked);
                 self.sessions[dev as usize] = self.sessions[dev as usize].wrapping_add(1);
                 self.log_line(dev, now, format_args!("session_error reason={reason} unacked={unacked}"), None);
@@ -269,6 +272,15 @@ impl Shard {
     /// The buffer adapters fill with inputs (see `drain_inputs`).
     pub fn inputs_mut(&mut self) -> &mut Vec<(u32, NetInput)> {
         &mut self.inputs
+    }
+
+    fn connected(&mut self, dev: u32, now: SimTime, latency_us: u64) {
+        self.metrics.connect_us.record(latency_us);
+        self.metrics.counters.connects_ok += 1;
+        if !std::mem::replace(&mut self.connected_once[dev as usize], true) {
+            self.metrics.first_connects += 1;
+            self.metrics.last_first_connect_us = now.as_micros();
+        }
     }
 
     fn acked(&mut self, dev: u32, now: SimTime, scheduled: SimTime, from_buffer: bool) {

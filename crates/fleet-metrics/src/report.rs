@@ -86,6 +86,13 @@ pub struct ConnectionsSection {
     pub link_drops: u64,
     pub sessions_lost: u64,
     pub malformed_packets: u64,
+    /// Devices that had a session at least once.
+    pub first_connects: u64,
+    /// When the last of them got its first session (seconds of run time).
+    pub last_first_connect_s: f64,
+    /// first_connects / last_first_connect_s: the fleet's connect rate (with ramp mode "all",
+    /// what the broker and this client sustain).
+    pub first_connect_rate_per_s: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -187,6 +194,13 @@ impl RunReport {
                 link_drops: t.link_drops,
                 sessions_lost: t.sessions_lost,
                 malformed_packets: t.malformed_packets,
+                first_connects: last.first_connects,
+                last_first_connect_s: last.last_first_connect_s,
+                first_connect_rate_per_s: if last.last_first_connect_s > 0.0 {
+                    last.first_connects as f64 / last.last_first_connect_s
+                } else {
+                    0.0
+                },
             },
             commands: CommandsSection {
                 received: t.commands,

@@ -18,6 +18,9 @@ pub struct ShardMetrics {
     /// How late the shard ran its deadlines. This interval only.
     pub lag_us: LatencyHistogram,
     pub max_lag_us: u64,
+    /// Devices that have had a session at least once, and when the last of them got its first.
+    pub first_connects: u64,
+    pub last_first_connect_us: u64,
     /// Gauges, set by the shard before each report.
     pub states: [u64; STATE_COUNT],
     pub in_flight: u64,
@@ -35,6 +38,8 @@ pub struct ShardReport {
     pub connect_us: LatencyHistogram,
     pub lag_us: LatencyHistogram,
     pub max_lag_us: u64,
+    pub first_connects: u64,
+    pub last_first_connect_us: u64,
     pub states: [u64; STATE_COUNT],
     pub in_flight: u64,
     pub buffered: u64,
@@ -58,6 +63,8 @@ impl ShardMetrics {
             connect_us: self.connect_us.clone(),
             lag_us: self.lag_us.clone(),
             max_lag_us: self.max_lag_us,
+            first_connects: self.first_connects,
+            last_first_connect_us: self.last_first_connect_us,
             states: self.states,
             in_flight: self.in_flight,
             buffered: self.buffered,
@@ -110,6 +117,9 @@ pub struct FleetSnapshot {
     pub in_flight: u64,
     pub buffered: u64,
     pub peak_online: u64,
+    /// Devices that have connected at least once, and when the last of them first did.
+    pub first_connects: u64,
+    pub last_first_connect_s: f64,
     pub shards: Vec<ShardLoad>,
 }
 
@@ -130,6 +140,8 @@ struct ShardState {
     in_flight: u64,
     buffered: u64,
     max_lag_us: u64,
+    first_connects: u64,
+    last_first_connect_us: u64,
     done: bool,
 }
 
@@ -146,6 +158,8 @@ pub struct Collector {
     prev: Counters,
     prev_elapsed_s: f64,
     peak_online: u64,
+    /// Device states each shard reported when the scenario's duration ended.
+    end_states: Vec<Option<[u64; STATE_COUNT]>>,
 }
 
 impl Collector {
@@ -161,6 +175,7 @@ impl Collector {
             prev: Counters::default(),
             prev_elapsed_s: 0.0,
             peak_online: 0,
+            end_states: vec![None; shards],
         }
     }
 
@@ -178,6 +193,8 @@ impl Collector {
                 in_flight: r.in_flight,
                 buffered: r.buffered,
                 max_lag_us: r.max_lag_us,
+                first_connects: r.first_connects,
+                last_first_connect_us: r.last_first_connect_us,
                 done: r.done,
             });
         }
@@ -188,6 +205,33 @@ impl Collector {
             .map(|s| s.states[DeviceState::Online.index()])
             .sum();
         self.peak_online = self.peak_online.max(online);
+    }
+
+    /// Ingests the report a shard sent when the scenario's duration ended; its device states are
+    /// kept for `snapshot_at_end` (other shards may already have shut down by then).
+    pub fn ingest_ended(&mut self, r: ShardReport) {
+        if let Some(slot) = self.end_states.get_mut(usize::from(r.shard)) {
+            *slot = Some(r.states);
+        }
+        self.ingest(r);
+    }
+
+    /// True when every shard has reported the end of the duration.
+    pub fn all_ended(&self) -> bool {
+        self.end_states.iter().all(Option::is_some)
+    }
+
+    /// A snapshot whose device states are those at the end of the duration.
+    pub fn snapshot_at_end(&mut self, elapsed_s: f64) -> FleetSnapshot {
+        let mut snap = self.snapshot(elapsed_s);
+        let mut states = [0u64; STATE_COUNT];
+        for s in self.end_states.iter().flatten() {
+            for (a, b) in states.iter_mut().zip(s) {
+                *a += b;
+            }
+        }
+        snap.states = states;
+        snap
     }
 
     /// The fleet now; starts a new interval.
@@ -214,6 +258,8 @@ impl Collector {
             snap.in_flight += s.in_flight;
             snap.buffered += s.buffered;
             snap.max_lag_us = snap.max_lag_us.max(s.max_lag_us);
+            snap.first_connects += s.first_connects;
+            snap.last_first_connect_s = snap.last_first_connect_s.max(s.last_first_connect_us as f64 / 1e6);
             min_sim = min_sim.min(s.sim_time_us);
             snap.shards.push(ShardLoad {
                 shard: i as u16,
