@@ -6,13 +6,40 @@ use fleet_core::load::EmbeddedSource;
 pub const DEMO_PATH: &str = "scenarios/demo.toml";
 
 pub const FILES: EmbeddedSource = EmbeddedSource(&[
-    ("scenarios/demo.toml", include_str!("../scenarios/demo.toml")),
-    ("device-profiles/env-sensor.toml", include_str!("../device-profiles/env-sensor.toml")),
-    ("device-profiles/smart-meter.toml", include_str!("../device-profiles/smart-meter.toml")),
-    ("device-profiles/gps-tracker.toml", include_str!("../device-profiles/gps-tracker.toml")),
-    ("device-profiles/industrial-gateway.toml", include_str!("../device-profiles/industrial-gateway.toml")),
-    ("firmware-models/env-fw.toml", include_str!("../firmware-models/env-fw.toml")),
-    ("firmware-models/meter-fw.toml", include_str!("../firmware-models/meter-fw.toml")),
-    ("firmware-models/tracker-fw.toml", include_str!("../firmware-models/tracker-fw.toml")),
-    ("firmware-models/gateway-fw.toml", include_str!("../firmware-models/gateway-fw.toml")),
+    (
+        "scenarios/demo.toml",
+        include_str!("../scenarios/demo.toml"),
+    ),
+    (
+        "device-profiles/env-sensor.toml",
+        include_str!("../device-profiles/env-sensor.toml"),
+    ),
+    (
+        "device-profiles/smart-meter.toml",
+        include_str!("../device-profiles/smart-meter.toml"),
+    ),
+    (
+        "device-profiles/gps-tracker.toml",
+        include_str!("../device-profiles/gps-tracker.toml"),
+    ),
+    (
+        "device-profiles/industrial-gateway.toml",
+        include_str!("../device-profiles/industrial-gateway.toml"),
+    ),
+    (
+        "firmware-models/env-fw.toml",
+        include_str!("../firmware-models/env-fw.toml"),
+    ),
+    (
+        "firmware-models/meter-fw.toml",
+        include_str!("../firmware-models/meter-fw.toml"),
+    ),
+    (
+        "firmware-models/tracker-fw.toml",
+        include_str!("../firmware-models/tracker-fw.toml"),
+    ),
+    (
+        "firmware-models/gateway-fw.toml",
+        include_str!("../firmware-models/gateway-fw.toml"),
+    ),
 ]);

@@ -39,9 +39,11 @@ pub enum Command {
     /// Run a scenario (the built-in demo when none is given).
     Run(RunArgs),
     /// Check scenario, profile and firmware files and explain every problem.
-    #[command(long_about = "Check scenario, device profile and firmware model files and explain every problem.\n\n\
+    #[command(
+        long_about = "Check scenario, device profile and firmware model files and explain every problem.\n\n\
 A scenario is checked together with the profiles and firmware models it names.\n\n\
-Example: fleetsim validate scenarios/*.toml device-profiles/*.toml firmware-models/*.toml")]
+Example: fleetsim validate scenarios/*.toml device-profiles/*.toml firmware-models/*.toml"
+    )]
     Validate {
         /// Files to check (the kind is recognised from the file's keys).
         #[arg(required = true)]

@@ -29,11 +29,18 @@ fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(format!("{},rumqttd=off", cli.log_level)))
         .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Human => builder.with_ansi(ansi).with_target(false).init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 
@@ -51,7 +58,12 @@ fn validate(paths: &[std::path::PathBuf]) -> ExitCode {
             }
             Err(errors) => {
                 bad += 1;
-                println!("FAIL  {}: {} problem{}", path.display(), errors.len(), if errors.len() == 1 { "" } else { "s" });
+                println!(
+                    "FAIL  {}: {} problem{}",
+                    path.display(),
+                    errors.len(),
+                    if errors.len() == 1 { "" } else { "s" }
+                );
                 for e in &errors.0 {
                     println!("      {e}");
                 }
@@ -59,10 +71,18 @@ fn validate(paths: &[std::path::PathBuf]) -> ExitCode {
         }
     }
     if bad == 0 {
-        println!("{} file{} valid", paths.len(), if paths.len() == 1 { "" } else { "s" });
+        println!(
+            "{} file{} valid",
+            paths.len(),
+            if paths.len() == 1 { "" } else { "s" }
+        );
         ExitCode::SUCCESS
     } else {
-        println!("{bad} of {} file{} invalid", paths.len(), if paths.len() == 1 { "" } else { "s" });
+        println!(
+            "{bad} of {} file{} invalid",
+            paths.len(),
+            if paths.len() == 1 { "" } else { "s" }
+        );
         ExitCode::from(2)
     }
 }
@@ -73,14 +93,23 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { paths } => validate(&paths),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "fleetsim", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "fleetsim",
+                &mut std::io::stdout(),
+            );
             ExitCode::SUCCESS
         }
         Command::Run(args) => match run_cmd::run(args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(Failure::Config(errors)) => {
-                eprintln!("fleetsim: the scenario has {} problem{}:", errors.len(), if errors.len() == 1 { "" } else { "s" });
+                eprintln!(
+                    "fleetsim: the scenario has {} problem{}:",
+                    errors.len(),
+                    if errors.len() == 1 { "" } else { "s" }
+                );
                 for e in &errors.0 {
                     eprintln!("  {e}");
                 }

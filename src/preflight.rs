@@ -31,7 +31,11 @@ pub fn check(devices: u32, embedded: bool, targets: usize, sources: usize) -> Re
              but this process may open only {limit} (RLIMIT_NOFILE, hard limit).\n  \
              fix: --devices {max_devices} or fewer",
             if per_device == 2 { "s" } else { "" },
-            if embedded { ": the embedded broker's end of each connection lives in this process too" } else { "" },
+            if embedded {
+                ": the embedded broker's end of each connection lives in this process too"
+            } else {
+                ""
+            },
         );
         if embedded {
             msg.push_str(&format!(

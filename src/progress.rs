@@ -31,7 +31,10 @@ impl Progress {
     pub fn new(s: &ScenarioSettings, devices: u32, headless: bool, every: Duration) -> Progress {
         let on_terminal = std::io::stderr().is_terminal() && !headless;
         let bar = on_terminal.then(|| {
-            let bar = ProgressBar::with_draw_target(Some(s.duration.as_secs_f64().ceil() as u64), ProgressDrawTarget::stderr());
+            let bar = ProgressBar::with_draw_target(
+                Some(s.duration.as_secs_f64().ceil() as u64),
+                ProgressDrawTarget::stderr(),
+            );
             let style = ProgressStyle::with_template("{spinner} [{bar:30}] {pos:>5}/{len}s  {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
@@ -83,7 +86,12 @@ impl Progress {
             Clock::Wall => String::new(),
             Clock::Virtual => format!(" (virtual, {:.0} steps/s)", s.steps_per_s),
         };
-        tracing::info!("t={:.0}s/{:.0}s{clock}  {}", t, self.duration_s, self.line(s));
+        tracing::info!(
+            "t={:.0}s/{:.0}s{clock}  {}",
+            t,
+            self.duration_s,
+            self.line(s)
+        );
     }
 
     pub fn finish(&mut self) {

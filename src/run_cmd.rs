@@ -21,9 +21,14 @@ use crate::{Failure, builtin, preflight, summary};
 fn load(args: &RunArgs) -> Result<Fleet, Failure> {
     let fleet = match &args.scenario {
         Some(path) => load_fleet(&FsSource, path),
-        None if Path::new(builtin::DEMO_PATH).exists() => load_fleet(&FsSource, Path::new(builtin::DEMO_PATH)),
+        None if Path::new(builtin::DEMO_PATH).exists() => {
+            load_fleet(&FsSource, Path::new(builtin::DEMO_PATH))
+        }
         None => {
-            tracing::info!("no scenario given and no {} here: running the built-in demo", builtin::DEMO_PATH);
+            tracing::info!(
+                "no scenario given and no {} here: running the built-in demo",
+                builtin::DEMO_PATH
+            );
             load_fleet(&builtin::FILES, Path::new(builtin::DEMO_PATH))
         }
     };
@@ -86,14 +91,25 @@ fn apply_overrides(fleet: &mut Fleet, args: &RunArgs) -> Result<(), Failure> {
 }
 
 fn run_id() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{:016x}", fleet_core::seed::mix64(nanos as u64 ^ (u64::from(std::process::id()) << 32)))
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:016x}",
+        fleet_core::seed::mix64(nanos as u64 ^ (u64::from(std::process::id()) << 32))
+    )
 }
 
 fn ensure_writable(path: &Path, what: &str) -> Result<(), Failure> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Failure::Usage(format!("{what} {}: cannot create folder {}: {e}", path.display(), dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Failure::Usage(format!(
+                "{what} {}: cannot create folder {}: {e}",
+                path.display(),
+                dir.display()
+            ))
+        })?;
     }
     std::fs::OpenOptions::new()
         .create(true)
@@ -115,7 +131,11 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
     let devices = fleet.total_devices();
     let shards = args
         .shards
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u16).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u16)
+                .unwrap_or(1)
+        })
         .min(devices.max(1).min(u32::from(u16::MAX)) as u16);
     let settings = fleet.settings.clone();
     let run_id = run_id();
@@ -131,11 +151,18 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
     let opts = RunOptions {
         event_log: args.event_log.clone(),
     };
-    let mut progress = Progress::new(&settings, devices, args.headless, args.progress_every.to_std());
+    let mut progress = Progress::new(
+        &settings,
+        devices,
+        args.headless,
+        args.progress_every.to_std(),
+    );
 
     let (outcome, broker_desc, epoch_ms) = match settings.clock {
         Clock::Virtual => {
-            let epoch_ms = settings.start_epoch_ms.unwrap_or(fleet_core::defaults::VIRTUAL_EPOCH_MS);
+            let epoch_ms = settings
+                .start_epoch_ms
+                .unwrap_or(fleet_core::defaults::VIRTUAL_EPOCH_MS);
             let plan = Arc::new(RunPlan::new(Arc::new(fleet), shards, epoch_ms));
             tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, "virtual run: simulated broker");
             let out = fleet_engine::run_virtual(plan, &opts, stop.clone(), |s| progress.update(s))
@@ -153,23 +180,39 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
             } else {
                 settings.broker_urls.len() as u16
             };
-            preflight::check(devices, embedded, usize::from(listeners), settings.source_addrs.len()).map_err(Failure::Usage)?;
+            preflight::check(
+                devices,
+                embedded,
+                usize::from(listeners),
+                settings.source_addrs.len(),
+            )
+            .map_err(Failure::Usage)?;
             let (targets, desc) = if embedded {
-                let b = fleet_mqtt::broker::start(devices, listeners, version).map_err(|e| Failure::Runtime(e.into()))?;
+                let b = fleet_mqtt::broker::start(devices, listeners, version)
+                    .map_err(|e| Failure::Runtime(e.into()))?;
                 let desc = format!(
                     "embedded rumqttd ({})",
-                    b.listeners.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                    b.listeners
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 (b.listeners, desc)
             } else {
                 let mut targets = Vec::new();
                 for url in &settings.broker_urls {
-                    targets.push(fleet_mqtt::url::resolve(url).map_err(|e| Failure::Usage(e.to_string()))?);
+                    targets.push(
+                        fleet_mqtt::url::resolve(url).map_err(|e| Failure::Usage(e.to_string()))?,
+                    );
                 }
                 (targets, settings.broker_urls.join(", "))
             };
             tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, broker = %desc, "wall-clock run");
-            let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            let epoch_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
             let plan = Arc::new(RunPlan::new(Arc::new(fleet), shards, epoch_ms));
             let cfg = Arc::new(MqttConfig {
                 version,
@@ -220,7 +263,14 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
         cpu_system_s: usage.cpu_system_s,
         open_files_limit: process::open_files_limit(),
     };
-    let report = RunReport::build(info, &outcome.at_end, &outcome.last, stats, SATURATION_LAG_US, &settings.slos);
+    let report = RunReport::build(
+        info,
+        &outcome.at_end,
+        &outcome.last,
+        stats,
+        SATURATION_LAG_US,
+        &settings.slos,
+    );
     if let Some(path) = &args.report {
         write_report(path, &report).map_err(Failure::Runtime)?;
     }
@@ -230,5 +280,6 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
 
 fn write_report(path: &PathBuf, report: &RunReport) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&report.to_json()).context("encoding the report")?;
-    std::fs::write(path, text + "\n").with_context(|| format!("writing the report to {}", path.display()))
+    std::fs::write(path, text + "\n")
+        .with_context(|| format!("writing the report to {}", path.display()))
 }

@@ -19,7 +19,7 @@ fn n(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -58,7 +58,11 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
         run.shards,
         run.broker,
         run.mqtt_version,
-        if run.interrupted { "  (interrupted)" } else { "" }
+        if run.interrupted {
+            "  (interrupted)"
+        } else {
+            ""
+        }
     );
     let d = &r.devices;
     let state = |s: &str| d.by_state.get(s).copied().unwrap_or(0);
@@ -139,7 +143,11 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
     let _ = writeln!(
         o,
         "generator    {}  max lag {:.1} ms  lag p99 {:.1} ms  steps {} ({:.0}/s)",
-        if g.saturated { "SATURATED (fell behind its schedule)" } else { "kept up" },
+        if g.saturated {
+            "SATURATED (fell behind its schedule)"
+        } else {
+            "kept up"
+        },
         g.max_lag_ms,
         g.lag_p99_ms,
         n(g.steps),
@@ -154,12 +162,19 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
         pr.rss_peak_bytes as f64 / (1024.0 * 1024.0)
     );
     for (i, s) in r.slo.iter().enumerate() {
-        let value = s.value.map(|v| slo_value(&s.metric, v)).unwrap_or_else(|| "no data".into());
+        let value = s
+            .value
+            .map(|v| slo_value(&s.metric, v))
+            .unwrap_or_else(|| "no data".into());
         let op = if s.bound == "max" { "<=" } else { ">=" };
         let _ = writeln!(
             o,
             "{}{}  {}: {} = {} {} {}",
-            if i == 0 { "SLOs         " } else { "             " },
+            if i == 0 {
+                "SLOs         "
+            } else {
+                "             "
+            },
             if s.ok { "ok  " } else { "FAIL" },
             s.name,
             s.metric,

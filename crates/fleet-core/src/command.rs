@@ -84,8 +84,14 @@ pub fn parse_command(payload: &[u8]) -> CommandMessage {
         None => Err("missing \"cmd\"".to_string()),
         Some("set_interval") => match wire.interval_ms {
             None => Err("set_interval needs \"interval_ms\"".to_string()),
-            Some(ms) if ms.is_finite() && ms >= MIN_INTERVAL.as_millis() as f64 && ms <= MAX_INTERVAL.as_millis() as f64 => {
-                Ok(Command::SetInterval(SimDuration::from_micros((ms * 1000.0) as u64)))
+            Some(ms)
+                if ms.is_finite()
+                    && ms >= MIN_INTERVAL.as_millis() as f64
+                    && ms <= MAX_INTERVAL.as_millis() as f64 =>
+            {
+                Ok(Command::SetInterval(SimDuration::from_micros(
+                    (ms * 1000.0) as u64,
+                )))
             }
             Some(ms) => Err(format!(
                 "interval_ms = {ms}: must be between {} and {}",
@@ -111,17 +117,47 @@ mod tests {
 
     #[test]
     fn commands_parse_with_their_arguments() {
-        let m = parse_command(br#"{"cmd":"set_interval","interval_ms":5000,"request_id":"r1","extra":true}"#);
-        assert_eq!(m.command, Ok(Command::SetInterval(SimDuration::from_secs(5))));
+        let m = parse_command(
+            br#"{"cmd":"set_interval","interval_ms":5000,"request_id":"r1","extra":true}"#,
+        );
+        assert_eq!(
+            m.command,
+            Ok(Command::SetInterval(SimDuration::from_secs(5)))
+        );
         assert_eq!(m.request_id.as_deref(), Some("r1"));
-        assert_eq!(parse_command(br#"{"cmd":"ping","request_id":7}"#).request_id.as_deref(), Some("7"));
+        assert_eq!(
+            parse_command(br#"{"cmd":"ping","request_id":7}"#)
+                .request_id
+                .as_deref(),
+            Some("7")
+        );
     }
 
     #[test]
     fn bad_commands_say_why() {
-        assert!(parse_command(b"nope").command.unwrap_err().contains("not a JSON"));
-        assert!(parse_command(br#"{"cmd":"selfdestruct"}"#).command.unwrap_err().contains("unknown command"));
-        assert!(parse_command(br#"{"cmd":"set_interval","interval_ms":1}"#).command.unwrap_err().contains("between"));
-        assert!(parse_command(br#"{"request_id":"x"}"#).command.unwrap_err().contains("missing"));
+        assert!(
+            parse_command(b"nope")
+                .command
+                .unwrap_err()
+                .contains("not a JSON")
+        );
+        assert!(
+            parse_command(br#"{"cmd":"selfdestruct"}"#)
+                .command
+                .unwrap_err()
+                .contains("unknown command")
+        );
+        assert!(
+            parse_command(br#"{"cmd":"set_interval","interval_ms":1}"#)
+                .command
+                .unwrap_err()
+                .contains("between")
+        );
+        assert!(
+            parse_command(br#"{"request_id":"x"}"#)
+                .command
+                .unwrap_err()
+                .contains("missing")
+        );
     }
 }

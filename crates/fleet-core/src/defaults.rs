@@ -77,7 +77,10 @@ pub(crate) fn one() -> u8 {
     1
 }
 pub(crate) fn commands() -> Vec<String> {
-    crate::profile::COMMAND_NAMES.iter().map(|s| s.to_string()).collect()
+    crate::profile::COMMAND_NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 pub(crate) fn ramp_per_second() -> f64 {
     RAMP_PER_SECOND

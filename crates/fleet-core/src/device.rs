@@ -239,7 +239,11 @@ impl Device {
         let battery_mah = match &profile.battery {
             Some(b) => {
                 let (lo, hi) = b.start_percent;
-                let pct = if hi > lo { rng.values.random_range(lo..hi) } else { lo };
+                let pct = if hi > lo {
+                    rng.values.random_range(lo..hi)
+                } else {
+                    lo
+                };
                 b.capacity_mah * pct / 100.0
             }
             None => 0.0,
@@ -302,7 +306,11 @@ impl Device {
 
     /// Renders the device id into `out`.
     pub fn render_device_id(&self, ctx: &DeviceCtx, out: &mut Vec<u8>) {
-        ctx.cohort.profile.identity.device_id.render_into(&ctx.vars(self.id, &[]), out);
+        ctx.cohort
+            .profile
+            .identity
+            .device_id
+            .render_into(&ctx.vars(self.id, &[]), out);
     }
 
     /// One step. Effects and events are appended to `fx`.
@@ -401,7 +409,8 @@ impl Device {
         if self.next_drop <= now {
             self.next_drop = SimTime::NEVER;
             if self.state == DeviceState::Online {
-                let down_for = SimDuration::from_secs_f64(ctx.cohort.link.mttr_s.sample(&mut self.rng.link));
+                let down_for =
+                    SimDuration::from_secs_f64(ctx.cohort.link.mttr_s.sample(&mut self.rng.link));
                 fx.list.push(Effect::DropLink);
                 fx.events.push(Event::LinkDropped { down_for });
                 self.state = DeviceState::Offline;
@@ -448,7 +457,9 @@ impl Device {
             return;
         }
         self.state = DeviceState::Connecting;
-        fx.events.push(Event::ConnectAttempt { attempt: self.attempt });
+        fx.events.push(Event::ConnectAttempt {
+            attempt: self.attempt,
+        });
         fx.list.push(Effect::Connect);
     }
 
@@ -522,7 +533,9 @@ impl Device {
         match &ctx.cohort.profile.battery {
             Some(b) if b.idle_ma > 0.0 => {
                 let hours = self.battery_mah / b.idle_ma;
-                self.battery_at + SimDuration::from_secs_f64(hours * 3600.0) + SimDuration::from_micros(1)
+                self.battery_at
+                    + SimDuration::from_secs_f64(hours * 3600.0)
+                    + SimDuration::from_micros(1)
             }
             _ => SimTime::NEVER,
         }
@@ -581,7 +594,8 @@ impl Device {
             TopicKind::Status => (Qos::AtLeastOnce, true),
         };
         let link = &ctx.cohort.link;
-        let mut delay = SimDuration::from_secs_f64(link.latency_ms.sample(&mut self.rng.link) / 1000.0);
+        let mut delay =
+            SimDuration::from_secs_f64(link.latency_ms.sample(&mut self.rng.link) / 1000.0);
         if link.loss > 0.0 && self.rng.link.random::<f64>() < link.loss {
             if qos == Qos::AtMostOnce {
                 fx.events.push(Event::LostOnLink { seq });
@@ -614,7 +628,15 @@ impl Device {
             let start = fx.payload.len();
             fx.payload.extend_from_slice(&b.payload);
             let _ = now;
-            self.push_publish(b.scheduled, TopicKind::Telemetry, b.seq, start, true, ctx, fx);
+            self.push_publish(
+                b.scheduled,
+                TopicKind::Telemetry,
+                b.seq,
+                start,
+                true,
+                ctx,
+                fx,
+            );
         }
         self.offline = VecDeque::new();
         fx.events.push(Event::Flushed { count });
@@ -641,7 +663,10 @@ impl Device {
         };
         let outcome: Result<&Command, String> = match &msg.command {
             Ok(c) if allowed => Ok(c),
-            Ok(c) => Err(format!("command {:?} is not enabled on this device", c.name())),
+            Ok(c) => Err(format!(
+                "command {:?} is not enabled on this device",
+                c.name()
+            )),
             Err(e) => Err(e.clone()),
         };
         match &outcome {
@@ -690,7 +715,12 @@ impl Device {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"values\":{");
-        for (i, (spec, state)) in profile.sensors.iter().zip(self.sensors.iter_mut()).enumerate() {
+        for (i, (spec, state)) in profile
+            .sensors
+            .iter()
+            .zip(self.sensors.iter_mut())
+            .enumerate()
+        {
             if i > 0 {
                 out.push(b',');
             }
@@ -750,7 +780,11 @@ impl Device {
         self.wake_at = match self.state {
             DeviceState::Dead => SimTime::NEVER,
             DeviceState::Off => self.start_at,
-            _ => self.next_report.min(self.next_drop).min(self.retry_at).min(self.reboot_at),
+            _ => self
+                .next_report
+                .min(self.next_drop)
+                .min(self.retry_at)
+                .min(self.reboot_at),
         };
     }
 
@@ -767,7 +801,11 @@ impl Device {
 pub fn encode_status(dev: &Device, online: bool, now: SimTime, ctx: &DeviceCtx, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"device_id\":");
     dev.push_device_id(ctx, out);
-    out.extend_from_slice(if online { b",\"online\":true" } else { b",\"online\":false" });
+    out.extend_from_slice(if online {
+        b",\"online\":true"
+    } else {
+        b",\"online\":false"
+    });
     out.extend_from_slice(b",\"ts\":");
     push_u64(out, ctx.epoch_ms + now.as_millis());
     out.extend_from_slice(b",\"fw\":");

@@ -74,14 +74,21 @@ impl fmt::Display for DistSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DistSpec::Constant { value } => write!(f, "{value}"),
-            DistSpec::Uniform { min, max } => write!(f, "{{ dist = \"uniform\", min = {min}, max = {max} }}"),
+            DistSpec::Uniform { min, max } => {
+                write!(f, "{{ dist = \"uniform\", min = {min}, max = {max} }}")
+            }
             DistSpec::Normal { mean, sigma } => {
                 write!(f, "{{ dist = \"normal\", mean = {mean}, sigma = {sigma} }}")
             }
             DistSpec::Lognormal { median, sigma } => {
-                write!(f, "{{ dist = \"lognormal\", median = {median}, sigma = {sigma} }}")
+                write!(
+                    f,
+                    "{{ dist = \"lognormal\", median = {median}, sigma = {sigma} }}"
+                )
             }
-            DistSpec::Exponential { mean } => write!(f, "{{ dist = \"exponential\", mean = {mean} }}"),
+            DistSpec::Exponential { mean } => {
+                write!(f, "{{ dist = \"exponential\", mean = {mean} }}")
+            }
         }
     }
 }
@@ -111,12 +118,16 @@ impl Dist {
                 Dist::ZERO
             }
             DistSpec::Constant { value } => Dist::Constant(value),
-            DistSpec::Uniform { min, .. } if !(min.is_finite() && min >= 0.0) => bad("min", min, "must be >= 0"),
+            DistSpec::Uniform { min, .. } if !(min.is_finite() && min >= 0.0) => {
+                bad("min", min, "must be >= 0")
+            }
             DistSpec::Uniform { min, max } if !(max.is_finite() && max >= min) => {
                 bad("max", max, &format!("must be >= min ({min})"))
             }
             DistSpec::Uniform { min, max } => Dist::Uniform { min, max },
-            DistSpec::Normal { mean, .. } if !(mean.is_finite() && mean >= 0.0) => bad("mean", mean, "must be >= 0"),
+            DistSpec::Normal { mean, .. } if !(mean.is_finite() && mean >= 0.0) => {
+                bad("mean", mean, "must be >= 0")
+            }
             DistSpec::Normal { mean, sigma } => match Normal::new(mean, sigma) {
                 Ok(n) if sigma >= 0.0 => Dist::Normal(n),
                 _ => bad("sigma", sigma, "must be >= 0"),
@@ -164,7 +175,9 @@ mod tests {
         struct W {
             d: DistSpec,
         }
-        toml::from_str::<W>(text).map(|w| w.d).map_err(|e| e.to_string())
+        toml::from_str::<W>(text)
+            .map(|w| w.d)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -172,30 +185,62 @@ mod tests {
         assert_eq!(parse("d = 5"), Ok(DistSpec::Constant { value: 5.0 }));
         assert_eq!(
             parse("d = { dist = \"lognormal\", median = 20, sigma = 0.5 }"),
-            Ok(DistSpec::Lognormal { median: 20.0, sigma: 0.5 })
+            Ok(DistSpec::Lognormal {
+                median: 20.0,
+                sigma: 0.5
+            })
         );
     }
 
     #[test]
     fn unknown_distributions_and_fields_are_rejected() {
-        assert!(parse("d = { dist = \"cauchy\" }").unwrap_err().contains("cauchy"));
-        assert!(parse("d = { dist = \"uniform\", min = 1, max = 2, mode = 3 }").unwrap_err().contains("mode"));
+        assert!(
+            parse("d = { dist = \"cauchy\" }")
+                .unwrap_err()
+                .contains("cauchy")
+        );
+        assert!(
+            parse("d = { dist = \"uniform\", min = 1, max = 2, mode = 3 }")
+                .unwrap_err()
+                .contains("mode")
+        );
     }
 
     #[test]
     fn invalid_parameters_name_the_field() {
         let mut c = Checker::new("f.toml");
-        Dist::validate(&DistSpec::Uniform { min: 5.0, max: 1.0 }, "link.latency_ms", &mut c);
-        Dist::validate(&DistSpec::Lognormal { median: 0.0, sigma: 1.0 }, "x", &mut c);
+        Dist::validate(
+            &DistSpec::Uniform { min: 5.0, max: 1.0 },
+            "link.latency_ms",
+            &mut c,
+        );
+        Dist::validate(
+            &DistSpec::Lognormal {
+                median: 0.0,
+                sigma: 1.0,
+            },
+            "x",
+            &mut c,
+        );
         let text = c.errors.to_string();
-        assert!(text.contains("f.toml: link.latency_ms.max = 1: must be >= min (5)"), "{text}");
+        assert!(
+            text.contains("f.toml: link.latency_ms.max = 1: must be >= min (5)"),
+            "{text}"
+        );
         assert!(text.contains("x.median = 0: must be > 0"), "{text}");
     }
 
     #[test]
     fn samples_are_never_negative() {
         let mut c = Checker::new("f");
-        let d = Dist::validate(&DistSpec::Normal { mean: 1.0, sigma: 5.0 }, "k", &mut c);
+        let d = Dist::validate(
+            &DistSpec::Normal {
+                mean: 1.0,
+                sigma: 5.0,
+            },
+            "k",
+            &mut c,
+        );
         let mut rng = Pcg32::new(1, 1);
         assert!((0..10_000).all(|_| d.sample(&mut rng) >= 0.0));
     }

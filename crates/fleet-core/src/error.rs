@@ -16,7 +16,12 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(file: &str, key: impl Into<String>, value: impl fmt::Display, message: impl Into<String>) -> Self {
+    pub fn new(
+        file: &str,
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        message: impl Into<String>,
+    ) -> Self {
         ConfigError {
             file: file.to_string(),
             key: key.into(),
@@ -68,7 +73,11 @@ impl ConfigErrors {
     }
     /// `Ok(value)` when no problem was recorded.
     pub fn into_result<T>(self, value: T) -> Result<T, ConfigErrors> {
-        if self.0.is_empty() { Ok(value) } else { Err(self) }
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
     }
 }
 
@@ -105,11 +114,13 @@ impl<'a> Checker<'a> {
     }
 
     pub fn fail(&mut self, key: &str, value: impl fmt::Display, expected: impl Into<String>) {
-        self.errors.push(ConfigError::new(self.file, key, value, expected));
+        self.errors
+            .push(ConfigError::new(self.file, key, value, expected));
     }
 
     pub fn fail_key(&mut self, key: &str, message: impl Into<String>) {
-        self.errors.push(ConfigError::without_value(self.file, key, message));
+        self.errors
+            .push(ConfigError::without_value(self.file, key, message));
     }
 
     /// Records a problem unless `ok`.
@@ -120,10 +131,20 @@ impl<'a> Checker<'a> {
     }
 
     pub fn finite_at_least(&mut self, key: &str, value: f64, min: f64) {
-        self.check(value.is_finite() && value >= min, key, value, &format!("must be a number >= {min}"));
+        self.check(
+            value.is_finite() && value >= min,
+            key,
+            value,
+            &format!("must be a number >= {min}"),
+        );
     }
 
     pub fn probability(&mut self, key: &str, value: f64) {
-        self.check((0.0..=1.0).contains(&value), key, value, "must be a probability between 0 and 1");
+        self.check(
+            (0.0..=1.0).contains(&value),
+            key,
+            value,
+            "must be a probability between 0 and 1",
+        );
     }
 }

@@ -51,21 +51,33 @@ impl FirmwareModel {
     }
 
     pub fn version_list(&self) -> String {
-        self.versions.iter().map(|v| v.version.as_str()).collect::<Vec<_>>().join(", ")
+        self.versions
+            .iter()
+            .map(|v| v.version.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
 /// `1.4.2`, `2.0.0-rc1`: dot-separated numbers with an optional suffix.
 fn looks_like_version(v: &str) -> bool {
     let core = v.split(['-', '+']).next().unwrap_or("");
-    !core.is_empty() && core.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    !core.is_empty()
+        && core
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 impl FirmwareFile {
     pub fn validate(&self, file: &str) -> Result<FirmwareModel, ConfigErrors> {
         let mut c = Checker::new(file);
         c.check(!self.name.is_empty(), "name", "\"\"", "must not be empty");
-        c.check(!self.versions.is_empty(), "versions", "[]", "must list at least one version");
+        c.check(
+            !self.versions.is_empty(),
+            "versions",
+            "[]",
+            "must list at least one version",
+        );
         let mut versions = Vec::with_capacity(self.versions.len());
         for (i, v) in self.versions.iter().enumerate() {
             let key = format!("versions[{i}]");
@@ -76,9 +88,18 @@ impl FirmwareFile {
                 "must look like 1.4.2 (numbers and dots, optional -suffix)",
             );
             if self.versions[..i].iter().any(|o| o.version == v.version) {
-                c.fail(&format!("{key}.version"), format!("{:?}", v.version), "is listed twice");
+                c.fail(
+                    &format!("{key}.version"),
+                    format!("{:?}", v.version),
+                    "is listed twice",
+                );
             }
-            c.check(v.image_size_kb > 0, &format!("{key}.image_size_kb"), v.image_size_kb, "must be > 0");
+            c.check(
+                v.image_size_kb > 0,
+                &format!("{key}.image_size_kb"),
+                v.image_size_kb,
+                "must be > 0",
+            );
             versions.push(FirmwareVersion {
                 version: v.version.clone(),
                 image_size_kb: v.image_size_kb,

@@ -21,7 +21,9 @@ pub mod slo;
 pub mod template;
 pub mod time;
 
-pub use device::{Device, DeviceCtx, DeviceState, Effect, Effects, Event, Input, Publish, TopicKind};
+pub use device::{
+    Device, DeviceCtx, DeviceState, Effect, Effects, Event, Input, Publish, TopicKind,
+};
 pub use error::{ConfigError, ConfigErrors};
 pub use ids::{CohortId, DeviceId, ShardId};
 pub use load::{Cohort, Fleet};

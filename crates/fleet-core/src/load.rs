@@ -72,7 +72,8 @@ pub fn relative_to(base_file: &Path, named: &str) -> PathBuf {
 
 /// Parses TOML into `T`, reporting the key path and line of the first problem.
 pub fn parse_toml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, ConfigErrors> {
-    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(file, text, &e, String::new()))?;
+    let de =
+        toml::Deserializer::parse(text).map_err(|e| toml_error(file, text, &e, String::new()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let key = if path == "." { String::new() } else { path };
@@ -192,10 +193,15 @@ impl Fleet {
 /// Loads and validates a scenario and everything it names.
 pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigErrors> {
     let file = path.display().to_string();
-    let text = source.read(path).map_err(|e| ConfigError::without_value(&file, "", e))?;
+    let text = source
+        .read(path)
+        .map_err(|e| ConfigError::without_value(&file, "", e))?;
     let raw: ScenarioFile = parse_toml(&file, &text)?;
     let mut errors = ConfigErrors::default();
-    let settings = raw.validate_settings(&file).map_err(|e| errors.extend(e)).ok();
+    let settings = raw
+        .validate_settings(&file)
+        .map_err(|e| errors.extend(e))
+        .ok();
 
     let mut profiles: HashMap<PathBuf, Option<(Arc<Profile>, PathBuf)>> = HashMap::new();
     let mut models: HashMap<PathBuf, Option<Arc<FirmwareModel>>> = HashMap::new();
@@ -204,6 +210,18 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
     for (i, c) in raw.cohorts.iter().enumerate() {
         let key = format!("cohorts[{i}]");
         let profile_path = relative_to(path, &c.profile);
+        if !profiles.contains_key(&profile_path)
+            && let Err(e) = source.read(&profile_path)
+        {
+            errors.push(ConfigError::new(
+                &file,
+                format!("{key}.profile"),
+                format!("{:?}", c.profile),
+                format!("names {}: {e}", profile_path.display()),
+            ));
+            profiles.insert(profile_path, None);
+            continue;
+        }
         let loaded = profiles
             .entry(profile_path.clone())
             .or_insert_with(|| match load_profile(source, &profile_path) {
@@ -218,6 +236,21 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
             continue;
         };
         let model_path = relative_to(&profile_path, &profile.firmware_model);
+        if !models.contains_key(&model_path)
+            && let Err(e) = source.read(&model_path)
+        {
+            errors.push(ConfigError::new(
+                &profile_path.display().to_string(),
+                "firmware.model",
+                format!("{:?}", profile.firmware_model),
+                format!(
+                    "names {}: {e} (used by {file}: {key})",
+                    model_path.display()
+                ),
+            ));
+            models.insert(model_path, None);
+            continue;
+        }
         let model = models
             .entry(model_path.clone())
             .or_insert_with(|| match load_firmware(source, &model_path) {
@@ -230,11 +263,17 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
             .clone();
         let Some(model) = model else { continue };
         let mut ck = Checker::new(&file);
-        let version = c.firmware_version.as_deref().unwrap_or(&profile.firmware_version);
+        let version = c
+            .firmware_version
+            .as_deref()
+            .unwrap_or(&profile.firmware_version);
         let version_key = if c.firmware_version.is_some() {
             format!("{key}.firmware_version")
         } else {
-            format!("{key}.profile ({}: firmware.version)", profile_path.display())
+            format!(
+                "{key}.profile ({}: firmware.version)",
+                profile_path.display()
+            )
         };
         let firmware_version = match model.version_index(version) {
             Some(v) => v,
@@ -242,18 +281,31 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
                 ck.fail(
                     &version_key,
                     format!("{version:?}"),
-                    format!("is not a version of firmware model {} (versions: {})", model.name, model.version_list()),
+                    format!(
+                        "is not a version of firmware model {} (versions: {})",
+                        model.name,
+                        model.version_list()
+                    ),
                 );
                 0
             }
         };
         let link = match &c.link {
-            Some(over) => validate_link(&mut ck, &format!("{key}.link"), &profile.link_raw.overridden_by(over)),
+            Some(over) => validate_link(
+                &mut ck,
+                &format!("{key}.link"),
+                &profile.link_raw.overridden_by(over),
+            ),
             None => profile.link.clone(),
         };
         errors.extend(ck.errors);
         if c.count == 0 {
-            errors.push(ConfigError::new(&file, format!("{key}.count"), 0, "must be at least 1"));
+            errors.push(ConfigError::new(
+                &file,
+                format!("{key}.count"),
+                0,
+                "must be at least 1",
+            ));
         }
         next_id += u64::from(c.count);
         cohorts.push(Cohort {
@@ -267,6 +319,7 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
             link,
         });
     }
+    check_distinct_device_ids(&file, &raw, &cohorts, &mut errors);
     if next_id > u64::from(MAX_DEVICES) {
         errors.push(ConfigError::new(
             &file,
@@ -276,7 +329,12 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
         ));
     }
     if raw.cohorts.len() > usize::from(u16::MAX) {
-        errors.push(ConfigError::new(&file, "cohorts", raw.cohorts.len(), "at most 65535 cohorts"));
+        errors.push(ConfigError::new(
+            &file,
+            "cohorts",
+            raw.cohorts.len(),
+            "at most 65535 cohorts",
+        ));
     }
     let settings = match settings {
         Some(s) if errors.is_empty() => s,
@@ -291,19 +349,55 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
     Ok(fleet)
 }
 
+/// Two cohorts whose device id templates are the same and use neither `{id}` (unique across the
+/// fleet) nor `{cohort}` give their devices the same ids: brokers would see duplicate client ids.
+fn check_distinct_device_ids(
+    file: &str,
+    raw: &ScenarioFile,
+    cohorts: &[Cohort],
+    errors: &mut ConfigErrors,
+) {
+    use crate::template::Var;
+    for (i, a) in cohorts.iter().enumerate() {
+        let ta = &a.profile.identity.device_id;
+        if ta.uses(Var::Id) || ta.uses(Var::Cohort) {
+            continue;
+        }
+        if let Some(b) = cohorts[..i]
+            .iter()
+            .find(|b| &b.profile.identity.device_id == ta)
+        {
+            errors.push(ConfigError::new(
+                file,
+                format!("cohorts[{i}].profile"),
+                format!("{:?}", raw.cohorts.get(i).map(|c| c.profile.as_str()).unwrap_or("")),
+                format!(
+                    "gives the same device ids as cohort {:?}: its identity.device_id uses {{index}} without {{cohort}}; \
+                     use {{id}} (unique across the fleet) or add {{cohort}}",
+                    b.name
+                ),
+            ));
+        }
+    }
+}
+
 /// The most devices one process simulates (ids are u32 and per-process tables are indexed by them).
 pub const MAX_DEVICES: u32 = 50_000_000;
 
 pub fn load_profile(source: &dyn FileSource, path: &Path) -> Result<Profile, ConfigErrors> {
     let file = path.display().to_string();
-    let text = source.read(path).map_err(|e| ConfigError::without_value(&file, "", e))?;
+    let text = source
+        .read(path)
+        .map_err(|e| ConfigError::without_value(&file, "", e))?;
     let raw: ProfileFile = parse_toml(&file, &text)?;
     raw.validate(&file)
 }
 
 pub fn load_firmware(source: &dyn FileSource, path: &Path) -> Result<FirmwareModel, ConfigErrors> {
     let file = path.display().to_string();
-    let text = source.read(path).map_err(|e| ConfigError::without_value(&file, "", e))?;
+    let text = source
+        .read(path)
+        .map_err(|e| ConfigError::without_value(&file, "", e))?;
     let raw: FirmwareFile = parse_toml(&file, &text)?;
     raw.validate(&file)
 }
@@ -311,7 +405,9 @@ pub fn load_firmware(source: &dyn FileSource, path: &Path) -> Result<FirmwareMod
 /// Validates any of the three file kinds; scenarios are checked with everything they name.
 pub fn validate_file(source: &dyn FileSource, path: &Path) -> Result<FileKind, ConfigErrors> {
     let file = path.display().to_string();
-    let text = source.read(path).map_err(|e| ConfigError::without_value(&file, "", e))?;
+    let text = source
+        .read(path)
+        .map_err(|e| ConfigError::without_value(&file, "", e))?;
     let kind = detect_kind(&file, &text)?;
     match kind {
         FileKind::Scenario => load_fleet(source, path).map(|_| kind),
@@ -325,7 +421,11 @@ pub fn validate_file(source: &dyn FileSource, path: &Path) -> Result<FileKind, C
                     &file,
                     "firmware.version",
                     format!("{:?}", profile.firmware_version),
-                    format!("is not a version of firmware model {} (versions: {})", model.name, model.version_list()),
+                    format!(
+                        "is not a version of firmware model {} (versions: {})",
+                        model.name,
+                        model.version_list()
+                    ),
                 )
                 .into()),
             }

@@ -70,6 +70,19 @@ pub enum SensorKind {
     Counter,
 }
 
+impl SensorKind {
+    /// The name as written in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SensorKind::Constant => "constant",
+            SensorKind::Normal => "normal",
+            SensorKind::RandomWalk => "random_walk",
+            SensorKind::Sine => "sine",
+            SensorKind::Counter => "counter",
+        }
+    }
+}
+
 /// A sensor as written: `kind` says which of the other fields apply.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,7 +119,10 @@ pub struct SensorRaw {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a fraction of the period between 0 and 1, or \"random\""
+)]
 pub enum PhaseRaw {
     Fixed(f64),
     Named(String),
@@ -142,7 +158,10 @@ pub struct BatteryRaw {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a percentage like 80, or a range like [20, 100]"
+)]
 pub enum StartPercentRaw {
     Fixed(f64),
     Range([f64; 2]),
@@ -265,11 +284,31 @@ pub struct Reporting {
 
 #[derive(Clone, Debug)]
 pub enum SensorModel {
-    Constant { value: f64 },
-    Normal { mean: f64, sigma: f64 },
-    RandomWalk { start: f64, step: f64, min: f64, max: f64 },
-    Sine { mean: f64, amplitude: f64, period: SimDuration, phase: Option<f64>, noise: f64 },
-    Counter { start: f64, rate_per_s: f64, rate_sigma: f64 },
+    Constant {
+        value: f64,
+    },
+    Normal {
+        mean: f64,
+        sigma: f64,
+    },
+    RandomWalk {
+        start: f64,
+        step: f64,
+        min: f64,
+        max: f64,
+    },
+    Sine {
+        mean: f64,
+        amplitude: f64,
+        period: SimDuration,
+        phase: Option<f64>,
+        noise: f64,
+    },
+    Counter {
+        start: f64,
+        rate_per_s: f64,
+        rate_sigma: f64,
+    },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -357,12 +396,22 @@ pub struct Profile {
 }
 
 const DEVICE_ID_VARS: &[Var] = &[Var::Id, Var::Index, Var::Cohort, Var::Profile];
-const TOPIC_VARS: &[Var] = &[Var::Id, Var::Index, Var::Cohort, Var::Profile, Var::DeviceId];
+const TOPIC_VARS: &[Var] = &[
+    Var::Id,
+    Var::Index,
+    Var::Cohort,
+    Var::Profile,
+    Var::DeviceId,
+];
 
 fn template(c: &mut Checker, key: &str, text: &str, vars: &[Var], topic: bool) -> Template {
     match Template::parse(text, vars) {
         Ok(t) if topic && t.has_topic_wildcards() => {
-            c.fail(key, format!("{text:?}"), "a topic to publish on must not contain + or #");
+            c.fail(
+                key,
+                format!("{text:?}"),
+                "a topic to publish on must not contain + or #",
+            );
             t
         }
         Ok(t) if topic && text.is_empty() => {
@@ -381,7 +430,11 @@ pub(crate) fn duration(c: &mut Checker, key: &str, text: &str) -> SimDuration {
     match parse_duration(text) {
         Ok(d) => d,
         Err(e) => {
-            c.fail(key, format!("{text:?}"), format!("must be a duration like \"30s\" or \"5m\" ({e})"));
+            c.fail(
+                key,
+                format!("{text:?}"),
+                format!("must be a duration like \"30s\" or \"5m\" ({e})"),
+            );
             SimDuration::ZERO
         }
     }
@@ -398,12 +451,27 @@ pub(crate) fn positive_duration(c: &mut Checker, key: &str, text: &str) -> SimDu
 impl ProfileFile {
     pub fn validate(&self, file: &str) -> Result<Profile, ConfigErrors> {
         let mut c = Checker::new(file);
-        if self.name.is_empty() || !self.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-            c.fail("name", format!("{:?}", self.name), "must be non-empty letters, digits, - or _");
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            c.fail(
+                "name",
+                format!("{:?}", self.name),
+                "must be non-empty letters, digits, - or _",
+            );
         }
         let id = &self.identity;
         let identity = Identity {
-            device_id: template(&mut c, "identity.device_id", &id.device_id, DEVICE_ID_VARS, false),
+            device_id: template(
+                &mut c,
+                "identity.device_id",
+                &id.device_id,
+                DEVICE_ID_VARS,
+                false,
+            ),
             client_id: template(
                 &mut c,
                 "identity.client_id",
@@ -411,7 +479,13 @@ impl ProfileFile {
                 TOPIC_VARS,
                 false,
             ),
-            telemetry_topic: template(&mut c, "identity.telemetry_topic", &id.telemetry_topic, TOPIC_VARS, true),
+            telemetry_topic: template(
+                &mut c,
+                "identity.telemetry_topic",
+                &id.telemetry_topic,
+                TOPIC_VARS,
+                true,
+            ),
             command_topic: id
                 .command_topic
                 .as_deref()
@@ -427,7 +501,10 @@ impl ProfileFile {
         };
         if id.device_id.is_empty() {
             c.fail("identity.device_id", "\"\"", "must not be empty");
-        } else if !identity.device_id.uses(Var::Id) && !identity.device_id.uses(Var::Index) {
+        } else if Template::parse(&id.device_id, DEVICE_ID_VARS).is_ok()
+            && !identity.device_id.uses(Var::Id)
+            && !identity.device_id.uses(Var::Index)
+        {
             c.fail(
                 "identity.device_id",
                 format!("{:?}", id.device_id),
@@ -449,7 +526,12 @@ impl ProfileFile {
             retain: r.retain,
             offline_buffer: r.offline_buffer,
         };
-        c.check((0.0..1.0).contains(&r.jitter), "reporting.jitter", r.jitter, "must be a fraction in [0, 1)");
+        c.check(
+            (0.0..1.0).contains(&r.jitter),
+            "reporting.jitter",
+            r.jitter,
+            "must be a fraction in [0, 1)",
+        );
         c.check(r.qos <= 2, "reporting.qos", r.qos, "must be 0, 1 or 2");
         c.check(
             r.offline_buffer <= defaults::MAX_OFFLINE_BUFFER,
@@ -480,12 +562,15 @@ impl ProfileFile {
         c.check(
             mqtt.keep_alive.as_micros() <= 65_535_000_000,
             "mqtt.keep_alive",
-            &self.mqtt.keep_alive,
+            format!("{:?}", self.mqtt.keep_alive),
             "must be at most 65535s (MQTT limit)",
         );
         if self.mqtt.last_will && identity.status_topic.is_none() {
             // A will needs a topic; silently turning it off would surprise a user.
-            c.fail_key("mqtt.last_will", "needs identity.status_topic (the will is published there)");
+            c.fail_key(
+                "mqtt.last_will",
+                "needs identity.status_topic (the will is published there)",
+            );
         }
 
         let mut commands = CommandSet::default();
@@ -502,14 +587,24 @@ impl ProfileFile {
                 ),
             }
         }
-        c.check(self.commands.qos <= 2, "commands.qos", self.commands.qos, "must be 0, 1 or 2");
+        c.check(
+            self.commands.qos <= 2,
+            "commands.qos",
+            self.commands.qos,
+            "must be 0, 1 or 2",
+        );
         if !self.commands.enabled.is_empty() && identity.command_topic.is_none() {
             c.fail_key(
                 "identity.command_topic",
                 "commands are enabled, so a command_topic (and response_topic) is needed; or set commands.enabled = []",
             );
         }
-        c.check(!self.firmware.model.is_empty(), "firmware.model", "\"\"", "must name a firmware model file");
+        c.check(
+            !self.firmware.model.is_empty(),
+            "firmware.model",
+            "\"\"",
+            "must name a firmware model file",
+        );
 
         let profile = Profile {
             name: self.name.clone(),
@@ -538,7 +633,10 @@ fn require(c: &mut Checker, key: &str, field: &str, v: Option<f64>, kind: &str) 
             0.0
         }
         None => {
-            c.fail_key(&format!("{key}.{field}"), format!("is required for kind = \"{kind}\""));
+            c.fail_key(
+                &format!("{key}.{field}"),
+                format!("is required for kind = \"{kind}\""),
+            );
             0.0
         }
     }
@@ -546,8 +644,16 @@ fn require(c: &mut Checker, key: &str, field: &str, v: Option<f64>, kind: &str) 
 
 fn validate_sensor(c: &mut Checker, name: &str, s: &SensorRaw) -> SensorSpec {
     let key = format!("sensors.{name}");
-    if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
-        c.fail(&key, format!("{name:?}"), "a sensor name must be letters, digits or _ (it becomes a JSON key)");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    {
+        c.fail(
+            &key,
+            format!("{name:?}"),
+            "a sensor name must be letters, digits or _ (it becomes a JSON key)",
+        );
     }
     let allowed: &[&str] = match s.kind {
         SensorKind::Constant => &["value"],
@@ -571,12 +677,15 @@ fn validate_sensor(c: &mut Checker, name: &str, s: &SensorRaw) -> SensorSpec {
         ("rate_per_s", s.rate_per_s.is_some()),
         ("rate_sigma", s.rate_sigma.is_some()),
     ];
-    let kind_name = format!("{:?}", s.kind).to_lowercase();
+    let kind_name = s.kind.as_str();
     for (field, is_set) in present {
         if is_set && !allowed.contains(&field) {
             c.fail_key(
                 &format!("{key}.{field}"),
-                format!("does not apply to kind = \"{kind_name}\" (it takes: {})", allowed.join(", ")),
+                format!(
+                    "does not apply to kind = \"{kind_name}\" (it takes: {})",
+                    allowed.join(", ")
+                ),
             );
         }
     }
@@ -602,14 +711,24 @@ fn validate_sensor(c: &mut Checker, name: &str, s: &SensorRaw) -> SensorSpec {
                 require(c, &key, "max", s.max, "random_walk"),
             );
             c.check(step >= 0.0, &format!("{key}.step"), step, "must be >= 0");
-            c.check(min <= max, &format!("{key}.max"), max, &format!("must be >= min ({min})"));
+            c.check(
+                min <= max,
+                &format!("{key}.max"),
+                max,
+                &format!("must be >= min ({min})"),
+            );
             c.check(
                 (min..=max).contains(&start),
                 &format!("{key}.start"),
                 start,
                 &format!("must lie within min..max ({min}..{max})"),
             );
-            SensorModel::RandomWalk { start, step, min, max }
+            SensorModel::RandomWalk {
+                start,
+                step,
+                min,
+                max,
+            }
         }
         SensorKind::Sine => {
             let period = match &s.period {
@@ -622,12 +741,21 @@ fn validate_sensor(c: &mut Checker, name: &str, s: &SensorRaw) -> SensorSpec {
             let phase = match &s.phase {
                 None => Some(0.0),
                 Some(PhaseRaw::Fixed(p)) => {
-                    c.check((0.0..=1.0).contains(p), &format!("{key}.phase"), p, "must be a fraction of the period in [0, 1] or \"random\"");
+                    c.check(
+                        (0.0..=1.0).contains(p),
+                        &format!("{key}.phase"),
+                        p,
+                        "must be a fraction of the period in [0, 1] or \"random\"",
+                    );
                     Some(*p)
                 }
                 Some(PhaseRaw::Named(n)) if n == "random" => None,
                 Some(PhaseRaw::Named(n)) => {
-                    c.fail(&format!("{key}.phase"), format!("{n:?}"), "must be a fraction in [0, 1] or \"random\"");
+                    c.fail(
+                        &format!("{key}.phase"),
+                        format!("{n:?}"),
+                        "must be a fraction in [0, 1] or \"random\"",
+                    );
                     Some(0.0)
                 }
             };
@@ -644,8 +772,18 @@ fn validate_sensor(c: &mut Checker, name: &str, s: &SensorRaw) -> SensorSpec {
         SensorKind::Counter => {
             let rate = require(c, &key, "rate_per_s", s.rate_per_s, "counter");
             let rate_sigma = s.rate_sigma.unwrap_or(0.0);
-            c.check(rate >= 0.0, &format!("{key}.rate_per_s"), rate, "must be >= 0 (a counter only grows)");
-            c.check(rate_sigma >= 0.0, &format!("{key}.rate_sigma"), rate_sigma, "must be >= 0");
+            c.check(
+                rate >= 0.0,
+                &format!("{key}.rate_per_s"),
+                rate,
+                "must be >= 0 (a counter only grows)",
+            );
+            c.check(
+                rate_sigma >= 0.0,
+                &format!("{key}.rate_sigma"),
+                rate_sigma,
+                "must be >= 0",
+            );
             SensorModel::Counter {
                 start: s.start.unwrap_or(0.0),
                 rate_per_s: rate,
@@ -653,16 +791,38 @@ fn validate_sensor(c: &mut Checker, name: &str, s: &SensorRaw) -> SensorSpec {
             }
         }
     };
-    c.check(s.decimals <= 9, &format!("{key}.decimals"), s.decimals, "must be 0..=9");
+    c.check(
+        s.decimals <= 9,
+        &format!("{key}.decimals"),
+        s.decimals,
+        "must be 0..=9",
+    );
     let f = &s.faults;
-    c.probability(&format!("{key}.faults.spike_probability"), f.spike_probability);
-    c.probability(&format!("{key}.faults.stuck_probability"), f.stuck_probability);
-    c.finite_at_least(&format!("{key}.faults.spike_magnitude"), f.spike_magnitude, f64::MIN);
-    c.finite_at_least(&format!("{key}.faults.drift_per_hour"), f.drift_per_hour, f64::MIN);
+    c.probability(
+        &format!("{key}.faults.spike_probability"),
+        f.spike_probability,
+    );
+    c.probability(
+        &format!("{key}.faults.stuck_probability"),
+        f.stuck_probability,
+    );
+    c.finite_at_least(
+        &format!("{key}.faults.spike_magnitude"),
+        f.spike_magnitude,
+        f64::MIN,
+    );
+    c.finite_at_least(
+        &format!("{key}.faults.drift_per_hour"),
+        f.drift_per_hour,
+        f64::MIN,
+    );
     let stuck_duration = match &f.stuck_duration {
         Some(d) => duration(c, &format!("{key}.faults.stuck_duration"), d),
         None if f.stuck_probability > 0.0 => {
-            c.fail_key(&format!("{key}.faults.stuck_duration"), "is required when stuck_probability > 0");
+            c.fail_key(
+                &format!("{key}.faults.stuck_duration"),
+                "is required when stuck_probability > 0",
+            );
             SimDuration::ZERO
         }
         None => SimDuration::ZERO,
@@ -683,20 +843,30 @@ fn validate_sensor(c: &mut Checker, name: &str, s: &SensorRaw) -> SensorSpec {
 }
 
 fn validate_battery(c: &mut Checker, b: &BatteryRaw) -> BatterySpec {
-    c.check(b.capacity_mah.is_finite() && b.capacity_mah > 0.0, "battery.capacity_mah", b.capacity_mah, "must be > 0");
+    c.check(
+        b.capacity_mah.is_finite() && b.capacity_mah > 0.0,
+        "battery.capacity_mah",
+        b.capacity_mah,
+        "must be > 0",
+    );
     c.finite_at_least("battery.idle_ma", b.idle_ma, 0.0);
     c.finite_at_least("battery.tx_mah", b.tx_mah, 0.0);
-    let start = match b.start_percent {
-        StartPercentRaw::Fixed(p) => (p, p),
-        StartPercentRaw::Range([lo, hi]) => (lo, hi),
+    let (start, written) = match b.start_percent {
+        StartPercentRaw::Fixed(p) => ((p, p), format!("{p}")),
+        StartPercentRaw::Range([lo, hi]) => ((lo, hi), format!("[{lo}, {hi}]")),
     };
     c.check(
         (0.0..=100.0).contains(&start.0) && (0.0..=100.0).contains(&start.1) && start.0 <= start.1,
         "battery.start_percent",
-        format!("{:?}", start),
+        written,
         "must be a percentage, or [min, max] with 0 <= min <= max <= 100",
     );
-    c.check((0.0..=100.0).contains(&b.low_percent), "battery.low_percent", b.low_percent, "must be 0..=100");
+    c.check(
+        (0.0..=100.0).contains(&b.low_percent),
+        "battery.low_percent",
+        b.low_percent,
+        "must be 0..=100",
+    );
     c.check(
         b.low_interval_factor.is_finite() && b.low_interval_factor >= 1.0,
         "battery.low_interval_factor",
@@ -720,7 +890,12 @@ pub fn validate_link(c: &mut Checker, key: &str, l: &LinkRaw) -> LinkSpec {
         None => Dist::Constant(0.0),
     };
     let loss = l.loss.unwrap_or(0.0);
-    c.check((0.0..1.0).contains(&loss), &format!("{key}.loss"), loss, "must be a probability in [0, 1)");
+    c.check(
+        (0.0..1.0).contains(&loss),
+        &format!("{key}.loss"),
+        loss,
+        "must be a probability in [0, 1)",
+    );
     let mtbf = match l.mtbf.as_deref() {
         None | Some("never") => None,
         Some(t) => Some(positive_duration(c, &format!("{key}.mtbf"), t)),
@@ -739,14 +914,24 @@ pub fn validate_link(c: &mut Checker, key: &str, l: &LinkRaw) -> LinkSpec {
             let k = format!("{key}.reconnect");
             let initial = positive_duration(c, &format!("{k}.initial"), &b.initial);
             let max = positive_duration(c, &format!("{k}.max"), &b.max);
-            c.check(max >= initial, &format!("{k}.max"), &b.max, &format!("must be >= initial ({})", b.initial));
+            c.check(
+                max >= initial,
+                &format!("{k}.max"),
+                &b.max,
+                &format!("must be >= initial ({})", b.initial),
+            );
             c.check(
                 b.multiplier.is_finite() && b.multiplier >= 1.0,
                 &format!("{k}.multiplier"),
                 b.multiplier,
                 "must be >= 1",
             );
-            c.check((0.0..=1.0).contains(&b.jitter), &format!("{k}.jitter"), b.jitter, "must be a fraction in [0, 1]");
+            c.check(
+                (0.0..=1.0).contains(&b.jitter),
+                &format!("{k}.jitter"),
+                b.jitter,
+                "must be a fraction in [0, 1]",
+            );
             Backoff {
                 initial,
                 max,
@@ -773,7 +958,10 @@ impl LinkRaw {
             loss: over.loss.or(self.loss),
             mtbf: over.mtbf.clone().or_else(|| self.mtbf.clone()),
             mttr_s: over.mttr_s.clone().or_else(|| self.mttr_s.clone()),
-            connect_timeout: over.connect_timeout.clone().or_else(|| self.connect_timeout.clone()),
+            connect_timeout: over
+                .connect_timeout
+                .clone()
+                .or_else(|| self.connect_timeout.clone()),
             reconnect: over.reconnect.clone().or_else(|| self.reconnect.clone()),
         }
     }

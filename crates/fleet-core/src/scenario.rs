@@ -7,7 +7,7 @@ use crate::defaults;
 use crate::dist::{Dist, DistSpec};
 use crate::error::{Checker, ConfigErrors};
 use crate::profile::{LinkRaw, duration, positive_duration};
-use crate::slo::{SloBound, SloSpec, metric_is_known, METRIC_NAMES};
+use crate::slo::{METRIC_NAMES, SloBound, SloSpec, metric_is_known};
 use crate::time::SimDuration;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -245,18 +245,41 @@ pub fn check_broker_url(url: &str) -> Result<(), String> {
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
         .ok_or("must start with mqtt:// (mqtts:// comes with TLS support)")?;
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() {
+    let (host, port) = split_host_port(rest.trim_end_matches('/'))?;
+    if host.is_empty() {
         return Err("has no host".into());
     }
-    if let Some((host, port)) = rest.rsplit_once(':')
-        && !host.ends_with(']')
-        && !host.is_empty()
-        && port.parse::<u16>().is_err()
-    {
-        return Err(format!("port `{port}` is not a number 1..65535"));
+    if port == Some(0) {
+        return Err("port 0 is not a port a broker listens on".into());
     }
     Ok(())
+}
+
+/// Splits `host:port`, `[v6]:port`, `host` or `[v6]`; the port must be 1..=65535 when given.
+pub fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or("`[` without `]` around an IPv6 address")?;
+        match after.strip_prefix(':') {
+            Some(p) => (h, Some(p)),
+            None if after.is_empty() => (h, None),
+            None => return Err(format!("unexpected `{after}` after the IPv6 address")),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        Some(p) => Some(
+            p.parse::<u16>()
+                .map_err(|_| format!("port `{p}` is not a number 1..65535"))?,
+        ),
+        None => None,
+    };
+    Ok((host, port))
 }
 
 impl ScenarioFile {
@@ -284,7 +307,11 @@ impl ScenarioFile {
         for (i, a) in self.mqtt.source_addrs.iter().enumerate() {
             match a.parse() {
                 Ok(ip) => source_addrs.push(ip),
-                Err(_) => c.fail(&format!("mqtt.source_addrs[{i}]"), format!("{a:?}"), "must be an IP address like 127.0.0.2"),
+                Err(_) => c.fail(
+                    &format!("mqtt.source_addrs[{i}]"),
+                    format!("{a:?}"),
+                    "must be an IP address like 127.0.0.2",
+                ),
             }
         }
         c.check(
@@ -293,10 +320,19 @@ impl ScenarioFile {
             self.ramp.per_second,
             "must be > 0",
         );
-        c.check(!self.cohorts.is_empty(), "cohorts", "[]", "must list at least one cohort");
+        c.check(
+            !self.cohorts.is_empty(),
+            "cohorts",
+            "[]",
+            "must list at least one cohort",
+        );
         for (i, cohort) in self.cohorts.iter().enumerate() {
             if self.cohorts[..i].iter().any(|o| o.name == cohort.name) {
-                c.fail(&format!("cohorts[{i}].name"), format!("{:?}", cohort.name), "is used by an earlier cohort");
+                c.fail(
+                    &format!("cohorts[{i}].name"),
+                    format!("{:?}", cohort.name),
+                    "is used by an earlier cohort",
+                );
             }
             if cohort.name.is_empty() {
                 c.fail(&format!("cohorts[{i}].name"), "\"\"", "must not be empty");
@@ -315,26 +351,41 @@ impl ScenarioFile {
             if let Some(name) = &e.cohort
                 && !self.cohorts.iter().any(|co| &co.name == name)
             {
-                c.fail(&format!("{key}.cohort"), format!("{name:?}"), "must name a cohort of this scenario");
+                c.fail(
+                    &format!("{key}.cohort"),
+                    format!("{name:?}"),
+                    "must name a cohort of this scenario",
+                );
             }
             let kind = match e.kind {
                 EventKind::Outage => {
                     if e.spread.is_some() {
-                        c.fail_key(&format!("{key}.spread"), "applies to reboot_wave, not outage");
+                        c.fail_key(
+                            &format!("{key}.spread"),
+                            "applies to reboot_wave, not outage",
+                        );
                     }
                     match &e.duration {
                         Some(d) => FleetEventKind::Outage {
                             duration: positive_duration(&mut c, &format!("{key}.duration"), d),
                         },
                         None => {
-                            c.fail_key(&format!("{key}.duration"), "is required for kind = \"outage\"");
-                            FleetEventKind::Outage { duration: SimDuration::ZERO }
+                            c.fail_key(
+                                &format!("{key}.duration"),
+                                "is required for kind = \"outage\"",
+                            );
+                            FleetEventKind::Outage {
+                                duration: SimDuration::ZERO,
+                            }
                         }
                     }
                 }
                 EventKind::RebootWave => {
                     if e.duration.is_some() {
-                        c.fail_key(&format!("{key}.duration"), "applies to outage; a reboot wave takes spread");
+                        c.fail_key(
+                            &format!("{key}.duration"),
+                            "applies to outage; a reboot wave takes spread",
+                        );
                     }
                     FleetEventKind::RebootWave {
                         spread: e
@@ -346,7 +397,11 @@ impl ScenarioFile {
                 }
             };
             if at >= run_duration && run_duration > SimDuration::ZERO {
-                c.fail(&format!("{key}.at"), format!("{:?}", e.at), format!("must be before the end of the run ({})", self.duration));
+                c.fail(
+                    &format!("{key}.at"),
+                    format!("{:?}", e.at),
+                    format!("must be before the end of the run ({})", self.duration),
+                );
             }
             events.push(FleetEvent {
                 at,
@@ -359,7 +414,11 @@ impl ScenarioFile {
         for (i, s) in self.slo.iter().enumerate() {
             let key = format!("slo[{i}]");
             if !metric_is_known(&s.metric) {
-                c.fail(&format!("{key}.metric"), format!("{:?}", s.metric), format!("must be one of: {}", METRIC_NAMES.join(", ")));
+                c.fail(
+                    &format!("{key}.metric"),
+                    format!("{:?}", s.metric),
+                    format!("must be one of: {}", METRIC_NAMES.join(", ")),
+                );
             }
             let bound = match (s.max, s.min) {
                 (Some(max), None) => SloBound::Max(max),
@@ -375,7 +434,8 @@ impl ScenarioFile {
                 bound,
             });
         }
-        let sim_broker_service_us = Dist::validate(&self.sim_broker.service_us, "sim_broker.service_us", &mut c);
+        let sim_broker_service_us =
+            Dist::validate(&self.sim_broker.service_us, "sim_broker.service_us", &mut c);
         c.errors.into_result(ScenarioSettings {
             name: self.name.clone(),
             description: self.description.clone(),

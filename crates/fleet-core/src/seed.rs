@@ -95,7 +95,12 @@ mod tests {
     #[test]
     fn unit_draws_are_uniform_enough_to_pick_fractions() {
         let seed = RunSeed(1);
-        let picked = (0..10_000).filter(|i| seed.unit_draw(9, DeviceId(*i)) < 0.25).count();
-        assert!((2_200..2_800).contains(&picked), "picked {picked} of 10000 for 25%");
+        let picked = (0..10_000)
+            .filter(|i| seed.unit_draw(9, DeviceId(*i)) < 0.25)
+            .count();
+        assert!(
+            (2_200..2_800).contains(&picked),
+            "picked {picked} of 10000 for 25%"
+        );
     }
 }

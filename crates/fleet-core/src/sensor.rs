@@ -7,7 +7,7 @@ use rand_pcg::Pcg32;
 use crate::profile::{SensorModel, SensorSpec};
 use crate::time::{SimDuration, SimTime};
 
-/// Per-device state of one sensor (32 bytes).
+/// Per-device state of one sensor (40 bytes).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SensorState {
     /// random walk / counter: the current value.
@@ -15,7 +15,7 @@ pub struct SensorState {
     /// sine: this device's phase as a fraction of the period.
     phase: f32,
     /// stuck-at fault: the value it is stuck at, and until when (0 = not stuck).
-    stuck_value: f32,
+    stuck_value: f64,
     stuck_until: u64,
     /// counter: when it was last sampled.
     last_at: u64,
@@ -67,12 +67,19 @@ impl SensorState {
                 noise,
                 ..
             } => {
-                let cycles = now.as_micros() as f64 / period.as_micros().max(1) as f64 + f64::from(self.phase);
-                let n = if noise > 0.0 { noise * normal(rng) } else { 0.0 };
+                let cycles = now.as_micros() as f64 / period.as_micros().max(1) as f64
+                    + f64::from(self.phase);
+                let n = if noise > 0.0 {
+                    noise * normal(rng)
+                } else {
+                    0.0
+                };
                 mean + amplitude * (std::f64::consts::TAU * cycles).sin() + n
             }
             SensorModel::Counter {
-                rate_per_s, rate_sigma, ..
+                rate_per_s,
+                rate_sigma,
+                ..
             } => {
                 let dt_s = SimDuration(now.as_micros().saturating_sub(self.last_at)).as_secs_f64();
                 self.last_at = now.as_micros();
@@ -89,12 +96,12 @@ impl SensorState {
         let mut v = clean + f.drift_per_hour * now.as_secs_f64() / 3600.0;
         if f.stuck_probability > 0.0 {
             if now.as_micros() < self.stuck_until {
-                return f64::from(self.stuck_value);
+                return self.stuck_value;
             }
             if rng.random::<f64>() < f.stuck_probability {
                 self.stuck_until = (now + f.stuck_duration).as_micros();
-                self.stuck_value = v as f32;
-                return f64::from(self.stuck_value);
+                self.stuck_value = v;
+                return v;
             }
         }
         if f.spike_probability > 0.0 && rng.random::<f64>() < f.spike_probability {
@@ -161,7 +168,10 @@ mod tests {
 
     #[test]
     fn a_stuck_sensor_repeats_its_value_until_the_fault_ends() {
-        let mut s = spec(SensorModel::Normal { mean: 0.0, sigma: 1.0 });
+        let mut s = spec(SensorModel::Normal {
+            mean: 0.0,
+            sigma: 1.0,
+        });
         s.faults.stuck_probability = 1.0;
         s.faults.stuck_duration = SimDuration::from_secs(10);
         let mut rng = Pcg32::new(3, 3);

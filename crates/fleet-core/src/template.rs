@@ -76,7 +76,9 @@ impl Template {
                                 .strip_prefix('0')
                                 .and_then(|d| d.parse::<usize>().ok())
                                 .filter(|n| (1..=20).contains(n))
-                                .ok_or_else(|| format!("`{{{name}}}`: width must look like `:06`"))?;
+                                .ok_or_else(|| {
+                                    format!("`{{{name}}}`: width must look like `:06`")
+                                })?;
                             (v, width)
                         }
                         None => (name.as_str(), 0),
@@ -95,17 +97,26 @@ impl Template {
                         }
                     };
                     if !allowed.contains(&var) {
-                        return Err(format!("placeholder `{{{var_name}}}` is not allowed here (allowed: {})", names(allowed)));
+                        return Err(format!(
+                            "placeholder `{{{var_name}}}` is not allowed here (allowed: {})",
+                            names(allowed)
+                        ));
                     }
                     if width > 0 && !matches!(var, Var::Id | Var::Index) {
-                        return Err(format!("`{{{name}}}`: only {{id}} and {{index}} take a width"));
+                        return Err(format!(
+                            "`{{{name}}}`: only {{id}} and {{index}} take a width"
+                        ));
                     }
                     if !lit.is_empty() {
                         segs.push(Seg::Lit(std::mem::take(&mut lit)));
                     }
                     segs.push(Seg::Var(var, width));
                 }
-                '}' => return Err(format!("unmatched `}}` in `{text}` (write `}}}}` for a literal brace)")),
+                '}' => {
+                    return Err(format!(
+                        "unmatched `}}` in `{text}` (write `}}}}` for a literal brace)"
+                    ));
+                }
                 c => lit.push(c),
             }
         }
@@ -138,12 +149,16 @@ impl Template {
 
     /// True when the template contains MQTT wildcards or other characters a topic must not have.
     pub fn has_topic_wildcards(&self) -> bool {
-        self.segs.iter().any(|s| matches!(s, Seg::Lit(l) if l.contains(['+', '#', '\0'])))
+        self.segs
+            .iter()
+            .any(|s| matches!(s, Seg::Lit(l) if l.contains(['+', '#', '\0'])))
     }
 
     /// True when the template uses the placeholder.
     pub fn uses(&self, var: Var) -> bool {
-        self.segs.iter().any(|s| matches!(s, Seg::Var(v, _) if *v == var))
+        self.segs
+            .iter()
+            .any(|s| matches!(s, Seg::Var(v, _) if *v == var))
     }
 }
 
@@ -174,7 +189,13 @@ fn names(allowed: &[Var]) -> String {
 mod tests {
     use super::*;
 
-    const ALL: &[Var] = &[Var::Id, Var::Index, Var::Cohort, Var::Profile, Var::DeviceId];
+    const ALL: &[Var] = &[
+        Var::Id,
+        Var::Index,
+        Var::Cohort,
+        Var::Profile,
+        Var::DeviceId,
+    ];
 
     fn vars() -> TemplateVars<'static> {
         TemplateVars {
@@ -202,16 +223,40 @@ mod tests {
 
     #[test]
     fn bad_templates_say_why() {
-        assert!(Template::parse("x-{serial}", ALL).unwrap_err().contains("unknown placeholder `{serial}`"));
-        assert!(Template::parse("x-{id", ALL).unwrap_err().contains("unclosed"));
-        assert!(Template::parse("x-{device_id}", &[Var::Id]).unwrap_err().contains("not allowed here"));
-        assert!(Template::parse("x-{cohort:04}", ALL).unwrap_err().contains("take a width"));
-        assert!(Template::parse("x-{id:ab}", ALL).unwrap_err().contains("width"));
+        assert!(
+            Template::parse("x-{serial}", ALL)
+                .unwrap_err()
+                .contains("unknown placeholder `{serial}`")
+        );
+        assert!(
+            Template::parse("x-{id", ALL)
+                .unwrap_err()
+                .contains("unclosed")
+        );
+        assert!(
+            Template::parse("x-{device_id}", &[Var::Id])
+                .unwrap_err()
+                .contains("not allowed here")
+        );
+        assert!(
+            Template::parse("x-{cohort:04}", ALL)
+                .unwrap_err()
+                .contains("take a width")
+        );
+        assert!(
+            Template::parse("x-{id:ab}", ALL)
+                .unwrap_err()
+                .contains("width")
+        );
     }
 
     #[test]
     fn wildcards_are_detected() {
         assert!(Template::parse("a/+/b", ALL).unwrap().has_topic_wildcards());
-        assert!(!Template::parse("a/{id}/b", ALL).unwrap().has_topic_wildcards());
+        assert!(
+            !Template::parse("a/{id}/b", ALL)
+                .unwrap()
+                .has_topic_wildcards()
+        );
     }
 }

@@ -110,15 +110,15 @@ impl fmt::Display for SimDuration {
         let us = self.0;
         if us == 0 {
             write!(f, "0s")
-        } else if us % 86_400_000_000 == 0 {
+        } else if us.is_multiple_of(86_400_000_000) {
             write!(f, "{}d", us / 86_400_000_000)
-        } else if us % 3_600_000_000 == 0 {
+        } else if us.is_multiple_of(3_600_000_000) {
             write!(f, "{}h", us / 3_600_000_000)
-        } else if us % 60_000_000 == 0 {
+        } else if us.is_multiple_of(60_000_000) {
             write!(f, "{}m", us / 60_000_000)
-        } else if us % 1_000_000 == 0 {
+        } else if us.is_multiple_of(1_000_000) {
             write!(f, "{}s", us / 1_000_000)
-        } else if us % 1_000 == 0 {
+        } else if us.is_multiple_of(1_000) {
             write!(f, "{}ms", us / 1_000)
         } else {
             write!(f, "{us}us")
@@ -157,8 +157,16 @@ pub fn parse_duration(text: &str) -> Result<SimDuration, String> {
             "m" | "min" => 60e6,
             "h" => 3600e6,
             "d" => 86_400e6,
-            "" => return Err(format!("`{text}`: missing unit (one of us, ms, s, m, h, d)")),
-            other => return Err(format!("`{text}`: unknown unit `{other}` (one of us, ms, s, m, h, d)")),
+            "" => {
+                return Err(format!(
+                    "`{text}`: missing unit (one of us, ms, s, m, h, d)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}` (one of us, ms, s, m, h, d)"
+                ));
+            }
         };
         total_us += number * scale;
     }
@@ -186,9 +194,17 @@ mod tests {
     #[test]
     fn bad_durations_explain_what_is_wrong() {
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("10 parsecs").unwrap_err().contains("unknown unit `parsecs`"));
+        assert!(
+            parse_duration("10 parsecs")
+                .unwrap_err()
+                .contains("unknown unit `parsecs`")
+        );
         assert!(parse_duration("").unwrap_err().contains("empty"));
-        assert!(parse_duration("s").unwrap_err().contains("expected a number"));
+        assert!(
+            parse_duration("s")
+                .unwrap_err()
+                .contains("expected a number")
+        );
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub enum NetInput {
     /// The session died; `unacked` QoS >= 1 telemetry messages were in flight.
     SessionLost { reason: &'static str, unacked: u32 },
     /// A QoS >= 1 telemetry message was acknowledged.
-    Acked { scheduled: SimTime, from_buffer: bool },
+    Acked {
+        scheduled: SimTime,
+        from_buffer: bool,
+    },
     /// A command arrived for the device.
     Command(Bytes),
     /// An inbound packet could not be decoded (the adapter has closed the session).
@@ -46,7 +49,14 @@ pub trait Adapter {
     fn connect(&mut self, dev: u32, device: &Device, ctx: &DeviceCtx, now: SimTime);
 
     /// Send a message on the device's session.
-    fn publish(&mut self, dev: u32, device: &Device, ctx: &DeviceCtx, p: &Publish, payload: &[u8]) -> SendOutcome;
+    fn publish(
+        &mut self,
+        dev: u32,
+        device: &Device,
+        ctx: &DeviceCtx,
+        p: &Publish,
+        payload: &[u8],
+    ) -> SendOutcome;
 
     /// End the session: cleanly (DISCONNECT) or abruptly (the link died; the broker sends the
     /// will). Returns the number of QoS >= 1 telemetry messages that were still unacknowledged.

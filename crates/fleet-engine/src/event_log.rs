@@ -42,9 +42,15 @@ impl EventLog {
             Event::ConnectAttempt { attempt } => write!(l, "connect attempt={attempt}"),
             Event::NoLink { retry_in } => write!(l, "no_link retry_in_us={}", retry_in.as_micros()),
             Event::Connected => write!(l, "connected"),
-            Event::ConnectFailed { retry_in } => write!(l, "connect_failed retry_in_us={}", retry_in.as_micros()),
-            Event::LinkLost { retry_in } => write!(l, "session_lost retry_in_us={}", retry_in.as_micros()),
-            Event::LinkDropped { down_for } => write!(l, "link_drop down_us={}", down_for.as_micros()),
+            Event::ConnectFailed { retry_in } => {
+                write!(l, "connect_failed retry_in_us={}", retry_in.as_micros())
+            }
+            Event::LinkLost { retry_in } => {
+                write!(l, "session_lost retry_in_us={}", retry_in.as_micros())
+            }
+            Event::LinkDropped { down_for } => {
+                write!(l, "link_drop down_us={}", down_for.as_micros())
+            }
             Event::Outage { until } => write!(l, "outage until_us={}", until.as_micros()),
             Event::Report { seq } => write!(l, "report seq={seq}"),
             Event::LostOnLink { seq } => write!(l, "lost_on_link seq={seq}"),
@@ -54,7 +60,9 @@ impl EventLog {
             Event::Flushed { count } => write!(l, "flushed count={count}"),
             Event::Command { name } => write!(l, "command {name}"),
             Event::CommandRejected => write!(l, "command_rejected"),
-            Event::IntervalChanged { interval } => write!(l, "interval us={}", interval.as_micros()),
+            Event::IntervalChanged { interval } => {
+                write!(l, "interval us={}", interval.as_micros())
+            }
             Event::BatteryLow => write!(l, "battery_low"),
             Event::BatteryDepleted => write!(l, "battery_depleted"),
             Event::Reboot => write!(l, "reboot"),
@@ -64,7 +72,13 @@ impl EventLog {
     }
 
     /// A free-form line (engine-side events: sends, acks).
-    pub fn line(&mut self, id: DeviceId, t: SimTime, text: std::fmt::Arguments, payload: Option<&[u8]>) -> io::Result<()> {
+    pub fn line(
+        &mut self,
+        id: DeviceId,
+        t: SimTime,
+        text: std::fmt::Arguments,
+        payload: Option<&[u8]>,
+    ) -> io::Result<()> {
         use std::io::Write as _;
         self.start(id, t);
         let _ = self.line.write_fmt(text);

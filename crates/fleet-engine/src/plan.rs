@@ -73,7 +73,9 @@ fn ramp_times(seed: RunSeed, mode: RampMode, per_second: f64, total: u32) -> Vec
     let step_us = 1e6 / per_second.max(1e-9);
     match mode {
         RampMode::All => vec![SimTime::ZERO; total as usize],
-        RampMode::Rate => (0..total).map(|i| SimTime((f64::from(i) * step_us) as u64)).collect(),
+        RampMode::Rate => (0..total)
+            .map(|i| SimTime((f64::from(i) * step_us) as u64))
+            .collect(),
         RampMode::Poisson => {
             let mut rng = seed.fleet_rng(RAMP_SALT);
             let mut t = 0.0;

@@ -27,7 +27,10 @@ pub enum EngineError {
     #[error("shard {shard} failed: {message}")]
     Shard { shard: u16, message: String },
     #[error("event log {path}: {source}")]
-    EventLog { path: String, source: std::io::Error },
+    EventLog {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start shard thread: {0}")]
     Spawn(std::io::Error),
 }
@@ -36,7 +39,10 @@ pub(crate) enum ShardMsg {
     Report(ShardReport),
     /// The shard reached the end of the scenario's duration (this report is the state then).
     Ended(ShardReport),
-    Failed { shard: u16, message: String },
+    Failed {
+        shard: u16,
+        message: String,
+    },
 }
 
 /// What a shard thread gets to talk to the run.
@@ -142,7 +148,8 @@ where
             std::thread::Builder::new()
                 .name(format!("shard-{k}"))
                 .spawn_scoped(scope, move || {
-                    let result = Shard::new(k, plan, log_part.as_deref()).and_then(|shard| drive(shard, &ctl));
+                    let result = Shard::new(k, plan, log_part.as_deref())
+                        .and_then(|shard| drive(shard, &ctl));
                     if let Err(e) = result {
                         ctl.send(ShardMsg::Failed {
                             shard: k,

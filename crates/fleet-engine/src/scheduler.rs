@@ -18,7 +18,11 @@ pub enum Due {
     /// The simulated network delivers the session's CONNACK.
     SimConnected { session: u32, started: SimTime },
     /// The simulated broker acknowledges a telemetry message.
-    SimAck { session: u32, scheduled: SimTime, from_buffer: bool },
+    SimAck {
+        session: u32,
+        scheduled: SimTime,
+        from_buffer: bool,
+    },
     /// A message parked for its link latency is due to be written (wall clock).
     SendParked { slot: u32 },
     /// The scenario's fleet event number `index`.
@@ -82,7 +86,11 @@ impl Scheduler {
 
     /// The earliest entry if it is due at or before `now`.
     pub fn pop_due(&mut self, now: SimTime) -> Option<Entry> {
-        if self.heap.peek()?.at <= now { self.heap.pop() } else { None }
+        if self.heap.peek()?.at <= now {
+            self.heap.pop()
+        } else {
+            None
+        }
     }
 
     pub fn pop(&mut self) -> Option<Entry> {
@@ -99,9 +107,12 @@ impl Scheduler {
 
     /// True if any entry other than device wakes remains (acks, sends, events).
     pub fn has_network_work(&self) -> bool {
-        self.heap
-            .iter()
-            .any(|e| matches!(e.due, Due::SimAck { .. } | Due::SimConnected { .. } | Due::SendParked { .. }))
+        self.heap.iter().any(|e| {
+            matches!(
+                e.due,
+                Due::SimAck { .. } | Due::SimConnected { .. } | Due::SendParked { .. }
+            )
+        })
     }
 }
 

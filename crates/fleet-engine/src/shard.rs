@@ -10,8 +10,11 @@ use std::sync::Arc;
 
 use fleet_core::device::encode_status;
 use fleet_core::profile::Qos;
-use fleet_core::{Device, DeviceCtx, DeviceId, DeviceState, Effect, Effects, Event, Input, Publish, SimDuration, SimTime, TopicKind};
 use fleet_core::scenario::FleetEventKind;
+use fleet_core::{
+    Device, DeviceCtx, DeviceId, DeviceState, Effect, Effects, Event, Input, Publish, SimDuration,
+    SimTime, TopicKind,
+};
 use fleet_metrics::{Counters, ShardMetrics, ShardReport};
 
 use crate::adapter::{Adapter, NetInput, SendOutcome};
@@ -136,7 +139,8 @@ impl Shard {
     /// times they come before device deadlines in every shard layout.)
     pub fn init(&mut self) {
         for (i, e) in self.plan.fleet.settings.events.iter().enumerate() {
-            self.sched.push(SimTime::ZERO + e.at, 0, Due::FleetEvent { index: i as u32 });
+            self.sched
+                .push(SimTime::ZERO + e.at, 0, Due::FleetEvent { index: i as u32 });
         }
         for (i, d) in self.devices.iter_mut().enumerate() {
             let at = self.plan.start_time(d.id);
@@ -160,7 +164,8 @@ impl Shard {
                     return; // superseded
                 }
                 self.scheduled[dev as usize] = SimTime::NEVER;
-                self.metrics.record_lag(now.saturating_since(e.at).as_micros());
+                self.metrics
+                    .record_lag(now.saturating_since(e.at).as_micros());
                 self.step(dev, now, Input::Wake, net);
             }
             Due::SimConnected { session, started } => {
@@ -192,7 +197,8 @@ impl Shard {
                 match net {
                     Net::Real(adapter) if live => {
                         let d = &self.devices[p.dev as usize];
-                        let outcome = adapter.publish(p.dev, d, &ctx(&self.plan, d), &p.publish, &p.payload);
+                        let outcome =
+                            adapter.publish(p.dev, d, &ctx(&self.plan, d), &p.publish, &p.payload);
                         self.count_send(&p.publish, p.payload.len(), outcome);
                     }
                     _ => {
@@ -211,21 +217,32 @@ impl Shard {
         let Some(event) = plan.fleet.settings.events.get(index as usize) else {
             return;
         };
-        let cohort = event
-            .cohort
-            .as_ref()
-            .and_then(|name| plan.fleet.cohorts.iter().find(|c| &c.name == name).map(|c| c.id));
+        let cohort = event.cohort.as_ref().and_then(|name| {
+            plan.fleet
+                .cohorts
+                .iter()
+                .find(|c| &c.name == name)
+                .map(|c| c.id)
+        });
         let salt = FLEET_EVENT_SALT ^ u64::from(index);
         for dev in 0..self.devices.len() as u32 {
             let d = &self.devices[dev as usize];
-            if cohort.is_some_and(|c| c != d.cohort) || plan.seed.unit_draw(salt, d.id) >= event.fraction {
+            if cohort.is_some_and(|c| c != d.cohort)
+                || plan.seed.unit_draw(salt, d.id) >= event.fraction
+            {
                 continue;
             }
             let input = match event.kind {
-                FleetEventKind::Outage { duration } => Input::Outage { until: now + duration },
+                FleetEventKind::Outage { duration } => Input::Outage {
+                    until: now + duration,
+                },
                 FleetEventKind::RebootWave { spread } => {
-                    let u = plan.seed.unit_draw(REBOOT_SPREAD_SALT ^ u64::from(index), d.id);
-                    Input::Reboot { at: now + spread.mul_f64(u) }
+                    let u = plan
+                        .seed
+                        .unit_draw(REBOOT_SPREAD_SALT ^ u64::from(index), d.id);
+                    Input::Reboot {
+                        at: now + spread.mul_f64(u),
+                    }
                 }
             };
             self.step(dev, now, input, net);
@@ -233,7 +250,13 @@ impl Shard {
     }
 
     /// Hands a protocol's input to its device.
-    pub fn net_input<A: Adapter>(&mut self, dev: u32, input: NetInput, now: SimTime, net: &mut Net<A>) {
+    pub fn net_input<A: Adapter>(
+        &mut self,
+        dev: u32,
+        input: NetInput,
+        now: SimTime,
+        net: &mut Net<A>,
+    ) {
         if dev as usize >= self.devices.len() {
             return;
         }
@@ -244,17 +267,35 @@ impl Shard {
             }
             NetInput::ConnectFailed { reason } => {
                 tracing::debug!(device_id = self.first + dev, reason, "connect failed");
-                self.log_line(dev, now, format_args!("connect_error reason={reason}"), None);
+                self.log_line(
+                    dev,
+                    now,
+                    format_args!("connect_error reason={reason}"),
+                    None,
+                );
                 self.step(dev, now, Input::ConnectFailed, net);
             }
             NetInput::SessionLost { reason, unacked } => {
-                tracing::debug!(device_id = self.first + dev, reason, unacked, "session lost");
+                tracing::debug!(
+                    device_id = self.first + dev,
+                    reason,
+                    unacked,
+                    "session lost"
+                );
                 self.metrics.counters.failed_unacked += u64::from(unacked);
                 self.sessions[dev as usize] = self.sessions[dev as usize].wrapping_add(1);
-                self.log_line(dev, now, format_args!("session_error reason={reason} unacked={unacked}"), None);
+                self.log_line(
+                    dev,
+                    now,
+                    format_args!("session_error reason={reason} unacked={unacked}"),
+                    None,
+                );
                 self.step(dev, now, Input::LinkLost, net);
             }
-            NetInput::Acked { scheduled, from_buffer } => self.acked(dev, now, scheduled, from_buffer),
+            NetInput::Acked {
+                scheduled,
+                from_buffer,
+            } => self.acked(dev, now, scheduled, from_buffer),
             NetInput::Command(payload) => self.step(dev, now, Input::Command(&payload), net),
             NetInput::Malformed => self.metrics.counters.malformed_packets += 1,
         }
@@ -340,9 +381,17 @@ impl Shard {
                 let rng = d.link_rng();
                 // TCP handshake plus CONNECT/CONNACK: two round trips over the link.
                 let one_way_ms: f64 = (0..4).map(|_| link.latency_ms.sample(rng)).sum();
-                let latency = SimDuration::from_secs_f64(one_way_ms / 1e3 + service.sample(rng) / 1e6);
+                let latency =
+                    SimDuration::from_secs_f64(one_way_ms / 1e3 + service.sample(rng) / 1e6);
                 let session = self.sessions[i];
-                self.sched.push(now + latency, dev, Due::SimConnected { session, started: now });
+                self.sched.push(
+                    now + latency,
+                    dev,
+                    Due::SimConnected {
+                        session,
+                        started: now,
+                    },
+                );
             }
             Net::Real(adapter) => {
                 let d = &self.devices[i];
@@ -351,7 +400,14 @@ impl Shard {
         }
     }
 
-    fn publish<A: Adapter>(&mut self, dev: u32, now: SimTime, p: &Publish, payload: &[u8], net: &mut Net<A>) {
+    fn publish<A: Adapter>(
+        &mut self,
+        dev: u32,
+        now: SimTime,
+        p: &Publish,
+        payload: &[u8],
+        net: &mut Net<A>,
+    ) {
         let i = dev as usize;
         if let Some(log) = &mut self.log {
             let r = log.line(
@@ -419,7 +475,8 @@ impl Shard {
                             (self.parked.len() - 1) as u32
                         }
                     };
-                    self.sched.push(now + p.delay, dev, Due::SendParked { slot });
+                    self.sched
+                        .push(now + p.delay, dev, Due::SendParked { slot });
                     return;
                 }
                 let d = &self.devices[i];
@@ -459,7 +516,9 @@ impl Shard {
     /// Ends every device's run (clean disconnects) at `now`.
     pub fn shutdown_devices<A: Adapter>(&mut self, now: SimTime, net: &mut Net<A>) {
         for dev in 0..self.devices.len() as u32 {
-            if self.devices[dev as usize].state() != DeviceState::Dead || self.devices[dev as usize].wake_at() != SimTime::NEVER {
+            if self.devices[dev as usize].state() != DeviceState::Dead
+                || self.devices[dev as usize].wake_at() != SimTime::NEVER
+            {
                 self.step(dev, now, Input::Shutdown, net);
             }
         }
@@ -487,7 +546,13 @@ impl Shard {
         self.metrics.take_report(self.id, now.as_micros(), done)
     }
 
-    fn log_line(&mut self, dev: u32, now: SimTime, text: std::fmt::Arguments, payload: Option<&[u8]>) {
+    fn log_line(
+        &mut self,
+        dev: u32,
+        now: SimTime,
+        text: std::fmt::Arguments,
+        payload: Option<&[u8]>,
+    ) {
         if let Some(log) = &mut self.log
             && let Err(err) = log.line(DeviceId(self.first + dev), now, text, payload)
         {

@@ -70,7 +70,9 @@ pub(crate) fn run_virtual(mut shard: Shard, ctl: &ShardControl) -> std::io::Resu
             ended = true;
             ctl.send_ended(shard.report(end, false, &net));
         }
-        let Some(entry) = shard.sched.pop() else { break };
+        let Some(entry) = shard.sched.pop() else {
+            break;
+        };
         now = entry.at;
         shard.run_entry(entry, now, &mut net);
         since_check += 1;

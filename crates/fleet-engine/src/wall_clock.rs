@@ -35,8 +35,14 @@ enum Phase {
     Draining,
 }
 
-pub(crate) fn run_wall<A: Adapter>(mut shard: Shard, mut adapter: A, ctl: &ShardControl) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub(crate) fn run_wall<A: Adapter>(
+    mut shard: Shard,
+    mut adapter: A,
+    ctl: &ShardControl,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let (tx, mut rx) = mpsc::channel::<A::Event>(INBOX_CAPACITY);
         adapter.start(tx);
@@ -51,7 +57,9 @@ pub(crate) fn run_wall<A: Adapter>(mut shard: Shard, mut adapter: A, ctl: &Shard
             let mut net = Net::Real(&mut adapter);
             let mut steps = 0;
             while steps < MAX_STEPS_PER_TURN {
-                let Some(entry) = shard.sched.pop_due(now) else { break };
+                let Some(entry) = shard.sched.pop_due(now) else {
+                    break;
+                };
                 shard.run_entry(entry, now, &mut net);
                 steps += 1;
             }
@@ -76,7 +84,9 @@ pub(crate) fn run_wall<A: Adapter>(mut shard: Shard, mut adapter: A, ctl: &Shard
                 phase = Phase::Draining;
                 ctl.send_ended(shard.report(now.min(end), false, &net));
             }
-            if phase == Phase::Draining && (shard.in_flight(&net) == 0 || now >= drain_until || ctl.stopped()) {
+            if phase == Phase::Draining
+                && (shard.in_flight(&net) == 0 || now >= drain_until || ctl.stopped())
+            {
                 shard.shutdown_devices(now, &mut net);
                 break;
             }
@@ -86,8 +96,16 @@ pub(crate) fn run_wall<A: Adapter>(mut shard: Shard, mut adapter: A, ctl: &Shard
                 tokio::task::yield_now().await;
                 continue;
             }
-            let next = shard.sched.peek_time().unwrap_or(SimTime::NEVER).min(next_tick);
-            let cap = if blocked { BLOCKED_WRITE_RETRY } else { MAX_SLEEP };
+            let next = shard
+                .sched
+                .peek_time()
+                .unwrap_or(SimTime::NEVER)
+                .min(next_tick);
+            let cap = if blocked {
+                BLOCKED_WRITE_RETRY
+            } else {
+                MAX_SLEEP
+            };
             let sleep_for = next.saturating_since(now_since(start)).to_std().min(cap);
             tokio::select! {
                 biased;

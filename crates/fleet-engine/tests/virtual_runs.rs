@@ -94,11 +94,20 @@ fn run(devices: u32, shards: u16, log: Option<&Path>) -> fleet_engine::RunOutcom
     let scenario_text: &'static str = Box::leak(scenario(devices, true).into_boxed_str());
     let qos0: &'static str = Box::leak(PROFILE.replace("qos = 1", "qos = 0").into_boxed_str());
     let files: &'static [(&'static str, &'static str)] = Box::leak(
-        vec![("det.toml", scenario_text), ("sensor.toml", PROFILE), ("sensor0.toml", qos0), ("fw.toml", FIRMWARE)]
-            .into_boxed_slice(),
+        vec![
+            ("det.toml", scenario_text),
+            ("sensor.toml", PROFILE),
+            ("sensor0.toml", qos0),
+            ("fw.toml", FIRMWARE),
+        ]
+        .into_boxed_slice(),
     );
     let fleet = load_fleet(&EmbeddedSource(files), Path::new("det.toml")).expect("valid scenario");
-    let plan = Arc::new(RunPlan::new(Arc::new(fleet), shards, fleet_core::defaults::VIRTUAL_EPOCH_MS));
+    let plan = Arc::new(RunPlan::new(
+        Arc::new(fleet),
+        shards,
+        fleet_core::defaults::VIRTUAL_EPOCH_MS,
+    ));
     let opts = RunOptions {
         event_log: log.map(Path::to_path_buf),
     };
@@ -126,9 +135,26 @@ fn the_same_seed_gives_byte_identical_event_logs_for_one_two_and_four_shards() {
             sorted_lines(&path)
         })
         .collect();
-    assert!(logs[0].len() > 10_000, "a 20-minute run of 160 devices logs plenty: {}", logs[0].len());
-    for kind in ["report", "ack", "link_drop", "outage", "reboot", "no_link", "lost_on_link", "retransmit", "publish telemetry"] {
-        assert!(logs[0].iter().any(|l| l.contains(kind)), "the log has {kind} events");
+    assert!(
+        logs[0].len() > 10_000,
+        "a 20-minute run of 160 devices logs plenty: {}",
+        logs[0].len()
+    );
+    for kind in [
+        "report",
+        "ack",
+        "link_drop",
+        "outage",
+        "reboot",
+        "no_link",
+        "lost_on_link",
+        "retransmit",
+        "publish telemetry",
+    ] {
+        assert!(
+            logs[0].iter().any(|l| l.contains(kind)),
+            "the log has {kind} events"
+        );
     }
     for (i, other) in logs.iter().enumerate().skip(1) {
         if *other != logs[0] {
@@ -152,9 +178,16 @@ fn every_published_message_is_acked_failed_or_in_flight() {
         out.last.in_flight,
         out.last.buffered
     );
-    assert!(t.failed_lost_link > 0 && t.retransmits > 0 && t.link_drops > 0, "{t:?}");
+    assert!(
+        t.failed_lost_link > 0 && t.retransmits > 0 && t.link_drops > 0,
+        "{t:?}"
+    );
     assert!(out.last.publish_ack.count > 0);
-    assert!(out.last.publish_ack.p50 > 40_000, "median ack includes a 40 ms uplink: {:?}", out.last.publish_ack);
+    assert!(
+        out.last.publish_ack.p50 > 40_000,
+        "median ack includes a 40 ms uplink: {:?}",
+        out.last.publish_ack
+    );
 }
 
 #[test]

@@ -64,7 +64,11 @@ impl LatencyHistogram {
     }
 
     pub fn quantile(&self, q: f64) -> u64 {
-        if self.h.is_empty() { 0 } else { self.h.value_at_quantile(q) }
+        if self.h.is_empty() {
+            0
+        } else {
+            self.h.value_at_quantile(q)
+        }
     }
 
     pub fn percentiles(&self) -> Percentiles {
@@ -107,10 +111,18 @@ mod tests {
 
     #[test]
     fn merged_histograms_equal_one_that_saw_everything() {
-        let (mut a, mut b, mut all) = (LatencyHistogram::new(), LatencyHistogram::new(), LatencyHistogram::new());
+        let (mut a, mut b, mut all) = (
+            LatencyHistogram::new(),
+            LatencyHistogram::new(),
+            LatencyHistogram::new(),
+        );
         for v in 1..5_000u64 {
             let x = v * 37 % 100_000;
-            if v % 2 == 0 { a.record(x) } else { b.record(x) }
+            if v % 2 == 0 {
+                a.record(x)
+            } else {
+                b.record(x)
+            }
             all.record(x);
         }
         a.add(&b);

@@ -14,4 +14,4 @@ mod snapshot;
 pub use counters::Counters;
 pub use histogram::{LATENCY_MAX_US, LatencyHistogram, Percentiles};
 pub use report::{ProcessStats, RunInfo, RunReport, SloResult, evaluate_slos};
-pub use snapshot::{Collector, FleetSnapshot, ShardLoad, ShardMetrics, ShardReport, STATE_COUNT};
+pub use snapshot::{Collector, FleetSnapshot, STATE_COUNT, ShardLoad, ShardMetrics, ShardReport};

@@ -165,7 +165,11 @@ impl RunReport {
             ("write_error", t.failed_write),
             ("unacked_when_session_lost", t.failed_unacked),
         ]);
-        let steps_per_s = if run.elapsed_s > 0.0 { t.steps as f64 / run.elapsed_s } else { 0.0 };
+        let steps_per_s = if run.elapsed_s > 0.0 {
+            t.steps as f64 / run.elapsed_s
+        } else {
+            0.0
+        };
         let mut report = RunReport {
             devices: DevicesSection {
                 total,
@@ -259,7 +263,9 @@ pub fn evaluate_slos(report: &RunReport, slos: &[SloSpec]) -> Vec<SloResult> {
             let value = metric_value(&json, &s.metric);
             // A latency SLO over zero samples is not met: nothing was measured.
             let measured = match s.metric.as_str() {
-                m if m.starts_with("latency_us.publish_ack") => report.latency_us.publish_ack.count > 0,
+                m if m.starts_with("latency_us.publish_ack") => {
+                    report.latency_us.publish_ack.count > 0
+                }
                 m if m.starts_with("latency_us.connect") => report.latency_us.connect.count > 0,
                 _ => true,
             };
@@ -298,14 +304,24 @@ mod tests {
         m.connect_us.record(5000);
         c.ingest(m.take_report(0, 0, true));
         let s = c.snapshot(1.0);
-        RunReport::build(RunInfo::default(), &s, &s, ProcessStats::default(), 1_000_000, slos)
+        RunReport::build(
+            RunInfo::default(),
+            &s,
+            &s,
+            ProcessStats::default(),
+            1_000_000,
+            slos,
+        )
     }
 
     #[test]
     fn every_slo_metric_name_is_a_number_in_the_report() {
         let json = report(&[]).to_json();
         for name in METRIC_NAMES {
-            assert!(metric_value(&json, name).is_some(), "{name} is not in the report");
+            assert!(
+                metric_value(&json, name).is_some(),
+                "{name} is not in the report"
+            );
         }
     }
 

@@ -259,7 +259,9 @@ impl Collector {
             snap.buffered += s.buffered;
             snap.max_lag_us = snap.max_lag_us.max(s.max_lag_us);
             snap.first_connects += s.first_connects;
-            snap.last_first_connect_s = snap.last_first_connect_s.max(s.last_first_connect_us as f64 / 1e6);
+            snap.last_first_connect_s = snap
+                .last_first_connect_s
+                .max(s.last_first_connect_us as f64 / 1e6);
             min_sim = min_sim.min(s.sim_time_us);
             snap.shards.push(ShardLoad {
                 shard: i as u16,
@@ -269,12 +271,20 @@ impl Collector {
                 done: s.done,
             });
         }
-        snap.sim_time_s = if min_sim == u64::MAX { 0.0 } else { min_sim as f64 / 1e6 };
+        snap.sim_time_s = if min_sim == u64::MAX {
+            0.0
+        } else {
+            min_sim as f64 / 1e6
+        };
         let dt = elapsed_s - self.prev_elapsed_s;
         if dt > 0.0 {
-            snap.published_per_s = (snap.totals.published - self.prev.published.min(snap.totals.published)) as f64 / dt;
-            snap.acked_per_s = (snap.totals.acked - self.prev.acked.min(snap.totals.acked)) as f64 / dt;
-            snap.steps_per_s = (snap.totals.steps - self.prev.steps.min(snap.totals.steps)) as f64 / dt;
+            snap.published_per_s =
+                (snap.totals.published - self.prev.published.min(snap.totals.published)) as f64
+                    / dt;
+            snap.acked_per_s =
+                (snap.totals.acked - self.prev.acked.min(snap.totals.acked)) as f64 / dt;
+            snap.steps_per_s =
+                (snap.totals.steps - self.prev.steps.min(snap.totals.steps)) as f64 / dt;
         }
         snap.publish_ack_interval = self.publish_ack_interval.percentiles();
         snap.publish_ack = self.publish_ack.percentiles();

@@ -208,7 +208,9 @@ impl MqttAdapter {
             TopicKind::Response => identity.response_topic.as_ref(),
             TopicKind::Status => identity.status_topic.as_ref(),
         };
-        let Some(template) = template else { return false };
+        let Some(template) = template else {
+            return false;
+        };
         self.device_id.clear();
         device.render_device_id(ctx, &mut self.device_id);
         self.topic.clear();
@@ -255,24 +257,29 @@ impl MqttAdapter {
         }
     }
 
-    fn on_packet(&mut self, dev: u32, packet: Inbound, now: SimTime, out: &mut Vec<(u32, NetInput)>) {
+    fn on_packet(
+        &mut self,
+        dev: u32,
+        packet: Inbound,
+        now: SimTime,
+        out: &mut Vec<(u32, NetInput)>,
+    ) {
         let s = &mut self.sessions[dev as usize];
         s.last_read_s = secs(now);
         match packet {
             Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
-                if let Some(pos) = s.inflight.iter().position(|i| i.pkid == pkid) {
-                    if let Some(i) = s.inflight.remove(pos)
-                        && i.telemetry
-                    {
-                        self.in_flight -= 1;
-                        out.push((
-                            dev,
-                            NetInput::Acked {
-                                scheduled: i.scheduled,
-                                from_buffer: i.from_buffer,
-                            },
-                        ));
-                    }
+                if let Some(pos) = s.inflight.iter().position(|i| i.pkid == pkid)
+                    && let Some(i) = s.inflight.remove(pos)
+                    && i.telemetry
+                {
+                    self.in_flight -= 1;
+                    out.push((
+                        dev,
+                        NetInput::Acked {
+                            scheduled: i.scheduled,
+                            from_buffer: i.from_buffer,
+                        },
+                    ));
                 }
             }
             Inbound::PubRec(pkid) => {
@@ -291,7 +298,15 @@ impl MqttAdapter {
             Inbound::Publish { qos, pkid, payload } => {
                 if qos > 0 {
                     self.packet.clear();
-                    codec::write_ack(&mut self.packet, if qos == 1 { codec::PUBACK } else { codec::PUBREC }, pkid);
+                    codec::write_ack(
+                        &mut self.packet,
+                        if qos == 1 {
+                            codec::PUBACK
+                        } else {
+                            codec::PUBREC
+                        },
+                        pkid,
+                    );
                     self.send_packet(dev, now);
                 }
                 out.push((dev, NetInput::Command(payload)));
@@ -314,12 +329,15 @@ impl Adapter for MqttAdapter {
     }
 
     fn connect(&mut self, dev: u32, device: &Device, ctx: &DeviceCtx, now: SimTime) {
-        let Some(events) = self.events.clone() else { return };
+        let Some(events) = self.events.clone() else {
+            return;
+        };
         let profile = &ctx.cohort.profile;
         let cfg = &self.cfg;
         let id = device.id.0 as usize;
         let target = cfg.targets[id % cfg.targets.len()];
-        let source = (!cfg.source_addrs.is_empty()).then(|| cfg.source_addrs[id % cfg.source_addrs.len()]);
+        let source =
+            (!cfg.source_addrs.is_empty()).then(|| cfg.source_addrs[id % cfg.source_addrs.len()]);
         let version = cfg.version;
         let nodelay = cfg.tcp_nodelay;
 
@@ -384,15 +402,32 @@ impl Adapter for MqttAdapter {
             let started = Instant::now();
             let result = tokio::time::timeout(timeout, async {
                 let _permit = permits.acquire_owned().await.map_err(|_| "shutting down")?;
-                handshake(target, source, nodelay, version, &hello, subscribe.as_deref()).await
+                handshake(
+                    target,
+                    source,
+                    nodelay,
+                    version,
+                    &hello,
+                    subscribe.as_deref(),
+                )
+                .await
             })
             .await;
             let latency_us = started.elapsed().as_micros() as u64;
             match result {
                 Ok(Ok((stream, leftover))) => {
-                    let Ok(permit) = events.reserve().await else { return };
+                    let Ok(permit) = events.reserve().await else {
+                        return;
+                    };
                     let (read, write) = stream.into_split();
-                    let reader = tokio::spawn(read_loop(dev, epoch, version, read, leftover, events.clone()));
+                    let reader = tokio::spawn(read_loop(
+                        dev,
+                        epoch,
+                        version,
+                        read,
+                        leftover,
+                        events.clone(),
+                    ));
                     permit.send(MqttEvent::Connected {
                         dev,
                         epoch,
@@ -402,7 +437,9 @@ impl Adapter for MqttAdapter {
                     });
                 }
                 Ok(Err(reason)) => {
-                    let _ = events.send(MqttEvent::ConnectFailed { dev, epoch, reason }).await;
+                    let _ = events
+                        .send(MqttEvent::ConnectFailed { dev, epoch, reason })
+                        .await;
                 }
                 Err(_) => {
                     let _ = events
@@ -417,18 +454,39 @@ impl Adapter for MqttAdapter {
         });
     }
 
-    fn publish(&mut self, dev: u32, device: &Device, ctx: &DeviceCtx, p: &Publish, payload: &[u8]) -> SendOutcome {
+    fn publish(
+        &mut self,
+        dev: u32,
+        device: &Device,
+        ctx: &DeviceCtx,
+        p: &Publish,
+        payload: &[u8],
+    ) -> SendOutcome {
         let s = &self.sessions[dev as usize];
-        if s.state != State::Up || (p.qos != Qos::AtMostOnce && s.inflight.len() >= MAX_INFLIGHT_PER_SESSION) {
+        if s.state != State::Up
+            || (p.qos != Qos::AtMostOnce && s.inflight.len() >= MAX_INFLIGHT_PER_SESSION)
+        {
             return SendOutcome::Failed;
         }
         if !self.render_topic(device, ctx, p.topic) {
             return SendOutcome::Failed;
         }
         let s = &mut self.sessions[dev as usize];
-        let pkid = if p.qos == Qos::AtMostOnce { 0 } else { s.next_pkid() };
+        let pkid = if p.qos == Qos::AtMostOnce {
+            0
+        } else {
+            s.next_pkid()
+        };
         self.packet.clear();
-        codec::write_publish(&mut self.packet, self.cfg.version, &self.topic, p.qos as u8, p.retain, pkid, payload);
+        codec::write_publish(
+            &mut self.packet,
+            self.cfg.version,
+            &self.topic,
+            p.qos as u8,
+            p.retain,
+            pkid,
+            payload,
+        );
         let now = SimTime(self.start.elapsed().as_micros() as u64);
         if !self.send_packet(dev, now) {
             return SendOutcome::Failed;
@@ -507,7 +565,9 @@ impl Adapter for MqttAdapter {
                 }
             }
             MqttEvent::Packet { dev, epoch, packet } => {
-                if self.sessions[dev as usize].epoch == epoch && self.sessions[dev as usize].state == State::Up {
+                if self.sessions[dev as usize].epoch == epoch
+                    && self.sessions[dev as usize].state == State::Up
+                {
                     self.on_packet(dev, packet, now, out);
                 }
             }
@@ -567,13 +627,14 @@ impl Adapter for MqttAdapter {
                 i += 1;
             }
         }
-        self.closing.retain_mut(|(w, pending)| match write_now(w, pending) {
-            Ok(n) => {
-                let _ = pending.split_to(n);
-                !pending.is_empty()
-            }
-            Err(()) => false,
-        });
+        self.closing
+            .retain_mut(|(w, pending)| match write_now(w, pending) {
+                Ok(n) => {
+                    let _ = pending.split_to(n);
+                    !pending.is_empty()
+                }
+                Err(()) => false,
+            });
         !self.blocked.is_empty() || !self.closing.is_empty()
     }
 
@@ -586,7 +647,11 @@ impl Adapter for MqttAdapter {
     }
 
     fn pending_bytes(&self) -> u64 {
-        let open: usize = self.blocked.iter().map(|d| self.sessions[*d as usize].out.len()).sum();
+        let open: usize = self
+            .blocked
+            .iter()
+            .map(|d| self.sessions[*d as usize].out.len())
+            .sum();
         let closing: usize = self.closing.iter().map(|(_, p)| p.len()).sum();
         (open + closing) as u64
     }
@@ -601,9 +666,16 @@ async fn handshake(
     hello: &[u8],
     subscribe: Option<&[u8]>,
 ) -> Result<(TcpStream, BytesMut), &'static str> {
-    let socket = if target.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|e| io_reason(&e))?;
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| io_reason(&e))?;
     if let Some(ip) = source {
-        socket.bind(SocketAddr::new(ip, 0)).map_err(|e| io_reason(&e))?;
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| io_reason(&e))?;
     }
     let mut stream = socket.connect(target).await.map_err(|e| io_reason(&e))?;
     let _ = stream.set_nodelay(nodelay);
@@ -612,7 +684,9 @@ async fn handshake(
     loop {
         match codec::read_packet(&mut buf, version) {
             Ok(Inbound::ConnAck { accepted: true, .. }) => break,
-            Ok(Inbound::ConnAck { accepted: false, .. }) => return Err("refused by broker (CONNACK)"),
+            Ok(Inbound::ConnAck {
+                accepted: false, ..
+            }) => return Err("refused by broker (CONNACK)"),
             Ok(_) => return Err("protocol error: packet before CONNACK"),
             Err(DecodeError::Malformed(_)) => return Err("malformed CONNACK"),
             Err(DecodeError::Incomplete) => {
@@ -629,12 +703,23 @@ async fn handshake(
 }
 
 /// Decodes inbound packets of one connection and forwards them to the shard.
-async fn read_loop(dev: u32, epoch: u32, version: Version, read: OwnedReadHalf, mut buf: BytesMut, events: mpsc::Sender<MqttEvent>) {
+async fn read_loop(
+    dev: u32,
+    epoch: u32,
+    version: Version,
+    read: OwnedReadHalf,
+    mut buf: BytesMut,
+    events: mpsc::Sender<MqttEvent>,
+) {
     let reason = loop {
         loop {
             match codec::read_packet(&mut buf, version) {
                 Ok(packet) => {
-                    if events.send(MqttEvent::Packet { dev, epoch, packet }).await.is_err() {
+                    if events
+                        .send(MqttEvent::Packet { dev, epoch, packet })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -52,7 +52,11 @@ fn free_port() -> Result<SocketAddr, BrokerError> {
 }
 
 /// Starts rumqttd sized for `devices` sessions with `listeners` listeners of `version`.
-pub fn start(devices: u32, listeners: u16, version: Version) -> Result<EmbeddedBroker, BrokerError> {
+pub fn start(
+    devices: u32,
+    listeners: u16,
+    version: Version,
+) -> Result<EmbeddedBroker, BrokerError> {
     let listeners = listeners.clamp(1, MAX_LISTENERS);
     let mut servers = HashMap::new();
     let mut addrs = Vec::new();

@@ -63,7 +63,11 @@ pub const MAX_STRING: usize = 65_535;
 
 pub fn write_connect(out: &mut BytesMut, o: &ConnectOptions) {
     let v5 = o.version == Version::V5;
-    let props_len = if v5 && o.session_expiry_s.is_some() { 5 } else { 0 };
+    let props_len = if v5 && o.session_expiry_s.is_some() {
+        5
+    } else {
+        0
+    };
     let mut len = 2 + 4 + 1 + 1 + 2; // "MQTT", level, flags, keep-alive
     if v5 {
         len += 1 + props_len;
@@ -141,7 +145,15 @@ pub fn write_subscribe(out: &mut BytesMut, version: Version, pkid: u16, filter: 
 }
 
 /// Appends a PUBLISH. `pkid` is ignored for QoS 0.
-pub fn write_publish(out: &mut BytesMut, version: Version, topic: &[u8], qos: u8, retain: bool, pkid: u16, payload: &[u8]) {
+pub fn write_publish(
+    out: &mut BytesMut,
+    version: Version,
+    topic: &[u8],
+    qos: u8,
+    retain: bool,
+    pkid: u16,
+    payload: &[u8],
+) {
     let v5 = version == Version::V5;
     let len = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + usize::from(v5) + payload.len();
     out.reserve(len + 5);
@@ -184,13 +196,23 @@ pub fn write_disconnect(out: &mut BytesMut, version: Version) {
 /// An inbound packet, reduced to what a device session needs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Inbound {
-    ConnAck { accepted: bool, code: u8, session_present: bool },
+    ConnAck {
+        accepted: bool,
+        code: u8,
+        session_present: bool,
+    },
     PubAck(u16),
     PubRec(u16),
     PubRel(u16),
     PubComp(u16),
-    Publish { qos: u8, pkid: u16, payload: Bytes },
-    SubAck { granted: bool },
+    Publish {
+        qos: u8,
+        pkid: u16,
+        payload: Bytes,
+    },
+    SubAck {
+        granted: bool,
+    },
     PingResp,
     Disconnect,
     /// Packets a client does not expect (CONNECT, SUBSCRIBE, …): a protocol error.
@@ -239,7 +261,10 @@ fn map_v4(p: m4::v4::Packet) -> Inbound {
             payload: p.payload,
         },
         Packet::SubAck(s) => Inbound::SubAck {
-            granted: s.return_codes.iter().all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+            granted: s
+                .return_codes
+                .iter()
+                .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
         },
         Packet::PingResp => Inbound::PingResp,
         Packet::Disconnect => Inbound::Disconnect,
@@ -269,7 +294,10 @@ fn map_v5(p: m5::v5::Packet) -> Inbound {
             payload: p.payload,
         },
         Packet::SubAck(s) => Inbound::SubAck {
-            granted: s.return_codes.iter().all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+            granted: s
+                .return_codes
+                .iter()
+                .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
         },
         Packet::PingResp(_) => Inbound::PingResp,
         Packet::Disconnect(_) => Inbound::Disconnect,
@@ -357,26 +385,51 @@ mod tests {
             write_disconnect(&mut buf, version);
             match version {
                 Version::V311 => {
-                    let P4::Publish(p) = P4::read(&mut buf, 1 << 20).unwrap() else { panic!() };
-                    assert_eq!((p.topic.as_str(), p.pkid, p.retain, p.payload.len()), ("t/dev-1", 7, true, 300));
-                    let P4::Publish(p) = P4::read(&mut buf, 1 << 20).unwrap() else { panic!() };
+                    let P4::Publish(p) = P4::read(&mut buf, 1 << 20).unwrap() else {
+                        panic!()
+                    };
+                    assert_eq!(
+                        (p.topic.as_str(), p.pkid, p.retain, p.payload.len()),
+                        ("t/dev-1", 7, true, 300)
+                    );
+                    let P4::Publish(p) = P4::read(&mut buf, 1 << 20).unwrap() else {
+                        panic!()
+                    };
                     assert_eq!(&p.payload[..], b"{}");
-                    let P4::Subscribe(s) = P4::read(&mut buf, 1 << 20).unwrap() else { panic!() };
+                    let P4::Subscribe(s) = P4::read(&mut buf, 1 << 20).unwrap() else {
+                        panic!()
+                    };
                     assert_eq!(s.filters[0].path, "c/dev-1");
-                    assert!(matches!(P4::read(&mut buf, 1 << 20).unwrap(), P4::PubRel(r) if r.pkid == 9));
+                    assert!(
+                        matches!(P4::read(&mut buf, 1 << 20).unwrap(), P4::PubRel(r) if r.pkid == 9)
+                    );
                     assert_eq!(P4::read(&mut buf, 1 << 20).unwrap(), P4::PingReq);
                     assert_eq!(P4::read(&mut buf, 1 << 20).unwrap(), P4::Disconnect);
                 }
                 Version::V5 => {
-                    let P5::Publish(p) = P5::read(&mut buf, None).unwrap() else { panic!() };
-                    assert_eq!((&p.topic[..], p.pkid, p.payload.len()), (&b"t/dev-1"[..], 7, 300));
-                    let P5::Publish(p) = P5::read(&mut buf, None).unwrap() else { panic!() };
+                    let P5::Publish(p) = P5::read(&mut buf, None).unwrap() else {
+                        panic!()
+                    };
+                    assert_eq!(
+                        (&p.topic[..], p.pkid, p.payload.len()),
+                        (&b"t/dev-1"[..], 7, 300)
+                    );
+                    let P5::Publish(p) = P5::read(&mut buf, None).unwrap() else {
+                        panic!()
+                    };
                     assert_eq!(&p.payload[..], b"{}");
-                    let P5::Subscribe(s) = P5::read(&mut buf, None).unwrap() else { panic!() };
+                    let P5::Subscribe(s) = P5::read(&mut buf, None).unwrap() else {
+                        panic!()
+                    };
                     assert_eq!(s.filters[0].path, "c/dev-1");
-                    assert!(matches!(P5::read(&mut buf, None).unwrap(), P5::PubRel(r) if r.pkid == 9));
+                    assert!(
+                        matches!(P5::read(&mut buf, None).unwrap(), P5::PubRel(r) if r.pkid == 9)
+                    );
                     assert!(matches!(P5::read(&mut buf, None).unwrap(), P5::PingReq(_)));
-                    assert!(matches!(P5::read(&mut buf, None).unwrap(), P5::Disconnect(_)));
+                    assert!(matches!(
+                        P5::read(&mut buf, None).unwrap(),
+                        P5::Disconnect(_)
+                    ));
                 }
             }
             assert!(buf.is_empty());
@@ -388,10 +441,16 @@ mod tests {
         let mut whole = BytesMut::new();
         write_ack(&mut whole, PUBACK, 5);
         let mut part = BytesMut::from(&whole[..2]);
-        assert_eq!(read_packet(&mut part, Version::V311), Err(DecodeError::Incomplete));
+        assert_eq!(
+            read_packet(&mut part, Version::V311),
+            Err(DecodeError::Incomplete)
+        );
         let mut all = whole.clone();
         assert_eq!(read_packet(&mut all, Version::V311), Ok(Inbound::PubAck(5)));
         let mut garbage = BytesMut::from(&[0x00u8, 0x00][..]);
-        assert!(matches!(read_packet(&mut garbage, Version::V311), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            read_packet(&mut garbage, Version::V311),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 }

@@ -25,18 +25,27 @@ pub fn resolve(url: &str) -> Result<SocketAddr, UrlError> {
         .or_else(|| url.strip_prefix("tcp://"))
         .unwrap_or(url)
         .trim_end_matches('/');
-    let host_port = if rest.rsplit_once(':').is_some_and(|(h, p)| !h.ends_with(']') && p.parse::<u16>().is_ok())
-        || (rest.starts_with('[') && rest.contains("]:"))
-    {
-        rest.to_string()
-    } else {
-        format!("{rest}:1883")
-    };
-    let mut addrs = host_port.to_socket_addrs().map_err(|source| UrlError::Resolve {
-        url: url.to_string(),
-        host: host_port.clone(),
-        source,
-    })?;
+    let (host, port) =
+        fleet_core::scenario::split_host_port(rest).map_err(|why| UrlError::Invalid {
+            url: url.to_string(),
+            why,
+        })?;
+    let host_port = format!(
+        "{}:{}",
+        if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        },
+        port.unwrap_or(1883)
+    );
+    let mut addrs = host_port
+        .to_socket_addrs()
+        .map_err(|source| UrlError::Resolve {
+            url: url.to_string(),
+            host: host_port.clone(),
+            source,
+        })?;
     addrs.next().ok_or_else(|| UrlError::Invalid {
         url: url.to_string(),
         why: "resolves to no address".into(),
@@ -52,11 +61,29 @@ mod tests {
         assert_eq!(resolve("mqtt://127.0.0.1:1884").unwrap().port(), 1884);
         assert_eq!(resolve("mqtt://127.0.0.1").unwrap().port(), 1883);
         assert_eq!(resolve("mqtt://localhost:9").unwrap().port(), 9);
+        assert_eq!(resolve("mqtt://[::1]").unwrap().port(), 1883);
+        assert_eq!(resolve("mqtt://[::1]:1884").unwrap().port(), 1884);
     }
 
     #[test]
     fn bad_urls_say_why() {
-        assert!(resolve("http://x").unwrap_err().to_string().contains("mqtt://"));
-        assert!(resolve("mqtt://h:99999").unwrap_err().to_string().contains("port"));
+        assert!(
+            resolve("http://x")
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt://")
+        );
+        assert!(
+            resolve("mqtt://h:99999")
+                .unwrap_err()
+                .to_string()
+                .contains("port")
+        );
+        assert!(
+            resolve("mqtt://h:0")
+                .unwrap_err()
+                .to_string()
+                .contains("port 0")
+        );
     }
 }
