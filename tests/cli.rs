@@ -1,0 +1,405 @@
+//! End-to-end tests of the `fleetsim` binary: what a user types, what they get back.
+//! Needs only the Rust toolchain: brokers are the embedded one (in fleetsim or in this test).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn fleetsim() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fleetsim"));
+    c.current_dir(root())
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG");
+    c
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str]) -> Output {
+    fleetsim().args(args).output().expect("fleetsim runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn report(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
+        .expect("report is JSON")
+}
+
+fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(v, |v, k| &v[k])
+}
+
+/// A scenario in a temp dir that uses the shipped profiles by absolute path.
+fn scenario(dir: &Path, body: &str) -> PathBuf {
+    let profiles = root().join("device-profiles");
+    let text = body.replace("PROFILES", &profiles.display().to_string());
+    let path = dir.join("scenario.toml");
+    std::fs::write(&path, text).expect("scenario written");
+    path
+}
+
+#[test]
+fn version_help_and_completions_answer() {
+    let v = run(&["--version"]);
+    assert!(v.status.success());
+    assert!(text(&v).contains(env!("CARGO_PKG_VERSION")));
+    let help = run(&["run", "--help"]);
+    let h = text(&help);
+    for flag in [
+        "--devices",
+        "--duration",
+        "--seed",
+        "--shards",
+        "--headless",
+        "--broker",
+        "--report",
+        "--event-log",
+    ] {
+        assert!(h.contains(flag), "run --help explains {flag}");
+    }
+    assert!(h.contains("Example: --duration 30s"), "{h}");
+    for shell in ["bash", "zsh", "fish"] {
+        let c = run(&["completions", shell]);
+        assert!(
+            c.status.success() && text(&c).contains("fleetsim"),
+            "{shell}"
+        );
+    }
+}
+
+#[test]
+fn validate_accepts_every_shipped_file() {
+    let mut args = vec!["validate".to_string()];
+    for dir in ["scenarios", "device-profiles", "firmware-models"] {
+        for e in std::fs::read_dir(root().join(dir)).expect("dir") {
+            args.push(e.expect("entry").path().display().to_string());
+        }
+    }
+    let o = fleetsim().args(&args).output().expect("runs");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("files valid"));
+}
+
+#[test]
+fn validate_explains_every_problem_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad-profile.toml");
+    std::fs::write(
+        &bad,
+        "name = \"x\"\n[identity]\ndevice_id = \"d-{serial}\"\ntelemetry_topic = \"t/#\"\n[reporting]\ninterval = \"10 parsecs\"\nqos = 3\n[firmware]\nmodel = \"fw.toml\"\nversion = \"1.0.0\"\n[mqtt]\nlast_will = false\n[commands]\nenabled = []\n",
+    )
+    .expect("write");
+    let o = run(&["validate", bad.to_str().expect("utf-8 path")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    for expected in [
+        "identity.device_id = \"d-{serial}\": unknown placeholder `{serial}`",
+        "identity.telemetry_topic = \"t/#\": a topic to publish on must not contain + or #",
+        "reporting.interval = \"10 parsecs\": must be a duration",
+        "reporting.qos = 3: must be 0, 1 or 2",
+    ] {
+        assert!(t.contains(expected), "missing {expected:?} in:\n{t}");
+    }
+    assert!(t.contains("bad-profile.toml"), "names the file");
+}
+
+#[test]
+fn a_bad_scenario_stops_the_run_with_exit_2_before_anything_starts() {
+    let o = run(&[
+        "run",
+        "tests/fixtures/invalid/unknown-key.toml",
+        "--headless",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("unknown-key.toml"));
+    let o = run(&["run", "scenarios/smoke.toml", "--devices", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&["run", "no/such/scenario.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("no/such/scenario.toml"), "{}", text(&o));
+    let o = run(&["run", "--duration", "soon"]);
+    assert_eq!(o.status.code(), Some(2), "clap usage errors exit 2");
+}
+
+#[test]
+fn a_fleet_that_cannot_fit_the_open_files_limit_is_refused_with_advice() {
+    // 15,000 devices + the embedded broker need ~30,000 descriptors; this machine allows 20,000
+    // (on a machine with a higher limit the run would be allowed; then there is nothing to test).
+    let limit = fleet_engine::process::raise_open_files_limit();
+    if limit > 40_000 {
+        return;
+    }
+    let o = run(&[
+        "run",
+        "scenarios/smoke.toml",
+        "--devices",
+        "15000",
+        "--headless",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("open files") && t.contains("--devices") && t.contains("--broker"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_wall_clock_run_on_the_embedded_broker_reports_every_required_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rep = dir.path().join("report.json");
+    let o = run(&[
+        "run",
+        "scenarios/smoke.toml",
+        "--devices",
+        "30",
+        "--duration",
+        "3s",
+        "--seed",
+        "5",
+        "--headless",
+        "--report",
+        rep.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.code() == Some(0), "{}", text(&o));
+    let r = report(&rep);
+    for key in [
+        "run.seed",
+        "run.scenario",
+        "run.clock",
+        "run.duration_s",
+        "devices.total",
+        "messages.published",
+        "messages.acked",
+        "messages.failed",
+        "latency_us.publish_ack.count",
+        "latency_us.publish_ack.p50",
+        "latency_us.publish_ack.p90",
+        "latency_us.publish_ack.p99",
+        "latency_us.publish_ack.p999",
+        "latency_us.publish_ack.max",
+        "latency_us.connect.count",
+        "latency_us.connect.p50",
+        "latency_us.connect.p99",
+        "latency_us.connect.max",
+        "generator.saturated",
+        "generator.max_lag_ms",
+        "slo",
+        "ok",
+    ] {
+        assert!(!at(&r, key).is_null(), "report lacks {key}");
+    }
+    assert_eq!(at(&r, "run.seed"), 5);
+    assert_eq!(at(&r, "devices.total"), 30);
+    assert_eq!(at(&r, "run.clock"), "wall");
+    assert!(at(&r, "messages.published").as_u64() > Some(0));
+    assert_eq!(
+        at(&r, "messages.published"),
+        at(&r, "messages.acked"),
+        "nothing lost on loopback"
+    );
+    assert_eq!(at(&r, "latency_us.connect.count"), 30);
+    for slo in at(&r, "slo").as_array().expect("slo list") {
+        for k in ["name", "ok", "value", "limit"] {
+            assert!(!slo[k].is_null(), "slo entry lacks {k}");
+        }
+    }
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        summary.contains("publish->ack") && summary.contains("result"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_failed_slo_exits_1_and_says_which() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scen = scenario(
+        dir.path(),
+        r#"
+name = "impossible"
+duration = "2m"
+clock = "virtual"
+[[cohorts]]
+name = "meters"
+profile = "PROFILES/smart-meter.toml"
+count = 50
+[[slo]]
+name = "acks within one microsecond"
+metric = "latency_us.publish_ack.p99"
+max = 1
+[[slo]]
+name = "something was published"
+metric = "messages.published"
+min = 1
+"#,
+    );
+    let rep = dir.path().join("r.json");
+    let o = run(&[
+        "run",
+        scen.to_str().expect("utf-8"),
+        "--headless",
+        "--report",
+        rep.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let r = report(&rep);
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["slo"][0]["ok"], false);
+    assert_eq!(r["slo"][1]["ok"], true);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FAIL  acks within one microsecond"));
+}
+
+fn virtual_event_log(scen: &Path, shards: &str, out: &Path) -> Vec<String> {
+    let o = run(&[
+        "run",
+        scen.to_str().expect("utf-8"),
+        "--clock",
+        "virtual",
+        "--shards",
+        shards,
+        "--headless",
+        "--event-log",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.code().is_some_and(|c| c <= 1), "{}", text(&o));
+    let mut lines: Vec<String> = std::fs::read_to_string(out)
+        .expect("log")
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn the_demo_in_virtual_time_gives_identical_event_logs_for_one_and_four_shards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scen = scenario(
+        dir.path(),
+        &std::fs::read_to_string(root().join("scenarios/demo.toml"))
+            .expect("demo")
+            .replace("../device-profiles", "PROFILES")
+            .replace("count = 800", "count = 40")
+            .replace("count = 600", "count = 30")
+            .replace("count = 200", "count = 20")
+            .replace("count = 400", "count = 20"),
+    );
+    let one = virtual_event_log(&scen, "1", &dir.path().join("one.log"));
+    let four = virtual_event_log(&scen, "4", &dir.path().join("four.log"));
+    assert!(one.len() > 1_000, "{} lines", one.len());
+    assert!(one.iter().any(|l| l.contains("outage")) && one.iter().any(|l| l.contains("reboot")));
+    assert_eq!(one.len(), four.len());
+    if let Some((a, b)) = one.iter().zip(&four).find(|(a, b)| a != b) {
+        panic!("first difference (seed from the scenario):\n  1 shard:  {a}\n  4 shards: {b}");
+    }
+}
+
+/// Runs fleetsim against a broker this test starts, with a subscriber of its own, and checks
+/// the telemetry contract and a command round trip.
+#[tokio::test]
+async fn telemetry_arrives_with_the_contract_intact_and_commands_are_answered() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    let broker = fleet_mqtt::broker::start(100, 1, fleet_mqtt::Version::V311).expect("broker");
+    let addr = broker.listeners[0];
+    let mut opts = MqttOptions::new("observer", addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(opts, 10_000);
+    client
+        .subscribe("fleetsim/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rep = dir.path().join("r.json");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetsim"))
+        .current_dir(root())
+        .args([
+            "run",
+            "scenarios/smoke.toml",
+            "--devices",
+            "20",
+            "--duration",
+            "6s",
+            "--headless",
+            "--broker",
+            &format!("mqtt://{addr}"),
+            "--report",
+            rep.to_str().expect("utf-8"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fleetsim starts");
+
+    let mut telemetry: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let mut responses = Vec::new();
+    let mut commanded = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        tokio::select! {
+            st = child.wait() => break st.expect("exit status"),
+            ev = events.poll() => {
+                let Ok(Event::Incoming(Packet::Publish(p))) = ev else { continue };
+                let v: Value = match serde_json::from_slice(&p.payload) { Ok(v) => v, Err(_) => continue };
+                if p.topic.ends_with("/telemetry") {
+                    let id = v["device_id"].as_str().expect("device_id is a string").to_string();
+                    assert!(p.topic.contains(&id), "topic {} names its device {id}", p.topic);
+                    assert!(v["ts"].as_u64().is_some_and(|ts| ts > 1_700_000_000_000), "{v}");
+                    assert!(v["fw"].is_string() && (v["battery"].is_number() || v["battery"].is_null()), "{v}");
+                    assert!(v["values"].as_object().is_some_and(|o| !o.is_empty() && o.values().all(Value::is_number)), "{v}");
+                    telemetry.entry(id.clone()).or_default().push(v["seq"].as_u64().expect("seq"));
+                    if !commanded {
+                        commanded = true;
+                        let cmd = p.topic.replace("/telemetry", "/cmd");
+                        for body in [r#"{"cmd":"ping","request_id":"t-1"}"#, "not json"] {
+                            client.publish(cmd.clone(), QoS::AtLeastOnce, false, body).await.expect("publish");
+                        }
+                    }
+                } else if p.topic.ends_with("/cmd/response") {
+                    responses.push(v);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => panic!("fleetsim did not finish in time"),
+        }
+    };
+    assert!(status.success(), "exit {status:?}");
+    let r = report(&rep);
+    let published = at(&r, "messages.published").as_u64().expect("published");
+    let received: usize = telemetry.values().map(Vec::len).sum();
+    assert_eq!(
+        received as u64, published,
+        "every published message reached the subscriber"
+    );
+    for (id, seqs) in &telemetry {
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(
+            seqs, &expected,
+            "{id}: seq runs 1..N without gaps or duplicates"
+        );
+    }
+    assert!(
+        responses
+            .iter()
+            .any(|v| v["request_id"] == "t-1" && v["status"] == "ok" && v["pong"] == true),
+        "{responses:?}"
+    );
+    assert!(
+        responses.iter().any(|v| v["status"] == "error"),
+        "malformed command answered: {responses:?}"
+    );
+    assert!(at(&r, "commands.received").as_u64() >= Some(2));
+    assert!(at(&r, "commands.rejected").as_u64() >= Some(1));
+}
