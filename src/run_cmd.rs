@@ -43,13 +43,11 @@ fn apply_overrides(fleet: &mut Fleet, args: &RunArgs) -> Result<(), Failure> {
             return Err(Failure::Usage("--duration must be longer than zero".into()));
         }
         s.duration = d;
-        // Events past the new end would never fire: say so instead of silently dropping them.
-        if let Some(e) = s.events.iter().find(|e| e.at >= d) {
-            return Err(Failure::Usage(format!(
-                "--duration {d}: the scenario has an event at {}, after the end of the run; give a longer duration",
-                e.at
-            )));
+        // Events past the new end would never fire: say which are skipped.
+        for e in s.events.iter().filter(|e| e.at >= d) {
+            tracing::warn!("--duration {d}: skipping the scenario's event at {} (after the end of the run)", e.at);
         }
+        s.events.retain(|e| e.at < d);
     }
     if let Some(seed) = args.seed {
         s.seed = seed;
