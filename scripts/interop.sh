@@ -1,0 +1,425 @@
+#!/usr/bin/env bash
+# Interop test: fleetsim against real peers (a mosquitto broker, mosquitto_sub/mosquitto_pub).
+#
+#   bash scripts/interop.sh
+#
+# A  MQTT 3.1.1 telemetry contract: a subscriber on fleetsim/# receives every telemetry message
+#    of scenarios/smoke.toml, each one well-formed (docs/telemetry.md), seq 1..N per device with
+#    no gap or duplicate, as many as the report's messages.published and messages.acked; status
+#    messages are well-formed and retained.
+# B  MQTT 5: the same fleet, smaller, with --mqtt-version 5 connects (as MQTT 5, per the broker's
+#    log) and delivers everything.
+# C  Commands: ping, set_interval and a malformed command sent with mosquitto_pub to one device
+#    of a running fleet are answered; set_interval raises its reporting rate; the report counts them.
+# D  A dead broker is not a crash: fleetsim exits 0 or 1 (the SLO verdict) and its report shows
+#    failed connections and nothing acked.
+#
+# Needs root (or sudo) for apt-get when mosquitto, mosquitto_sub/pub or python3 are missing.
+# Environment:
+#   FLEETSIM=path           use this binary instead of `cargo build --release`
+#   INTEROP_STRICT=1        count known fleetsim bugs (printed as KNOWN) as failures
+#   INTEROP_KEEP_TMP=1      keep the temp folder (broker logs, subscriber output, reports)
+#   INTEROP_BUILD_TIMEOUT   seconds for cargo build (default 3600)
+# Ends with the line "N passed, M failed"; exits 0 only when M is 0.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -n "${FLEETSIM:-}" && "$FLEETSIM" != /* ]]; then
+    FLEETSIM="$PWD/$FLEETSIM"
+fi
+cd "$ROOT"
+export PATH="$PATH:/usr/sbin:/sbin:/usr/local/sbin"
+export LC_ALL=C.UTF-8 NO_COLOR=1
+
+STRICT="${INTEROP_STRICT:-0}"
+PASSED=0
+FAILED=0
+BG_PIDS=()
+BROKER_PID=""
+PORT=""
+TMP=""
+T0=$SECONDS
+
+log() { printf '%s\n' "== $*"; }
+pass() { PASSED=$((PASSED + 1)); printf 'PASS  %s\n' "$*"; }
+fail() { FAILED=$((FAILED + 1)); printf 'FAIL  %s\n' "$*"; }
+die() {
+    printf 'interop: %s\n' "$*" >&2
+    FAILED=$((FAILED + 1))
+    exit 1
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    for pid in "${BG_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null
+    done
+    for pid in "${BG_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null
+    done
+    if [[ -n "$TMP" && -d "$TMP" ]]; then
+        if [[ "${INTEROP_KEEP_TMP:-0}" == 1 ]]; then
+            echo "interop: kept $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    # The closing line, also when a step died on the way.
+    if [[ $rc -ne 0 && $FAILED -eq 0 ]]; then
+        FAILED=1
+    fi
+    echo "interop: took $((SECONDS - T0)) s"
+    echo "$PASSED passed, $FAILED failed"
+    if [[ $FAILED -ne 0 ]]; then
+        exit 1
+    fi
+    exit 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now_ms() { date +%s%3N; }
+
+# A free TCP port on 127.0.0.1, chosen by the OS.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+need_install=0
+for tool in mosquitto mosquitto_sub mosquitto_pub python3; do
+    command -v "$tool" >/dev/null 2>&1 || need_install=1
+done
+if [[ $need_install == 1 ]]; then
+    log "installing mosquitto, mosquitto-clients, python3 (apt-get)"
+    SUDO=""
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "not root and no sudo: cannot apt-get install mosquitto mosquitto-clients python3"
+        SUDO="sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 600 $SUDO apt-get update -q || die "apt-get update failed"
+    timeout 900 $SUDO apt-get install -y -q mosquitto mosquitto-clients python3 || die "apt-get install failed"
+fi
+for tool in mosquitto mosquitto_sub mosquitto_pub python3 timeout; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is not on PATH"
+done
+log "mosquitto: $(mosquitto -h 2>/dev/null | head -1)"
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/fleetsim-interop.XXXXXX")"
+
+# ---------------------------------------------------------------------------------------------
+# fleetsim
+if [[ -n "${FLEETSIM:-}" ]]; then
+    [[ -x "$FLEETSIM" ]] || die "FLEETSIM=$FLEETSIM is not an executable"
+    log "fleetsim: $FLEETSIM (from \$FLEETSIM)"
+else
+    log "building fleetsim (cargo build --release)"
+    timeout "${INTEROP_BUILD_TIMEOUT:-3600}" cargo build --release || die "cargo build --release failed"
+    FLEETSIM="$ROOT/target/release/fleetsim"
+    [[ -x "$FLEETSIM" ]] || die "no $FLEETSIM after the build"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The broker: a fresh mosquitto per test (so retained statuses and persistent sessions of one
+# test do not reach the next), on a free loopback port, in the foreground of a background job.
+start_broker() { # NAME
+    local name=$1
+    PORT=$(free_port)
+    local conf="$TMP/$name-mosquitto.conf"
+    cat >"$conf" <<EOF
+listener $PORT 127.0.0.1
+allow_anonymous true
+max_connections -1
+persistence false
+log_dest stdout
+log_type error
+log_type warning
+log_type notice
+log_type information
+connection_messages true
+EOF
+    mosquitto -c "$conf" >"$TMP/$name-mosquitto.log" 2>&1 &
+    BROKER_PID=$!
+    BG_PIDS+=("$BROKER_PID")
+    local deadline=$((SECONDS + 15))
+    until python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()' "$PORT" 2>/dev/null; do
+        if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+            cat "$TMP/$name-mosquitto.log" >&2
+            die "mosquitto exited at start"
+        fi
+        ((SECONDS < deadline)) || die "mosquitto does not accept connections on 127.0.0.1:$PORT after 15 s"
+        sleep 0.1
+    done
+    log "mosquitto for test $name: pid $BROKER_PID on 127.0.0.1:$PORT"
+}
+
+stop_broker() {
+    if [[ -n "$BROKER_PID" ]]; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+        BROKER_PID=""
+    fi
+}
+
+# Starts a subscriber writing "arrival retain qos topic payload" lines to $TMP/NAME.txt and
+# returns once it is subscribed: it also listens on interop/NAME/#, and a marker published
+# there shows up in its output only after its SUBSCRIBE has been processed. Sets SUB_PID.
+SUB_PID=""
+start_sub() { # NAME TOPIC [mosquitto_sub options...]
+    local name=$1 topic=$2
+    shift 2
+    local out="$TMP/$name.txt"
+    : >"$out"
+    timeout 300 mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -F '%U %r %q %t %p' \
+        -t "interop/$name/#" -t "$topic" "$@" >"$out" 2>"$TMP/$name.err" &
+    SUB_PID=$!
+    BG_PIDS+=("$SUB_PID")
+    local deadline=$((SECONDS + 15))
+    until grep -q " interop/$name/ready " "$out"; do
+        ((SECONDS < deadline)) || die "subscriber $name is not subscribed after 15 s: $(cat "$TMP/$name.err")"
+        timeout 5 mosquitto_pub -h 127.0.0.1 -p "$PORT" -q 1 -t "interop/$name/ready" -m x >/dev/null 2>&1 || true
+        sleep 0.2
+    done
+}
+
+# Waits until everything the broker had for the subscriber has arrived (a marker published
+# now arrives after it), then stops it.
+stop_sub() { # NAME PID
+    local name=$1 pid=$2 deadline=$((SECONDS + 15))
+    until grep -q " interop/$name/done " "$TMP/$name.txt"; do
+        if ((SECONDS >= deadline)); then
+            echo "interop: subscriber $name did not see its end marker in 15 s" >&2
+            break
+        fi
+        timeout 5 mosquitto_pub -h 127.0.0.1 -p "$PORT" -q 1 -t "interop/$name/done" -m x >/dev/null 2>&1 || true
+        sleep 0.2
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# Runs fleetsim (bounded); sets RUN_RC, RUN_START_MS, RUN_END_MS. Output in $TMP/NAME.out/.err.
+run_fleetsim() { # NAME LIMIT_S ARGS...
+    local name=$1 limit=$2
+    shift 2
+    RUN_START_MS=$(now_ms)
+    set +e
+    timeout -k 10 "$limit" "$FLEETSIM" "$@" >"$TMP/$name.out" 2>"$TMP/$name.err"
+    RUN_RC=$?
+    set -e
+    RUN_END_MS=$(now_ms)
+    echo "   fleetsim $* -> exit $RUN_RC in $(((RUN_END_MS - RUN_START_MS) / 1000)) s"
+}
+
+show_run() { # NAME: fleetsim's output, for a failure
+    sed 's/^/   | /' "$TMP/$1.out" | tail -20
+    sed 's/^/   | /' "$TMP/$1.err" | tail -10
+}
+
+# Runs the checker; adds its PASS/FAIL lines to the counts.
+checker() {
+    local out rc=0
+    local strict=()
+    [[ "$STRICT" == 1 ]] && strict=(--strict)
+    out=$(timeout 120 python3 "$ROOT/scripts/check_telemetry.py" "$1" "${strict[@]}" "${@:2}" 2>&1) || rc=$?
+    printf '%s\n' "$out"
+    local p f
+    p=$(printf '%s\n' "$out" | grep -c '^PASS' || true)
+    f=$(printf '%s\n' "$out" | grep -c '^FAIL' || true)
+    PASSED=$((PASSED + p))
+    FAILED=$((FAILED + f))
+    if [[ $rc -ne 0 && $f -eq 0 ]]; then
+        fail "checker exited $rc without saying why"
+    fi
+}
+
+# Clients fleetsim's devices connected with, per protocol ("p2" is 3.1.1, "p5" is 5), from the
+# broker's log.
+count_clients() { # LOG PROTO
+    { grep -E "New client connected from .* as (trk|gw)-[0-9]+ \($2," "$1" || true; } | sed -E 's/.* as ([^ ]+) .*/\1/' | sort -u | wc -l
+}
+
+report_get() { # REPORT DOTTED.PATH: the value, or -1 when the report has no such key
+    python3 -c 'import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."):
+    v = v[k]
+print(v)' "$1" "$2" 2>/dev/null || echo -1
+}
+
+SCENARIO="scenarios/smoke.toml"
+[[ -f "$SCENARIO" ]] || die "$SCENARIO is missing"
+# The checks rely on smoke.toml's fleet: QoS 1 telemetry, no link loss or drops, no events,
+# topics under fleetsim/ (the shipped profiles' templates). Say so if that changes.
+checker scenario --test setup "$SCENARIO"
+
+# ---------------------------------------------------------------------------------------------
+log "Test A: telemetry contract over MQTT 3.1.1 ($SCENARIO, 50 devices, 5 s)"
+start_broker A
+start_sub A_all 'fleetsim/#'
+A_SUB=$SUB_PID
+run_fleetsim A 120 run "$SCENARIO" --broker "mqtt://127.0.0.1:$PORT" --report "$TMP/A.json" --headless
+stop_sub A_all "$A_SUB"
+# A new subscriber's view of the retained statuses.
+timeout 20 mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -F '%U %r %q %t %p' -t 'fleetsim/+/+/status' \
+    --retained-only -W 3 >"$TMP/A_retained.txt" 2>"$TMP/A_retained.err" || true
+stop_broker # (also flushes its log, read below)
+if [[ $RUN_RC -eq 0 ]]; then
+    pass "A  fleetsim exit: 0 (SLOs met)"
+else
+    fail "A  fleetsim exit: $RUN_RC, expected 0"
+    show_run A
+fi
+if [[ -s "$TMP/A.json" ]]; then
+    checker telemetry --test A --messages "$TMP/A_all.txt" --report "$TMP/A.json" \
+        --start-ms "$RUN_START_MS" --end-ms "$RUN_END_MS" --retained "$TMP/A_retained.txt" --mqtt-version 3.1.1
+    total=$(report_get "$TMP/A.json" devices.total)
+    n=$(count_clients "$TMP/A-mosquitto.log" p2)
+    if [[ "$n" -eq "$total" ]]; then
+        pass "A  broker saw MQTT 3.1.1: all $total devices connected with protocol p2 (mosquitto log)"
+    else
+        fail "A  broker saw $n of $total devices connect with MQTT 3.1.1 (p2)"
+    fi
+else
+    fail "A  no report written"
+fi
+
+# ---------------------------------------------------------------------------------------------
+log "Test B: MQTT 5 ($SCENARIO --mqtt-version 5 --devices 20 --duration 4s)"
+start_broker B
+start_sub B_all 'fleetsim/#' -V mqttv5
+B_SUB=$SUB_PID
+run_fleetsim B 120 run "$SCENARIO" --broker "mqtt://127.0.0.1:$PORT" --mqtt-version 5 --devices 20 \
+    --duration 4s --report "$TMP/B.json" --headless
+stop_sub B_all "$B_SUB"
+stop_broker # (also flushes its log, read below)
+if [[ $RUN_RC -eq 0 ]]; then
+    pass "B  fleetsim exit: 0 (SLOs met)"
+else
+    fail "B  fleetsim exit: $RUN_RC, expected 0"
+    show_run B
+fi
+if [[ -s "$TMP/B.json" ]]; then
+    checker telemetry --test B --messages "$TMP/B_all.txt" --report "$TMP/B.json" \
+        --start-ms "$RUN_START_MS" --end-ms "$RUN_END_MS" --mqtt-version 5
+    total=$(report_get "$TMP/B.json" devices.total)
+    n5=$(count_clients "$TMP/B-mosquitto.log" p5)
+    n2=$(count_clients "$TMP/B-mosquitto.log" p2)
+    if [[ "$n5" -eq "$total" && "$n2" -eq 0 ]]; then
+        pass "B  broker saw MQTT 5: all $total devices connected with protocol p5 (mosquitto log)"
+    else
+        fail "B  broker saw $n5 of $total devices connect with MQTT 5 (p5), $n2 with 3.1.1"
+    fi
+else
+    fail "B  no report written"
+fi
+
+# ---------------------------------------------------------------------------------------------
+C_DURATION=20
+log "Test C: commands ($SCENARIO --devices 4 --duration ${C_DURATION}s)"
+start_broker C
+start_sub C_all 'fleetsim/#'
+C_SUB=$SUB_PID
+# The target: the first GPS tracker (trk-000000, reporting every 5 s): its topics follow the
+# profile's templates fleetsim/{profile}/{device_id}/cmd and .../cmd/response.
+DEVICE=trk-000000
+CMD_TOPIC="fleetsim/gps-tracker/$DEVICE/cmd"
+RESP_TOPIC="fleetsim/gps-tracker/$DEVICE/cmd/response"
+start_sub C_resp "$RESP_TOPIC"
+C_RESP=$SUB_PID
+
+RUN_START_MS=$(now_ms)
+set +e
+timeout -k 10 $((C_DURATION + 60)) "$FLEETSIM" run "$SCENARIO" --broker "mqtt://127.0.0.1:$PORT" --devices 4 \
+    --duration "${C_DURATION}s" --report "$TMP/C.json" --headless >"$TMP/C.out" 2>"$TMP/C.err" &
+C_PID=$!
+set -e
+BG_PIDS+=("$C_PID")
+
+c_ok=1
+pub_cmd() { # PAYLOAD
+    timeout 10 mosquitto_pub -h 127.0.0.1 -p "$PORT" -q 1 -t "$CMD_TOPIC" -m "$1" \
+        || { fail "C  mosquitto_pub of $1 failed"; c_ok=0; }
+}
+# The device subscribes to its command topic before it publishes its online status.
+deadline=$((SECONDS + 15))
+until grep -q " fleetsim/gps-tracker/$DEVICE/status {.*\"online\":true" "$TMP/C_all.txt"; do
+    if ((SECONDS >= deadline)) || ! kill -0 "$C_PID" 2>/dev/null; then
+        fail "C  $DEVICE did not come online within 15 s"
+        c_ok=0
+        break
+    fi
+    sleep 0.1
+done
+if [[ $c_ok == 1 ]]; then
+    pub_cmd '{"cmd":"ping","request_id":"interop-1"}'
+    pub_cmd 'not json'
+    # Two reports at the profile's 5 s first, to have a rate to compare with.
+    deadline=$((SECONDS + 12))
+    while [[ $(grep -c " fleetsim/gps-tracker/$DEVICE/telemetry " "$TMP/C_all.txt" || true) -lt 2 ]] && ((SECONDS < deadline)); do
+        sleep 0.1
+    done
+    pub_cmd '{"cmd":"set_interval","interval_ms":1000,"request_id":"interop-2"}'
+    echo "   sent ping, 'not json' and set_interval to $CMD_TOPIC"
+    deadline=$((SECONDS + 10))
+    while [[ $(grep -c " $RESP_TOPIC " "$TMP/C_resp.txt" || true) -lt 3 ]]; do
+        if ((SECONDS >= deadline)); then
+            fail "C  only $(grep -c " $RESP_TOPIC " "$TMP/C_resp.txt" || true) of 3 responses arrived within 10 s"
+            break
+        fi
+        sleep 0.1
+    done
+fi
+set +e
+wait "$C_PID"
+RUN_RC=$?
+set -e
+RUN_END_MS=$(now_ms)
+echo "   fleetsim run $SCENARIO --devices 4 --duration ${C_DURATION}s -> exit $RUN_RC in $(((RUN_END_MS - RUN_START_MS) / 1000)) s"
+stop_sub C_all "$C_SUB"
+stop_sub C_resp "$C_RESP"
+if [[ $RUN_RC -eq 0 ]]; then
+    pass "C  fleetsim exit: 0 (SLOs met)"
+else
+    fail "C  fleetsim exit: $RUN_RC, expected 0"
+    show_run C
+fi
+if [[ -s "$TMP/C.json" ]]; then
+    checker commands --test C --messages "$TMP/C_all.txt" --responses "$TMP/C_resp.txt" --report "$TMP/C.json" \
+        --start-ms "$RUN_START_MS" --end-ms "$RUN_END_MS" --device "$DEVICE" \
+        --run-end-ms $((RUN_START_MS + C_DURATION * 1000)) --old-interval-ms 5000
+else
+    fail "C  no report written"
+fi
+stop_broker
+
+# ---------------------------------------------------------------------------------------------
+log "Test D: a dead broker (nothing listens on the port) is not a crash"
+DEAD_PORT=$(free_port)
+run_fleetsim D 60 run "$SCENARIO" --broker "mqtt://127.0.0.1:$DEAD_PORT" --devices 10 --duration 6s \
+    --report "$TMP/D.json" --headless
+case $RUN_RC in
+    0 | 1) pass "D  fleetsim exit: $RUN_RC (an SLO verdict, not a crash)" ;;
+    124 | 137) fail "D  fleetsim did not finish within 60 s (timeout)" ;;
+    2)
+        fail "D  fleetsim exit 2 (usage error) against a dead broker: $(tail -3 "$TMP/D.err" | tr '\n' ' ')"
+        ;;
+    *)
+        fail "D  fleetsim exit $RUN_RC against a dead broker (a crash or runtime failure)"
+        show_run D
+        ;;
+esac
+if [[ -s "$TMP/D.json" ]]; then
+    cf=$(report_get "$TMP/D.json" connections.failed)
+    ma=$(report_get "$TMP/D.json" messages.acked)
+    if [[ "$cf" -gt 0 ]]; then pass "D  report connections.failed = $cf (> 0)"; else fail "D  report connections.failed = $cf, expected > 0"; fi
+    if [[ "$ma" -eq 0 ]]; then pass "D  report messages.acked = 0"; else fail "D  report messages.acked = $ma, expected 0"; fi
+else
+    fail "D  no report written"
+fi
+
+# cleanup (the EXIT trap) prints "N passed, M failed" and sets the exit code.
