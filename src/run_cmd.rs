@@ -6,9 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use fleet_core::Fleet;
 use fleet_core::load::{FsSource, load_fleet};
 use fleet_core::scenario::{Clock, MqttVersion};
-use fleet_core::{Fleet, SimTime};
 use fleet_engine::{RunOptions, RunPlan, SATURATION_LAG_US, process};
 use fleet_metrics::{ProcessStats, RunInfo, RunReport};
 use fleet_mqtt::{MqttAdapter, MqttConfig, Version};
@@ -45,7 +45,10 @@ fn apply_overrides(fleet: &mut Fleet, args: &RunArgs) -> Result<(), Failure> {
         s.duration = d;
         // Events past the new end would never fire: say which are skipped.
         for e in s.events.iter().filter(|e| e.at >= d) {
-            tracing::warn!("--duration {d}: skipping the scenario's event at {} (after the end of the run)", e.at);
+            tracing::warn!(
+                "--duration {d}: skipping the scenario's event at {} (after the end of the run)",
+                e.at
+            );
         }
         s.events.retain(|e| e.at < d);
     }
@@ -136,6 +139,7 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
         })
         .min(devices.max(1).min(u32::from(u16::MAX)) as u16);
     let settings = fleet.settings.clone();
+    let scenario_path = fleet.scenario_path.clone();
     let run_id = run_id();
     let span = tracing::info_span!("run", run_id = %run_id);
     let _enter = span.enter();
@@ -156,7 +160,7 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
         args.progress_every.to_std(),
     );
 
-    let (outcome, broker_desc, epoch_ms) = match settings.clock {
+    let (outcome, broker_desc) = match settings.clock {
         Clock::Virtual => {
             let epoch_ms = settings
                 .start_epoch_ms
@@ -165,7 +169,7 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
             tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, "virtual run: simulated broker");
             let out = fleet_engine::run_virtual(plan, &opts, stop.clone(), |s| progress.update(s))
                 .map_err(|e| Failure::Runtime(e.into()))?;
-            (out, "simulated (virtual clock)".to_string(), epoch_ms)
+            (out, "simulated (virtual clock)".to_string())
         }
         Clock::Wall => {
             let embedded = settings.broker_urls.is_empty();
@@ -227,22 +231,17 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
                 |s| progress.update(s),
             )
             .map_err(|e| Failure::Runtime(e.into()))?;
-            (out, desc, epoch_ms)
+            (out, desc)
         }
     };
     progress.finish();
-    let _ = (epoch_ms, SimTime::ZERO);
 
     let usage = process::usage();
     let info = RunInfo {
         id: run_id.clone(),
         seed: settings.seed,
         scenario: settings.name.clone(),
-        scenario_path: args
-            .scenario
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| format!("{} (demo)", builtin::DEMO_PATH)),
+        scenario_path,
         clock: settings.clock.as_str().to_string(),
         duration_s: settings.duration.as_secs_f64(),
         elapsed_s: outcome.elapsed.as_secs_f64(),

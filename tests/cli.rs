@@ -346,6 +346,7 @@ async fn telemetry_arrives_with_the_contract_intact_and_commands_are_answered() 
 
     let mut telemetry: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     let mut responses = Vec::new();
+    let mut last_status: std::collections::BTreeMap<String, bool> = Default::default();
     let mut commanded = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -370,12 +371,33 @@ async fn telemetry_arrives_with_the_contract_intact_and_commands_are_answered() 
                     }
                 } else if p.topic.ends_with("/cmd/response") {
                     responses.push(v);
+                } else if p.topic.ends_with("/status") {
+                    let id = v["device_id"].as_str().expect("device_id").to_string();
+                    last_status.insert(id, v["online"].as_bool().expect("online is a bool"));
                 }
             }
             _ = tokio::time::sleep_until(deadline) => panic!("fleetsim did not finish in time"),
         }
     };
     assert!(status.success(), "exit {status:?}");
+    // The last status of every device says offline: sent before the clean DISCONNECT.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while last_status.len() < 20 || last_status.values().any(|online| *online) {
+        tokio::select! {
+            ev = events.poll() => {
+                let Ok(Event::Incoming(Packet::Publish(p))) = ev else { continue };
+                if let (true, Ok(v)) = (p.topic.ends_with("/status"), serde_json::from_slice::<Value>(&p.payload)) {
+                    last_status.insert(v["device_id"].as_str().expect("device_id").to_string(), v["online"] == true);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    assert_eq!(last_status.len(), 20, "every device published its status");
+    assert!(
+        last_status.values().all(|online| !online),
+        "every device said offline last: {last_status:?}"
+    );
     let r = report(&rep);
     let published = at(&r, "messages.published").as_u64().expect("published");
     let received: usize = telemetry.values().map(Vec::len).sum();

@@ -16,6 +16,8 @@ use crate::shard::Shard;
 
 /// How often shards report and the collector publishes a snapshot.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after each whole second the collector takes its snapshot.
+const SNAPSHOT_OFFSET: Duration = Duration::from_millis(200);
 /// Shard reports queued per shard before a shard keeps its interval to itself (and folds it
 /// into the next report: nothing is lost, only delayed).
 const REPORT_QUEUE_PER_SHARD: usize = 4;
@@ -182,7 +184,9 @@ fn collect(
     let mut done = 0u16;
     let mut at_end: Option<FleetSnapshot> = None;
     let mut failure: Option<EngineError> = None;
-    let mut next_snapshot = start + REPORT_INTERVAL;
+    // Shards report on whole seconds of the run; snapshots come a little after, so they show
+    // the second that just ended rather than the one before.
+    let mut next_snapshot = start + REPORT_INTERVAL + SNAPSHOT_OFFSET;
     loop {
         let wait = next_snapshot.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {

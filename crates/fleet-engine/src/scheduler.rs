@@ -25,6 +25,8 @@ pub enum Due {
     },
     /// A message parked for its link latency is due to be written (wall clock).
     SendParked { slot: u32 },
+    /// A session end that waits for the messages the same step parked (its last words).
+    CloseParked { session: u32, clean: bool },
     /// The scenario's fleet event number `index`.
     FleetEvent { index: u32 },
 }
@@ -110,7 +112,10 @@ impl Scheduler {
         self.heap.iter().any(|e| {
             matches!(
                 e.due,
-                Due::SimAck { .. } | Due::SimConnected { .. } | Due::SendParked { .. }
+                Due::SimAck { .. }
+                    | Due::SimConnected { .. }
+                    | Due::SendParked { .. }
+                    | Due::CloseParked { .. }
             )
         })
     }

@@ -59,6 +59,11 @@ pub struct Shard {
     log_error: Option<io::Error>,
     parked: Vec<Option<Parked>>,
     free_slots: Vec<u32>,
+    /// Parked messages and parked session ends not yet run; parked telemetry among them.
+    parked_count: u64,
+    parked_telemetry: u64,
+    /// The longest uplink delay of a message parked by the step under way.
+    step_delay: SimDuration,
     sim_in_flight: u64,
     inputs: Vec<(u32, NetInput)>,
 }
@@ -128,6 +133,9 @@ impl Shard {
             log_error: None,
             parked: Vec::new(),
             free_slots: Vec::new(),
+            parked_count: 0,
+            parked_telemetry: 0,
+            step_delay: SimDuration::ZERO,
             sim_in_flight: 0,
             inputs: Vec::new(),
             devices,
@@ -192,8 +200,13 @@ impl Shard {
                     return;
                 };
                 self.free_slots.push(slot);
-                let live = p.session == self.sessions[p.dev as usize]
-                    && self.devices[p.dev as usize].state() == DeviceState::Online;
+                self.parked_count -= 1;
+                if p.publish.topic == TopicKind::Telemetry {
+                    self.parked_telemetry -= 1;
+                }
+                // The session it was sent on must still be the device's (any close, loss or
+                // new connect since makes it stale).
+                let live = p.session == self.sessions[p.dev as usize];
                 match net {
                     Net::Real(adapter) if live => {
                         let d = &self.devices[p.dev as usize];
@@ -206,6 +219,12 @@ impl Shard {
                             self.metrics.counters.failed_unacked += 1;
                         }
                     }
+                }
+            }
+            Due::CloseParked { session, clean } => {
+                self.parked_count -= 1;
+                if session == self.sessions[dev as usize] {
+                    self.close_now(dev, clean, net);
                 }
             }
             Due::FleetEvent { index } => self.fleet_event(index, now, net),
@@ -338,6 +357,7 @@ impl Shard {
         let i = dev as usize;
         let mut fx = std::mem::take(&mut self.fx);
         fx.clear();
+        self.step_delay = SimDuration::ZERO;
         {
             let d = &mut self.devices[i];
             let c = ctx(&self.plan, d);
@@ -357,8 +377,8 @@ impl Shard {
             match effect {
                 Effect::Connect => self.connect(dev, now, net),
                 Effect::Publish(p) => self.publish(dev, now, p, fx.payload_of(p), net),
-                Effect::DropLink => self.close(dev, false, net),
-                Effect::Disconnect => self.close(dev, true, net),
+                Effect::DropLink => self.close(dev, now, false, net),
+                Effect::Disconnect => self.close(dev, now, true, net),
             }
         }
         self.fx = fx;
@@ -373,6 +393,8 @@ impl Shard {
 
     fn connect<A: Adapter>(&mut self, dev: u32, now: SimTime, net: &mut Net<A>) {
         let i = dev as usize;
+        // A new attempt replaces whatever session the device had.
+        self.sessions[i] = self.sessions[i].wrapping_add(1);
         match net {
             Net::Sim => {
                 let service = &self.plan.fleet.settings.sim_broker_service_us;
@@ -477,6 +499,11 @@ impl Shard {
                     };
                     self.sched
                         .push(now + p.delay, dev, Due::SendParked { slot });
+                    self.parked_count += 1;
+                    if p.topic == TopicKind::Telemetry {
+                        self.parked_telemetry += 1;
+                    }
+                    self.step_delay = self.step_delay.max(p.delay);
                     return;
                 }
                 let d = &self.devices[i];
@@ -504,7 +531,22 @@ impl Shard {
         }
     }
 
-    fn close<A: Adapter>(&mut self, dev: u32, clean: bool, net: &mut Net<A>) {
+    fn close<A: Adapter>(&mut self, dev: u32, now: SimTime, clean: bool, net: &mut Net<A>) {
+        if self.step_delay > SimDuration::ZERO {
+            // Messages this step parked (a status "offline", a command's answer) go first.
+            let session = self.sessions[dev as usize];
+            self.sched.push(
+                now + self.step_delay,
+                dev,
+                Due::CloseParked { session, clean },
+            );
+            self.parked_count += 1;
+            return;
+        }
+        self.close_now(dev, clean, net);
+    }
+
+    fn close_now<A: Adapter>(&mut self, dev: u32, clean: bool, net: &mut Net<A>) {
         let i = dev as usize;
         self.sessions[i] = self.sessions[i].wrapping_add(1);
         if let Net::Real(adapter) = net {
@@ -516,20 +558,23 @@ impl Shard {
     /// Ends every device's run (clean disconnects) at `now`.
     pub fn shutdown_devices<A: Adapter>(&mut self, now: SimTime, net: &mut Net<A>) {
         for dev in 0..self.devices.len() as u32 {
-            if self.devices[dev as usize].state() != DeviceState::Dead
-                || self.devices[dev as usize].wake_at() != SimTime::NEVER
-            {
+            if self.devices[dev as usize].state() != DeviceState::Dead {
                 self.step(dev, now, Input::Shutdown, net);
             }
         }
     }
 
-    /// QoS >= 1 telemetry awaiting acknowledgement.
+    /// QoS >= 1 telemetry awaiting acknowledgement, and telemetry waiting for its uplink latency.
     pub fn in_flight<A: Adapter>(&self, net: &Net<A>) -> u64 {
         match net {
             Net::Sim => self.sim_in_flight,
-            Net::Real(a) => a.in_flight(),
+            Net::Real(a) => a.in_flight() + self.parked_telemetry,
         }
+    }
+
+    /// Parked messages or session ends are still to run.
+    pub fn has_parked(&self) -> bool {
+        self.parked_count > 0
     }
 
     /// The metrics report for this interval, with the gauges brought up to date.

@@ -73,7 +73,10 @@ pub(crate) fn run_wall<A: Adapter>(
                 events += 1;
             }
             if now >= next_tick {
-                next_tick = now + SimDuration::from_micros(REPORT_INTERVAL.as_micros() as u64);
+                let interval = SimDuration::from_micros(REPORT_INTERVAL.as_micros() as u64);
+                while next_tick <= now {
+                    next_tick += interval;
+                }
                 if let Net::Real(a) = &mut net {
                     a.tick(now, shard.inputs_mut());
                 }
@@ -122,8 +125,18 @@ pub(crate) fn run_wall<A: Adapter>(
                 _ = tokio::time::sleep(sleep_for) => {}
             }
         }
-        // Let DISCONNECTs and last messages reach the sockets.
+        // Let last messages (held for their uplink latency), DISCONNECTs and queued bytes reach
+        // the sockets.
         let flush_start = Instant::now();
+        while shard.has_parked() && flush_start.elapsed() < FLUSH_WAIT {
+            let now = now_since(start);
+            let mut net = Net::Real(&mut adapter);
+            while let Some(entry) = shard.sched.pop_due(now) {
+                shard.run_entry(entry, now, &mut net);
+            }
+            adapter.flush();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         while adapter.pending_bytes() > 0 && flush_start.elapsed() < FLUSH_WAIT {
             adapter.flush();
             tokio::time::sleep(Duration::from_millis(10)).await;
