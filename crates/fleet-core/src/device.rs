@@ -733,10 +733,22 @@ impl Device {
         out.extend_from_slice(b"}}");
     }
 
+    /// Appends the device id as a JSON string, rendered in place (no allocation unless the
+    /// template produced characters that need escaping).
     fn push_device_id(&self, ctx: &DeviceCtx, out: &mut Vec<u8>) {
-        let mut id = Vec::with_capacity(24);
-        self.render_device_id(ctx, &mut id);
-        push_json_str(out, &id);
+        out.push(b'"');
+        let start = out.len();
+        self.render_device_id(ctx, out);
+        if out[start..]
+            .iter()
+            .all(|b| *b >= 0x20 && *b != b'"' && *b != b'\\')
+        {
+            out.push(b'"');
+        } else {
+            let raw = out.split_off(start);
+            out.pop();
+            push_json_str(out, &raw);
+        }
     }
 
     fn encode_response(
