@@ -425,3 +425,105 @@ async fn telemetry_arrives_with_the_contract_intact_and_commands_are_answered() 
     assert!(at(&r, "commands.received").as_u64() >= Some(2));
     assert!(at(&r, "commands.rejected").as_u64() >= Some(1));
 }
+
+#[test]
+fn sessions_spread_over_source_addresses_and_broker_listeners() {
+    let broker = fleet_mqtt::broker::start(100, 2, fleet_mqtt::Version::V5).expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rep = dir.path().join("r.json");
+    let urls: Vec<String> = broker
+        .listeners
+        .iter()
+        .map(|a| format!("mqtt://{a}"))
+        .collect();
+    let o = run(&[
+        "run",
+        "scenarios/smoke.toml",
+        "--devices",
+        "24",
+        "--duration",
+        "3s",
+        "--headless",
+        "--mqtt-version",
+        "5",
+        "--broker",
+        &urls[0],
+        "--broker",
+        &urls[1],
+        "--source-addr",
+        "127.0.0.2",
+        "--source-addr",
+        "127.0.0.3",
+        "--tcp-nodelay",
+        "false",
+        "--report",
+        rep.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = report(&rep);
+    assert_eq!(at(&r, "connections.succeeded"), 24);
+    assert_eq!(at(&r, "run.mqtt_version"), "5");
+    assert_eq!(at(&r, "messages.published"), at(&r, "messages.acked"));
+}
+
+#[test]
+fn ctrl_c_ends_the_run_early_and_the_report_is_still_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rep = dir.path().join("r.json");
+    let child = fleetsim()
+        .args([
+            "run",
+            "scenarios/smoke.toml",
+            "--devices",
+            "20",
+            "--duration",
+            "5m",
+            "--headless",
+            "--report",
+        ])
+        .arg(&rep)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    std::thread::sleep(Duration::from_secs(3));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let start = std::time::Instant::now();
+    let out = child.wait_with_output().expect("exits");
+    assert!(start.elapsed() < Duration::from_secs(10), "stops promptly");
+    assert!(out.status.code().is_some_and(|c| c <= 1), "{}", text(&out));
+    let r = report(&rep);
+    assert_eq!(at(&r, "run.interrupted"), true);
+    assert!(at(&r, "messages.published").as_u64() > Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(interrupted)"));
+}
+
+#[test]
+fn json_logs_carry_the_run_id() {
+    let o = run(&[
+        "--log-format",
+        "json",
+        "run",
+        "scenarios/smoke.toml",
+        "--devices",
+        "5",
+        "--duration",
+        "2s",
+        "--headless",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(!lines.is_empty(), "{stderr}");
+    assert!(
+        lines.iter().all(|l| l["span"]["run_id"].is_string()),
+        "{stderr}"
+    );
+}

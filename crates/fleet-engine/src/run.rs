@@ -137,8 +137,11 @@ where
     let (tx, rx) = mpsc::sync_channel(usize::from(shards) * REPORT_QUEUE_PER_SHARD + 4);
     let start = Instant::now();
     let mut collector = Collector::new(usize::from(shards), u64::from(plan.total_devices()));
+    // Shard threads log inside the caller's span (the run id).
+    let span = tracing::Span::current();
     let outcome = std::thread::scope(|scope| {
         for k in 0..shards {
+            let span = span.clone();
             let ctl = ShardControl {
                 tx: tx.clone(),
                 stop: stop.clone(),
@@ -150,6 +153,8 @@ where
             std::thread::Builder::new()
                 .name(format!("shard-{k}"))
                 .spawn_scoped(scope, move || {
+                    let _run = span.enter();
+                    let _shard = tracing::info_span!("shard", shard = k).entered();
                     let result = Shard::new(k, plan, log_part.as_deref())
                         .and_then(|shard| drive(shard, &ctl));
                     if let Err(e) = result {
