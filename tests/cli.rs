@@ -527,3 +527,39 @@ fn json_logs_carry_the_run_id() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_dead_broker_means_retries_with_backoff_not_a_crash() {
+    // A port that nothing listens on: bind one, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rep = dir.path().join("r.json");
+    let o = run(&[
+        "run",
+        "scenarios/smoke.toml",
+        "--devices",
+        "10",
+        "--duration",
+        "4s",
+        "--headless",
+        "--broker",
+        &format!("mqtt://127.0.0.1:{port}"),
+        "--report",
+        rep.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the SLO fails, the run does not crash: {}",
+        text(&o)
+    );
+    let r = report(&rep);
+    let failed = at(&r, "connections.failed").as_u64().expect("failed");
+    // Each device retries on its backoff (1 s doubling): a handful of attempts each, not a storm.
+    assert!((10..=60).contains(&failed), "{failed} failed attempts");
+    assert_eq!(at(&r, "messages.acked"), 0);
+}
