@@ -142,6 +142,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "IP")]
     pub source_addr: Vec<std::net::IpAddr>,
 
+    /// Connection attempts in progress at once (default 96, below mosquitto's listen backlog of
+    /// 100). Raise it for a remote broker, where each attempt waits a round trip.
+    ///
+    /// Example: --max-connecting 500
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connecting: Option<u32>,
+
     /// Set TCP_NODELAY (true: no Nagle delay, best for paced QoS 1; false: fewer packets in floods).
     ///
     /// Example: --tcp-nodelay false

@@ -76,6 +76,9 @@ fn apply_overrides(fleet: &mut Fleet, args: &RunArgs) -> Result<(), Failure> {
     if let Some(n) = args.tcp_nodelay {
         s.tcp_nodelay = n;
     }
+    if let Some(n) = args.max_connecting {
+        s.max_connecting = n;
+    }
     if let Some(n) = args.devices {
         if n == 0 {
             return Err(Failure::Usage("--devices must be at least 1".into()));
@@ -182,33 +185,30 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
             } else {
                 settings.broker_urls.len() as u16
             };
-            preflight::check(
-                devices,
-                embedded,
-                usize::from(listeners),
-                settings.source_addrs.len(),
-            )
-            .map_err(Failure::Usage)?;
+            // Resolve external brokers first; the embedded one listens on loopback.
+            let mut resolved = Vec::new();
+            for url in &settings.broker_urls {
+                resolved.push(
+                    fleet_mqtt::url::resolve(url).map_err(|e| Failure::Usage(e.to_string()))?,
+                );
+            }
+            let planned: Vec<std::net::SocketAddr> = if embedded {
+                vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0)); usize::from(listeners)]
+            } else {
+                resolved.clone()
+            };
+            let source_addrs = preflight::source_addrs(devices, &planned, &settings.source_addrs);
+            // Before anything starts: does the fleet fit this process?
+            preflight::check(devices, embedded, planned.len(), source_addrs.len())
+                .map_err(Failure::Usage)?;
             let (targets, desc) = if embedded {
                 let b = fleet_mqtt::broker::start(devices, listeners, version)
                     .map_err(|e| Failure::Runtime(e.into()))?;
-                let desc = format!(
-                    "embedded rumqttd ({})",
-                    b.listeners
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                let listening: Vec<String> = b.listeners.iter().map(|a| a.to_string()).collect();
+                let desc = format!("embedded rumqttd ({})", listening.join(", "));
                 (b.listeners, desc)
             } else {
-                let mut targets = Vec::new();
-                for url in &settings.broker_urls {
-                    targets.push(
-                        fleet_mqtt::url::resolve(url).map_err(|e| Failure::Usage(e.to_string()))?,
-                    );
-                }
-                (targets, settings.broker_urls.join(", "))
+                (resolved, settings.broker_urls.join(", "))
             };
             tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, broker = %desc, "wall-clock run");
             let epoch_ms = SystemTime::now()
@@ -219,13 +219,23 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
             let cfg = Arc::new(MqttConfig {
                 version,
                 targets,
-                source_addrs: settings.source_addrs.clone(),
+                source_addrs,
                 tcp_nodelay: settings.tcp_nodelay,
+                max_connecting: match settings.max_connecting {
+                    0 => fleet_mqtt::adapter::DEFAULT_MAX_CONNECTING,
+                    n => n as usize,
+                },
             });
             let plan_for_adapters = plan.clone();
             let out = fleet_engine::run_wall(
                 plan,
-                move |k| MqttAdapter::new(cfg.clone(), plan_for_adapters.shard_range(k)),
+                move |k| {
+                    MqttAdapter::new(
+                        cfg.clone(),
+                        plan_for_adapters.shard_len(k),
+                        plan_for_adapters.shards,
+                    )
+                },
                 &opts,
                 stop.clone(),
                 |s| progress.update(s),

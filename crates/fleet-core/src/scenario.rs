@@ -90,6 +90,9 @@ pub struct MqttSessionRaw {
     /// Local addresses sessions bind to, round-robin by device id (127.0.0.x or this host's IPs).
     #[serde(default)]
     pub source_addrs: Vec<String>,
+    /// Connection attempts in progress at once (whole process); 0 = the default (96).
+    #[serde(default)]
+    pub max_connecting: u32,
 }
 
 impl Default for MqttSessionRaw {
@@ -98,6 +101,7 @@ impl Default for MqttSessionRaw {
             version: MqttVersion::V311,
             tcp_nodelay: true,
             source_addrs: Vec::new(),
+            max_connecting: 0,
         }
     }
 }
@@ -231,6 +235,8 @@ pub struct ScenarioSettings {
     pub mqtt_version: MqttVersion,
     pub tcp_nodelay: bool,
     pub source_addrs: Vec<std::net::IpAddr>,
+    /// 0 = the adapter's default.
+    pub max_connecting: u32,
     pub embedded_listeners: u16,
     pub ramp_mode: RampMode,
     pub ramp_per_second: f64,
@@ -448,6 +454,7 @@ impl ScenarioFile {
             mqtt_version: self.mqtt.version,
             tcp_nodelay: self.mqtt.tcp_nodelay,
             source_addrs,
+            max_connecting: self.mqtt.max_connecting,
             embedded_listeners: self.embedded_broker.listeners,
             ramp_mode: self.ramp.mode,
             ramp_per_second: self.ramp.per_second,

@@ -47,13 +47,22 @@ impl RunPlan {
         }
     }
 
-    /// The device ids shard `k` owns: contiguous, near-equal ranges (stable for a given count).
-    pub fn shard_range(&self, k: u16) -> Range<u32> {
-        let n = u64::from(self.devices.end - self.devices.start);
-        let shards = u64::from(self.shards);
-        let lo = self.devices.start as u64 + n * u64::from(k) / shards;
-        let hi = self.devices.start as u64 + n * (u64::from(k) + 1) / shards;
-        lo as u32..hi as u32
+    /// The device ids shard `k` owns: every `shards`-th id from `devices.start + k`. Interleaved,
+    /// not contiguous, so every shard gets its share of every cohort: cohorts differ in how much
+    /// work a device makes, and contiguous ranges left one core idle while the other finished.
+    /// Stable for a given shard count, and the fleet's behaviour does not depend on it.
+    pub fn shard_ids(&self, k: u16) -> std::iter::StepBy<Range<u32>> {
+        let start = self
+            .devices
+            .start
+            .saturating_add(u32::from(k))
+            .min(self.devices.end);
+        (start..self.devices.end).step_by(usize::from(self.shards))
+    }
+
+    /// How many devices shard `k` owns.
+    pub fn shard_len(&self, k: u16) -> usize {
+        self.shard_ids(k).len()
     }
 
     pub fn start_time(&self, id: DeviceId) -> SimTime {

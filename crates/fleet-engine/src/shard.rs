@@ -44,7 +44,6 @@ struct Parked {
 pub struct Shard {
     pub id: u16,
     pub plan: Arc<RunPlan>,
-    first: u32,
     devices: Vec<Device>,
     /// The wake-up each device has in the scheduler (later entries for it are stale).
     scheduled: Vec<SimTime>,
@@ -109,10 +108,9 @@ fn topic_name(t: TopicKind) -> &'static str {
 
 impl Shard {
     pub fn new(id: u16, plan: Arc<RunPlan>, log_path: Option<&Path>) -> io::Result<Shard> {
-        let range = plan.shard_range(id);
         let seed = plan.seed;
-        let devices: Vec<Device> = range
-            .clone()
+        let devices: Vec<Device> = plan
+            .shard_ids(id)
             .map(|i| {
                 let id = DeviceId(i);
                 Device::new(seed, id, plan.fleet.cohort_of(id))
@@ -122,7 +120,6 @@ impl Shard {
         let log = log_path.map(EventLog::create).transpose()?;
         Ok(Shard {
             id,
-            first: range.start,
             scheduled: vec![SimTime::NEVER; n],
             sessions: vec![0; n],
             connected_once: vec![false; n],
@@ -285,7 +282,11 @@ impl Shard {
                 self.step(dev, now, Input::Connected, net);
             }
             NetInput::ConnectFailed { reason } => {
-                tracing::debug!(device_id = self.first + dev, reason, "connect failed");
+                tracing::debug!(
+                    device_id = self.devices[dev as usize].id.0,
+                    reason,
+                    "connect failed"
+                );
                 self.log_line(
                     dev,
                     now,
@@ -296,7 +297,7 @@ impl Shard {
             }
             NetInput::SessionLost { reason, unacked } => {
                 tracing::debug!(
-                    device_id = self.first + dev,
+                    device_id = self.devices[dev as usize].id.0,
                     reason,
                     unacked,
                     "session lost"
@@ -599,7 +600,7 @@ impl Shard {
         payload: Option<&[u8]>,
     ) {
         if let Some(log) = &mut self.log
-            && let Err(err) = log.line(DeviceId(self.first + dev), now, text, payload)
+            && let Err(err) = log.line(self.devices[dev as usize].id, now, text, payload)
         {
             self.log_error.get_or_insert(err);
         }

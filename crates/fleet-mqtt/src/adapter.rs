@@ -9,7 +9,6 @@
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,8 +25,11 @@ use tokio::task::AbortHandle;
 
 use crate::codec::{self, ConnectOptions, DecodeError, Inbound, Version, Will};
 
-/// Connection attempts in progress at once per shard (TCP handshake + CONNECT/CONNACK).
-pub const MAX_CONNECTING_PER_SHARD: usize = 128;
+/// Connection attempts in progress at once per process (TCP handshake + CONNECT/CONNACK),
+/// split over the shards: below mosquitto's listen backlog of 100, so a fleet that powers on at
+/// once is not met with dropped SYNs (each costs a 1 s retry). Raise it for a remote broker,
+/// where each attempt takes a round trip.
+pub const DEFAULT_MAX_CONNECTING: usize = 96;
 /// Bytes a session may queue when its socket is full; a publish beyond it fails (counted).
 pub const MAX_PENDING_BYTES: usize = 256 * 1024;
 /// QoS >= 1 messages a session may have unacknowledged; a publish beyond it fails (counted).
@@ -46,6 +48,8 @@ pub struct MqttConfig {
     /// Local addresses to bind; device `id` uses `source_addrs[id % len]` (empty: the OS picks).
     pub source_addrs: Vec<IpAddr>,
     pub tcp_nodelay: bool,
+    /// Connection attempts in progress at once, for the whole process.
+    pub max_connecting: usize,
 }
 
 /// What the adapter's tasks tell the shard.
@@ -181,14 +185,15 @@ fn io_reason(e: &std::io::Error) -> &'static str {
 }
 
 impl MqttAdapter {
-    /// The adapter for the shard owning device ids `devices`.
-    pub fn new(cfg: Arc<MqttConfig>, devices: Range<u32>) -> MqttAdapter {
-        let n = (devices.end - devices.start) as usize;
+    /// The adapter for a shard of `devices` devices, one of `shards`.
+    pub fn new(cfg: Arc<MqttConfig>, devices: usize, shards: u16) -> MqttAdapter {
+        let n = devices;
+        let connecting = (cfg.max_connecting / usize::from(shards.max(1))).max(1);
         MqttAdapter {
             cfg,
             sessions: (0..n).map(|_| Session::default()).collect(),
             events: None,
-            connecting: Arc::new(Semaphore::new(MAX_CONNECTING_PER_SHARD)),
+            connecting: Arc::new(Semaphore::new(connecting)),
             start: Instant::now(),
             blocked: Vec::new(),
             closing: Vec::new(),
