@@ -102,7 +102,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
 
-    /// Engine threads (default: one per core). Devices are split by id range, so the fleet's
+    /// Engine threads (default: one per core). Devices are dealt out by id, so the fleet's
     /// behaviour does not depend on this.
     ///
     /// Example: --shards 4
