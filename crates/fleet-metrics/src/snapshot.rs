@@ -27,22 +27,14 @@ pub struct ShardMetrics {
     pub buffered: u64,
 }
 
-/// What a shard sends to the collector once a second.
+/// What a shard sends to the collector once a second: its metrics, with the interval's
+/// histograms (the shard's own start again empty).
 #[derive(Clone, Debug)]
 pub struct ShardReport {
     pub shard: u16,
     /// The shard's simulated time (for virtual runs, how far it has got).
     pub sim_time_us: u64,
-    pub counters: Counters,
-    pub publish_ack_us: LatencyHistogram,
-    pub connect_us: LatencyHistogram,
-    pub lag_us: LatencyHistogram,
-    pub max_lag_us: u64,
-    pub first_connects: u64,
-    pub last_first_connect_us: u64,
-    pub states: [u64; STATE_COUNT],
-    pub in_flight: u64,
-    pub buffered: u64,
+    pub metrics: ShardMetrics,
     /// The shard has finished its run; this is its last report.
     pub done: bool,
 }
@@ -58,16 +50,7 @@ impl ShardMetrics {
         let report = ShardReport {
             shard,
             sim_time_us,
-            counters: self.counters,
-            publish_ack_us: self.publish_ack_us.clone(),
-            connect_us: self.connect_us.clone(),
-            lag_us: self.lag_us.clone(),
-            max_lag_us: self.max_lag_us,
-            first_connects: self.first_connects,
-            last_first_connect_us: self.last_first_connect_us,
-            states: self.states,
-            in_flight: self.in_flight,
-            buffered: self.buffered,
+            metrics: self.clone(),
             done,
         };
         self.publish_ack_us.reset();
@@ -79,9 +62,9 @@ impl ShardMetrics {
     /// A report that could not be sent (the collector's queue was full) is folded back in, so
     /// nothing is lost: it goes out with the next one.
     pub fn restore(&mut self, r: ShardReport) {
-        self.publish_ack_us.add(&r.publish_ack_us);
-        self.connect_us.add(&r.connect_us);
-        self.lag_us.add(&r.lag_us);
+        self.publish_ack_us.add(&r.metrics.publish_ack_us);
+        self.connect_us.add(&r.metrics.connect_us);
+        self.lag_us.add(&r.metrics.lag_us);
     }
 }
 
@@ -180,21 +163,22 @@ impl Collector {
     }
 
     pub fn ingest(&mut self, r: ShardReport) {
-        self.publish_ack.add(&r.publish_ack_us);
-        self.publish_ack_interval.add(&r.publish_ack_us);
-        self.connect.add(&r.connect_us);
-        self.lag.add(&r.lag_us);
-        self.lag_interval.add(&r.lag_us);
+        let m = &r.metrics;
+        self.publish_ack.add(&m.publish_ack_us);
+        self.publish_ack_interval.add(&m.publish_ack_us);
+        self.connect.add(&m.connect_us);
+        self.lag.add(&m.lag_us);
+        self.lag_interval.add(&m.lag_us);
         if let Some(slot) = self.shards.get_mut(usize::from(r.shard)) {
             *slot = Some(ShardState {
                 sim_time_us: r.sim_time_us,
-                counters: r.counters,
-                states: r.states,
-                in_flight: r.in_flight,
-                buffered: r.buffered,
-                max_lag_us: r.max_lag_us,
-                first_connects: r.first_connects,
-                last_first_connect_us: r.last_first_connect_us,
+                counters: m.counters,
+                states: m.states,
+                in_flight: m.in_flight,
+                buffered: m.buffered,
+                max_lag_us: m.max_lag_us,
+                first_connects: m.first_connects,
+                last_first_connect_us: m.last_first_connect_us,
                 done: r.done,
             });
         }
@@ -211,7 +195,7 @@ impl Collector {
     /// kept for `snapshot_at_end` (other shards may already have shut down by then).
     pub fn ingest_ended(&mut self, r: ShardReport) {
         if let Some(slot) = self.end_states.get_mut(usize::from(r.shard)) {
-            *slot = Some(r.states);
+            *slot = Some(r.metrics.states);
         }
         self.ingest(r);
     }
@@ -321,7 +305,7 @@ mod tests {
         m.restore(r);
         m.publish_ack_us.record(200);
         let r = m.take_report(0, 0, false);
-        assert_eq!(r.publish_ack_us.count(), 2);
+        assert_eq!(r.metrics.publish_ack_us.count(), 2);
     }
 
     #[test]
