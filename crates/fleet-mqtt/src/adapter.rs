@@ -38,6 +38,8 @@ pub const MAX_INFLIGHT_PER_SESSION: usize = 1024;
 const READ_CHUNK: usize = 512;
 /// Keep-alive: a session is dead when nothing was heard for this many keep-alive periods.
 const KEEPALIVE_GRACE: f64 = 1.5;
+/// How often the engine calls `tick` (milliseconds).
+const TICK_MS: u32 = 1_000;
 
 /// Settings shared by every shard's adapter.
 #[derive(Clone, Debug)]
@@ -109,8 +111,9 @@ struct Session {
     next_pkid: u16,
     inflight: VecDeque<Inflight>,
     keep_alive_s: u16,
-    last_write_s: u32,
-    last_read_s: u32,
+    /// Milliseconds of run time when the session last wrote and last heard something.
+    last_write_ms: u32,
+    last_read_ms: u32,
 }
 
 impl Session {
@@ -156,8 +159,9 @@ pub struct MqttAdapter {
     packet: BytesMut,
 }
 
-fn secs(now: SimTime) -> u32 {
-    (now.as_micros() / 1_000_000) as u32
+/// Run time in milliseconds (wraps after 49 days; compared with wrapping arithmetic).
+fn millis(now: SimTime) -> u32 {
+    now.as_millis() as u32
 }
 
 /// Writes what the socket takes now; returns what it did not take. Err on a dead socket.
@@ -241,7 +245,7 @@ impl MqttAdapter {
         } else {
             s.out.extend_from_slice(&self.packet);
         }
-        s.last_write_s = secs(now);
+        s.last_write_ms = millis(now);
         true
     }
 
@@ -270,7 +274,7 @@ impl MqttAdapter {
         out: &mut Vec<(u32, NetInput)>,
     ) {
         let s = &mut self.sessions[dev as usize];
-        s.last_read_s = secs(now);
+        s.last_read_ms = millis(now);
         match packet {
             Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
                 if let Some(pos) = s.inflight.iter().position(|i| i.pkid == pkid)
@@ -557,8 +561,8 @@ impl Adapter for MqttAdapter {
                 s.state = State::Up;
                 s.write = Some(write);
                 s.reader = Some(reader);
-                s.last_read_s = secs(now);
-                s.last_write_s = secs(now);
+                s.last_read_ms = millis(now);
+                s.last_write_ms = millis(now);
                 self.open += 1;
                 out.push((dev, NetInput::Connected { latency_us }));
             }
@@ -593,16 +597,19 @@ impl Adapter for MqttAdapter {
     }
 
     fn tick(&mut self, now: SimTime, out: &mut Vec<(u32, NetInput)>) {
-        let now_s = secs(now);
+        let now_ms = millis(now);
         for dev in 0..self.sessions.len() as u32 {
             let s = &self.sessions[dev as usize];
             if s.state != State::Up || s.keep_alive_s == 0 {
                 continue;
             }
-            let ka = u32::from(s.keep_alive_s);
-            if f64::from(now_s.saturating_sub(s.last_read_s)) > f64::from(ka) * KEEPALIVE_GRACE {
+            let ka_ms = u32::from(s.keep_alive_s) * 1000;
+            // Ticks come about once a second: ping a tick early so the broker never waits
+            // longer than the keep-alive (at least every half keep-alive for short ones).
+            let ping_after_ms = ka_ms.saturating_sub(TICK_MS).max(ka_ms / 2);
+            if f64::from(now_ms.wrapping_sub(s.last_read_ms)) > f64::from(ka_ms) * KEEPALIVE_GRACE {
                 self.lost(dev, "keep-alive timeout (broker silent)", out);
-            } else if now_s.saturating_sub(s.last_write_s) >= ka {
+            } else if now_ms.wrapping_sub(s.last_write_ms) >= ping_after_ms {
                 self.packet.clear();
                 codec::write_pingreq(&mut self.packet);
                 self.send_packet(dev, now);
