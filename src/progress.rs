@@ -8,6 +8,8 @@ use fleet_core::scenario::{Clock, ScenarioSettings};
 use fleet_metrics::FleetSnapshot;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::summary::us;
+
 pub struct Progress {
     bar: Option<ProgressBar>,
     every: Duration,
@@ -15,16 +17,6 @@ pub struct Progress {
     clock: Clock,
     duration_s: f64,
     devices: u32,
-}
-
-fn fmt_us(us: u64) -> String {
-    if us >= 1_000_000 {
-        format!("{:.2}s", us as f64 / 1e6)
-    } else if us >= 1_000 {
-        format!("{:.1}ms", us as f64 / 1e3)
-    } else {
-        format!("{us}us")
-    }
 }
 
 impl Progress {
@@ -62,9 +54,9 @@ impl Progress {
             s.published_per_s,
             s.totals.acked,
             s.totals.failed(),
-            fmt_us(p.p50),
-            fmt_us(p.p99),
-            fmt_us(s.max_lag_us),
+            us(p.p50),
+            us(p.p99),
+            us(s.max_lag_us),
         )
     }
 

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use fleet_metrics::RunReport;
 
-fn us(v: u64) -> String {
+/// Microseconds in the largest unit that keeps them readable: `850 us`, `4.57 ms`, `1.20 s`.
+pub fn us(v: u64) -> String {
     if v >= 1_000_000 {
         format!("{:.2} s", v as f64 / 1e6)
     } else if v >= 1_000 {
