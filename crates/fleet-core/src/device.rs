@@ -327,7 +327,7 @@ impl Device {
                     fx.events.push(Event::Connected);
                     self.next_drop = self.draw_next_drop(now, ctx);
                     self.publish_status(now, true, ctx, fx);
-                    self.flush_offline(now, ctx, fx);
+                    self.flush_offline(ctx, fx);
                 }
             }
             Input::ConnectFailed => {
@@ -619,7 +619,7 @@ impl Device {
         }));
     }
 
-    fn flush_offline(&mut self, now: SimTime, ctx: &DeviceCtx, fx: &mut Effects) {
+    fn flush_offline(&mut self, ctx: &DeviceCtx, fx: &mut Effects) {
         let count = self.offline.len() as u32;
         if count == 0 {
             return;
@@ -627,7 +627,6 @@ impl Device {
         while let Some(b) = self.offline.pop_front() {
             let start = fx.payload.len();
             fx.payload.extend_from_slice(&b.payload);
-            let _ = now;
             self.push_publish(
                 b.scheduled,
                 TopicKind::Telemetry,

@@ -6,15 +6,10 @@ pub fn open_files_limit() -> u64 {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY-free: getrlimit only writes the struct we pass.
-    let rc = unsafe_free_getrlimit(&mut lim);
-    if rc == 0 { lim.rlim_cur } else { u64::MAX }
-}
-
-#[allow(unsafe_code)]
-fn unsafe_free_getrlimit(lim: &mut libc::rlimit) -> i32 {
+    #[allow(unsafe_code)]
     // SAFETY: `lim` is a valid, exclusive pointer to an rlimit for the duration of the call.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim) }
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc == 0 { lim.rlim_cur } else { u64::MAX }
 }
 
 /// Raises the soft open-files limit to the hard limit (what a shell's `ulimit -n` would allow).
