@@ -4,6 +4,60 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use fleet_engine::process;
 
+/// Memory a device costs, measured (docs/benchmarks.md) and rounded up: on the virtual clock
+/// (state machine, scheduler entries, simulated in-flight acks), and on the wall clock per
+/// session (plus the broker's side when it is embedded: rumqttd keeps ~44 KB per connection).
+pub const VIRTUAL_BYTES_PER_DEVICE: u64 = 1_024;
+pub const WALL_BYTES_PER_SESSION: u64 = 2_048;
+pub const EMBEDDED_BROKER_BYTES_PER_SESSION: u64 = 48 * 1024;
+/// Share of the available memory a run may plan to use.
+const MEMORY_HEADROOM: f64 = 0.8;
+
+/// `MemAvailable` from /proc/meminfo, in bytes (None where it cannot be read).
+fn memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses a run whose estimated memory exceeds what the machine has available.
+pub fn check_memory(devices: u32, wall: bool, embedded: bool) -> Result<(), String> {
+    let per_device = if !wall {
+        VIRTUAL_BYTES_PER_DEVICE
+    } else if embedded {
+        WALL_BYTES_PER_SESSION + EMBEDDED_BROKER_BYTES_PER_SESSION
+    } else {
+        WALL_BYTES_PER_SESSION
+    };
+    let need = u64::from(devices) * per_device;
+    let Some(available) = memory_available() else {
+        return Ok(());
+    };
+    let budget = (available as f64 * MEMORY_HEADROOM) as u64;
+    if need > budget {
+        let mib = |b: u64| b / (1024 * 1024);
+        return Err(format!(
+            "{devices} devices need about {} MiB ({per_device} bytes each{}), but only {} MiB are available \
+             (80 % of MemAvailable).\n  fix: --devices {} or fewer{}",
+            mib(need),
+            if wall && embedded {
+                ", most of it the embedded broker's"
+            } else {
+                ""
+            },
+            mib(budget),
+            budget / per_device,
+            if wall && embedded {
+                ", or an external broker (--broker)"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
+}
+
 /// File descriptors kept free for everything that is not a device socket (listeners, logs,
 /// the runtime's own, the report).
 pub const RESERVED_FDS: u64 = 256;
@@ -120,6 +174,13 @@ mod tests {
         assert!(e.contains("--devices"), "{e}");
         assert!(e.contains("--broker"), "{e}");
         assert!(check(100, true, 1, 1).is_ok());
+    }
+
+    #[test]
+    fn a_fleet_larger_than_memory_is_refused_with_advice() {
+        let e = check_memory(fleet_core::load::MAX_DEVICES, false, false).unwrap_err();
+        assert!(e.contains("MiB") && e.contains("--devices"), "{e}");
+        assert!(check_memory(1_000, true, true).is_ok());
     }
 
     #[test]

@@ -142,6 +142,12 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
         })
         .min(devices.max(1).min(u32::from(u16::MAX)) as u16);
     let settings = fleet.settings.clone();
+    preflight::check_memory(
+        devices,
+        settings.clock == Clock::Wall,
+        settings.broker_urls.is_empty(),
+    )
+    .map_err(Failure::Usage)?;
     let scenario_path = fleet.scenario_path.clone();
     let run_id = run_id();
     let span = tracing::info_span!("run", run_id = %run_id);
