@@ -61,6 +61,9 @@ impl Progress {
     }
 
     pub fn update(&mut self, s: &FleetSnapshot) {
+        if s.shards_done() {
+            return; // the run is over: the summary speaks now
+        }
         let t = match self.clock {
             Clock::Wall => s.elapsed_s,
             Clock::Virtual => s.sim_time_s,
