@@ -58,66 +58,164 @@ impl Ord for Entry {
     }
 }
 
-#[derive(Debug, Default)]
+/// Width of one calendar bucket, microseconds (about 4 ms).
+const BUCKET_US: u64 = 4_096;
+/// Buckets in the calendar: a window of about 67 s. Deadlines further out wait in a heap and
+/// move into the calendar as it turns.
+const BUCKETS: usize = 16_384;
+const WINDOW_US: u64 = BUCKET_US * BUCKETS as u64;
+
+/// A calendar queue: deadlines within the next ~67 s sit in 4 ms buckets (push is O(1)), a
+/// bucket is sorted only when the clock reaches it, and deadlines further out wait in a binary
+/// heap. It pops entries in exactly the order a single binary heap would, (time, insertion
+/// order), but without a heap's O(log n) cache misses per operation (a heap pop was a fifth of
+/// a virtual run's time).
+#[derive(Debug)]
 pub struct Scheduler {
-    heap: BinaryHeap<Entry>,
+    /// The bucket the clock is in, drained and sorted latest-first (pop from the end). Entries
+    /// pushed for this bucket, or for the past, are inserted in order.
+    current: Vec<Entry>,
+    /// Start of the current bucket (a multiple of BUCKET_US).
+    cursor_us: u64,
+    wheel: Vec<Vec<Entry>>,
+    /// One bit per bucket: set when it holds entries.
+    occupied: Vec<u64>,
+    in_wheel: usize,
+    far: BinaryHeap<Entry>,
     next_order: u64,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
 }
 
 impl Scheduler {
     pub fn with_capacity(n: usize) -> Self {
         Scheduler {
-            heap: BinaryHeap::with_capacity(n),
+            current: Vec::new(),
+            cursor_us: 0,
+            wheel: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            occupied: vec![0; BUCKETS / 64],
+            in_wheel: 0,
+            far: BinaryHeap::with_capacity(n.min(1 << 16)),
             next_order: 0,
         }
     }
 
     pub fn push(&mut self, at: SimTime, dev: u32, due: Due) {
-        self.heap.push(Entry {
+        let e = Entry {
             at,
             order: self.next_order,
             dev,
             due,
-        });
+        };
         self.next_order += 1;
+        self.place(e);
     }
 
-    pub fn peek_time(&self) -> Option<SimTime> {
-        self.heap.peek().map(|e| e.at)
+    fn place(&mut self, e: Entry) {
+        let t = e.at.as_micros();
+        if t < self.cursor_us + BUCKET_US {
+            // This bucket (or the past: a late deadline on the wall clock): keep `current`
+            // sorted latest-first.
+            let pos = self.current.partition_point(|x| x < &e);
+            self.current.insert(pos, e);
+        } else if t < self.cursor_us + WINDOW_US {
+            let b = ((t / BUCKET_US) as usize) % BUCKETS;
+            self.wheel[b].push(e);
+            self.occupied[b / 64] |= 1 << (b % 64);
+            self.in_wheel += 1;
+        } else {
+            self.far.push(e);
+        }
+    }
+
+    /// Moves the clock to the next bucket that holds entries and makes it current. False when
+    /// nothing is left.
+    fn advance(&mut self) -> bool {
+        while self.current.is_empty() {
+            if self.in_wheel == 0 {
+                // Nothing within the window: jump to the earliest far deadline.
+                let Some(first) = self.far.peek() else {
+                    return false;
+                };
+                self.cursor_us = first.at.as_micros() / BUCKET_US * BUCKET_US;
+            } else {
+                let from = ((self.cursor_us / BUCKET_US) as usize + 1) % BUCKETS;
+                let steps = self.next_occupied(from);
+                self.cursor_us += (steps as u64 + 1) * BUCKET_US;
+                let b = ((self.cursor_us / BUCKET_US) as usize) % BUCKETS;
+                std::mem::swap(&mut self.current, &mut self.wheel[b]);
+                self.occupied[b / 64] &= !(1 << (b % 64));
+                self.in_wheel -= self.current.len();
+            }
+            // Far deadlines that the window now reaches join the calendar (or this bucket).
+            while let Some(first) = self.far.peek() {
+                if first.at.as_micros() >= self.cursor_us + WINDOW_US {
+                    break;
+                }
+                let Some(e) = self.far.pop() else { break };
+                self.place(e);
+            }
+            // `Entry`'s order is reversed (earliest is greatest, for the heap): ascending puts
+            // the earliest last, where `pop` takes it.
+            self.current.sort_unstable();
+        }
+        true
+    }
+
+    /// How many buckets after `from` (0 = `from` itself) the next occupied one is.
+    fn next_occupied(&self, from: usize) -> usize {
+        let words = self.occupied.len();
+        let (mut w, bit) = (from / 64, from % 64);
+        let mut word = self.occupied[w] & (!0u64 << bit);
+        let mut scanned = 0usize;
+        loop {
+            if word != 0 {
+                let b = w * 64 + word.trailing_zeros() as usize;
+                return (b + BUCKETS - from) % BUCKETS;
+            }
+            scanned += 1;
+            if scanned > words {
+                return BUCKETS - 1; // unreachable while in_wheel > 0
+            }
+            w = (w + 1) % words;
+            word = self.occupied[w];
+        }
+    }
+
+    /// The earliest deadline, if any.
+    pub fn peek_time(&mut self) -> Option<SimTime> {
+        if !self.advance() {
+            return None;
+        }
+        self.current.last().map(|e| e.at)
     }
 
     /// The earliest entry if it is due at or before `now`.
     pub fn pop_due(&mut self, now: SimTime) -> Option<Entry> {
-        if self.heap.peek()?.at <= now {
-            self.heap.pop()
+        if self.peek_time()? <= now {
+            self.current.pop()
         } else {
             None
         }
     }
 
     pub fn pop(&mut self) -> Option<Entry> {
-        self.heap.pop()
+        if !self.advance() {
+            return None;
+        }
+        self.current.pop()
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.current.len() + self.in_wheel + self.far.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
-
-    /// True if any entry other than device wakes remains (acks, sends, events).
-    pub fn has_network_work(&self) -> bool {
-        self.heap.iter().any(|e| {
-            matches!(
-                e.due,
-                Due::SimAck { .. }
-                    | Due::SimConnected { .. }
-                    | Due::SendParked { .. }
-                    | Due::CloseParked { .. }
-            )
-        })
+        self.len() == 0
     }
 }
 
@@ -137,10 +235,57 @@ mod tests {
     }
 
     #[test]
+    fn far_deadlines_and_deadlines_in_the_past_come_out_in_order() {
+        let mut s = Scheduler::default();
+        s.push(SimTime(3_600_000_000), 1, Due::Wake); // an hour ahead: the far heap
+        s.push(SimTime(10), 2, Due::Wake);
+        assert_eq!(s.pop().map(|e| e.dev), Some(2));
+        s.push(SimTime(5), 3, Due::Wake); // behind the clock (a late wall-clock deadline)
+        s.push(SimTime(70_000_000), 4, Due::Wake); // past the window from here
+        assert_eq!(s.pop().map(|e| e.dev), Some(3));
+        assert_eq!(s.pop().map(|e| e.dev), Some(4));
+        assert_eq!(s.pop().map(|e| e.dev), Some(1));
+        assert!(s.pop().is_none());
+        assert!(s.is_empty());
+    }
+
+    #[test]
     fn pop_due_leaves_future_entries() {
         let mut s = Scheduler::default();
         s.push(SimTime(10), 0, Due::Wake);
         assert!(s.pop_due(SimTime(9)).is_none());
         assert!(s.pop_due(SimTime(10)).is_some());
+    }
+
+    proptest::proptest! {
+        /// Against a binary heap of the same entries: the same order, whatever mix of pushes
+        /// (near, far, behind the clock) and pops.
+        #[test]
+        fn pops_in_the_order_a_binary_heap_would(ops in proptest::collection::vec((0u8..4, 0u64..200_000_000), 1..400)) {
+            let mut s = Scheduler::default();
+            let mut model = BinaryHeap::new();
+            let mut order = 0u64;
+            let mut clock = 0u64;
+            for (kind, dt) in ops {
+                if kind == 0 {
+                    let got = s.pop();
+                    let want = model.pop();
+                    proptest::prop_assert_eq!(got.map(|e: Entry| (e.at, e.dev)), want.map(|e: Entry| (e.at, e.dev)));
+                    if let Some(e) = got { clock = e.at.as_micros(); }
+                } else {
+                    // kind 1: near future, 2: far future, 3: behind the clock
+                    let at = match kind { 1 => clock + dt % 5_000_000, 2 => clock + dt, _ => clock.saturating_sub(dt % 10_000) };
+                    let dev = order as u32;
+                    s.push(SimTime(at), dev, Due::Wake);
+                    model.push(Entry { at: SimTime(at), order, dev, due: Due::Wake });
+                    order += 1;
+                }
+                proptest::prop_assert_eq!(s.len(), model.len());
+            }
+            while let Some(want) = model.pop() {
+                proptest::prop_assert_eq!(s.pop().map(|e| (e.at, e.dev)), Some((want.at, want.dev)));
+            }
+            proptest::prop_assert!(s.pop().is_none());
+        }
     }
 }
