@@ -147,7 +147,9 @@ impl Scheduler {
                 let steps = self.next_occupied(from);
                 self.cursor_us += (steps as u64 + 1) * BUCKET_US;
                 let b = ((self.cursor_us / BUCKET_US) as usize) % BUCKETS;
-                std::mem::swap(&mut self.current, &mut self.wheel[b]);
+                // Take the bucket's own allocation; the emptied `current` is dropped, so idle
+                // buckets hold no memory.
+                self.current = std::mem::take(&mut self.wheel[b]);
                 self.occupied[b / 64] &= !(1 << (b % 64));
                 self.in_wheel -= self.current.len();
             }
