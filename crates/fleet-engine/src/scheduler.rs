@@ -73,8 +73,11 @@ const WINDOW_US: u64 = BUCKET_US * BUCKETS as u64;
 #[derive(Debug)]
 pub struct Scheduler {
     /// The bucket the clock is in, drained and sorted latest-first (pop from the end). Entries
-    /// pushed for this bucket, or for the past, are inserted in order.
+    /// pushed for this bucket are inserted in order.
     current: Vec<Entry>,
+    /// Entries pushed for before the current bucket (on the wall clock the calendar may have
+    /// turned ahead of `now` to find the next deadline): all earlier than everything else.
+    early: BinaryHeap<Entry>,
     /// Start of the current bucket (a multiple of BUCKET_US).
     cursor_us: u64,
     wheel: Vec<Vec<Entry>>,
@@ -95,6 +98,7 @@ impl Scheduler {
     pub fn with_capacity(n: usize) -> Self {
         Scheduler {
             current: Vec::new(),
+            early: BinaryHeap::new(),
             cursor_us: 0,
             wheel: (0..BUCKETS).map(|_| Vec::new()).collect(),
             occupied: vec![0; BUCKETS / 64],
@@ -117,9 +121,10 @@ impl Scheduler {
 
     fn place(&mut self, e: Entry) {
         let t = e.at.as_micros();
-        if t < self.cursor_us + BUCKET_US {
-            // This bucket (or the past: a late deadline on the wall clock): keep `current`
-            // sorted latest-first.
+        if t < self.cursor_us {
+            self.early.push(e);
+        } else if t < self.cursor_us + BUCKET_US {
+            // This bucket: keep `current` sorted latest-first.
             let pos = self.current.partition_point(|x| x < &e);
             self.current.insert(pos, e);
         } else if t < self.cursor_us + WINDOW_US {
@@ -190,6 +195,9 @@ impl Scheduler {
 
     /// The earliest deadline, if any.
     pub fn peek_time(&mut self) -> Option<SimTime> {
+        if let Some(e) = self.early.peek() {
+            return Some(e.at);
+        }
         if !self.advance() {
             return None;
         }
@@ -199,13 +207,16 @@ impl Scheduler {
     /// The earliest entry if it is due at or before `now`.
     pub fn pop_due(&mut self, now: SimTime) -> Option<Entry> {
         if self.peek_time()? <= now {
-            self.current.pop()
+            self.pop()
         } else {
             None
         }
     }
 
     pub fn pop(&mut self) -> Option<Entry> {
+        if let Some(e) = self.early.pop() {
+            return Some(e);
+        }
         if !self.advance() {
             return None;
         }
@@ -213,7 +224,7 @@ impl Scheduler {
     }
 
     pub fn len(&self) -> usize {
-        self.current.len() + self.in_wheel + self.far.len()
+        self.early.len() + self.current.len() + self.in_wheel + self.far.len()
     }
 
     pub fn is_empty(&self) -> bool {
