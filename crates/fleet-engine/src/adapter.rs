@@ -65,7 +65,7 @@ pub trait Adapter {
     /// Turns one of the adapter's events into inputs for devices.
     fn on_event(&mut self, event: Self::Event, now: SimTime, out: &mut Vec<(u32, NetInput)>);
 
-    /// Called about once a second: keep-alive, retrying blocked writes, timeouts.
+    /// Called every `ADAPTER_TICK` (250 ms): keep-alive pings and checks, timeouts.
     fn tick(&mut self, now: SimTime, out: &mut Vec<(u32, NetInput)>);
 
     /// Retries writes that the sockets could not take at once. Called every loop turn; returns

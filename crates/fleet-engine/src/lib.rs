@@ -19,4 +19,9 @@ pub use adapter::{Adapter, NetInput, SendOutcome};
 pub use plan::RunPlan;
 pub use run::{EngineError, RunOptions, RunOutcome, SATURATION_LAG_US, run_virtual, run_wall};
 pub use virtual_clock::NoAdapter;
-pub use wall_clock::{INBOX_CAPACITY, MAX_EVENTS_PER_TURN, MAX_STEPS_PER_TURN};
+pub use wall_clock::{ADAPTER_TICK, INBOX_CAPACITY, MAX_EVENTS_PER_TURN, MAX_STEPS_PER_TURN};
+
+/// `ADAPTER_TICK` in milliseconds, for adapters' constants.
+pub const fn wall_clock_tick_ms() -> u32 {
+    (ADAPTER_TICK.0 / 1_000) as u32
+}

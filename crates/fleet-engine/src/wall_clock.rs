@@ -20,6 +20,9 @@ pub const MAX_EVENTS_PER_TURN: usize = 4096;
 pub const INBOX_CAPACITY: usize = 16_384;
 /// The loop wakes at least this often (to notice Ctrl-C and the end of the run).
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// How often the adapter's `tick` runs (keep-alive pings and checks): often enough that a
+/// one-second keep-alive is kept with room to spare.
+pub const ADAPTER_TICK: SimDuration = SimDuration::from_millis(250);
 /// While some socket could not take all its bytes, the loop retries this often.
 const BLOCKED_WRITE_RETRY: Duration = Duration::from_millis(1);
 /// At shutdown, how long to wait for queued bytes to reach the sockets.
@@ -52,6 +55,7 @@ pub(crate) fn run_wall<A: Adapter>(
         let drain_until = end + shard.plan.drain;
         let mut phase = Phase::Running;
         let mut next_tick = SimTime::ZERO + SimDuration::from_secs(1);
+        let mut next_adapter_tick = SimTime::ZERO + ADAPTER_TICK;
         loop {
             let now = now_since(start);
             let mut net = Net::Real(&mut adapter);
@@ -72,15 +76,20 @@ pub(crate) fn run_wall<A: Adapter>(
                 shard.drain_inputs(now, &mut net);
                 events += 1;
             }
-            if now >= next_tick {
-                let interval = SimDuration::from_micros(REPORT_INTERVAL.as_micros() as u64);
-                while next_tick <= now {
-                    next_tick += interval;
+            if now >= next_adapter_tick {
+                while next_adapter_tick <= now {
+                    next_adapter_tick += ADAPTER_TICK;
                 }
                 if let Net::Real(a) = &mut net {
                     a.tick(now, shard.inputs_mut());
                 }
                 shard.drain_inputs(now, &mut net);
+            }
+            if now >= next_tick {
+                let interval = SimDuration::from_micros(REPORT_INTERVAL.as_micros() as u64);
+                while next_tick <= now {
+                    next_tick += interval;
+                }
                 ctl.try_send(shard.report(now, false, &net), &mut shard.metrics);
             }
             if phase == Phase::Running && (now >= end || ctl.stopped()) {
@@ -103,7 +112,8 @@ pub(crate) fn run_wall<A: Adapter>(
                 .sched
                 .peek_time()
                 .unwrap_or(SimTime::NEVER)
-                .min(next_tick);
+                .min(next_tick)
+                .min(next_adapter_tick);
             let cap = if blocked {
                 BLOCKED_WRITE_RETRY
             } else {

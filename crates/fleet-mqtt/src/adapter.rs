@@ -38,8 +38,8 @@ pub const MAX_INFLIGHT_PER_SESSION: usize = 1024;
 const READ_CHUNK: usize = 512;
 /// Keep-alive: a session is dead when nothing was heard for this many keep-alive periods.
 const KEEPALIVE_GRACE: f64 = 1.5;
-/// How often the engine calls `tick` (milliseconds).
-const TICK_MS: u32 = 1_000;
+/// How often the engine calls `tick` (milliseconds; fleet_engine's ADAPTER_TICK).
+const TICK_MS: u32 = fleet_engine::wall_clock_tick_ms();
 
 /// Settings shared by every shard's adapter.
 #[derive(Clone, Debug)]
@@ -604,9 +604,9 @@ impl Adapter for MqttAdapter {
                 continue;
             }
             let ka_ms = u32::from(s.keep_alive_s) * 1000;
-            // Ticks come about once a second: ping a tick early so the broker never waits
-            // longer than the keep-alive (at least every half keep-alive for short ones).
-            let ping_after_ms = ka_ms.saturating_sub(TICK_MS).max(ka_ms / 2);
+            // Ping two ticks early, so the broker never waits longer than the keep-alive
+            // (and at least every half keep-alive for short ones).
+            let ping_after_ms = ka_ms.saturating_sub(2 * TICK_MS).max(ka_ms / 2);
             if f64::from(now_ms.wrapping_sub(s.last_read_ms)) > f64::from(ka_ms) * KEEPALIVE_GRACE {
                 self.lost(dev, "keep-alive timeout (broker silent)", out);
             } else if now_ms.wrapping_sub(s.last_write_ms) >= ping_after_ms {
