@@ -32,6 +32,14 @@ fn now_since(start: Instant) -> SimTime {
     SimTime(start.elapsed().as_micros() as u64)
 }
 
+/// Hands one adapter event to the adapter and what it makes of it to the devices.
+fn deliver<A: Adapter>(shard: &mut Shard, net: &mut Net<A>, ev: A::Event, now: SimTime) {
+    if let Net::Real(a) = net {
+        a.on_event(ev, now, shard.inputs_mut());
+    }
+    shard.drain_inputs(now, net);
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
@@ -70,10 +78,7 @@ pub(crate) fn run_wall<A: Adapter>(
             let mut events = 0;
             while events < MAX_EVENTS_PER_TURN {
                 let Ok(ev) = rx.try_recv() else { break };
-                if let Net::Real(a) = &mut net {
-                    a.on_event(ev, now, shard.inputs_mut());
-                }
-                shard.drain_inputs(now, &mut net);
+                deliver(&mut shard, &mut net, ev, now);
                 events += 1;
             }
             if now >= next_adapter_tick {
@@ -124,12 +129,7 @@ pub(crate) fn run_wall<A: Adapter>(
                 biased;
                 ev = rx.recv() => {
                     if let Some(ev) = ev {
-                        let now = now_since(start);
-                        let mut net = Net::Real(&mut adapter);
-                        if let Net::Real(a) = &mut net {
-                            a.on_event(ev, now, shard.inputs_mut());
-                        }
-                        shard.drain_inputs(now, &mut net);
+                        deliver(&mut shard, &mut Net::Real(&mut adapter), ev, now_since(start));
                     }
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
