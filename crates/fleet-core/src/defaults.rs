@@ -91,3 +91,26 @@ pub(crate) fn drain() -> String {
 pub(crate) fn seed() -> u64 {
     1
 }
+
+/// Modbus: listen on loopback, from port 5020 (502 needs privileges), 100 unit ids per port.
+pub(crate) fn modbus_listen() -> String {
+    "127.0.0.1".into()
+}
+pub(crate) fn modbus_port() -> u16 {
+    5020
+}
+pub(crate) fn modbus_units_per_port() -> u16 {
+    100
+}
+pub(crate) fn modbus_max_connections() -> u32 {
+    64
+}
+pub(crate) fn modbus_per_bus() -> u16 {
+    32
+}
+pub(crate) fn pty() -> String {
+    "pty".into()
+}
+pub(crate) fn baud() -> u32 {
+    9600
+}

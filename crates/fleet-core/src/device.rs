@@ -13,6 +13,7 @@ use crate::command::{Command, parse_command};
 use crate::defaults::RETRANSMIT_DELAY;
 use crate::ids::{CohortId, DeviceId};
 use crate::load::Cohort;
+use crate::modbus::{FaultDecision, Flag, ForcedFault, Source, Table, Value, version_part};
 use crate::payload::{push_fixed, push_json_str, push_u64};
 use crate::profile::{Backoff, Qos};
 use crate::seed::{DeviceRngs, RunSeed};
@@ -80,6 +81,8 @@ pub enum Input<'a> {
     Reboot { at: SimTime },
     /// The run is over: stop reporting, leave the session cleanly.
     Shutdown,
+    /// A scheduled Modbus fault: every request gets it until `until`.
+    ModbusFault { fault: ForcedFault, until: SimTime },
 }
 
 /// Which of the device's topics a publish goes to.
@@ -123,26 +126,66 @@ pub enum Effect {
 pub enum Event {
     PoweredOn,
     Booted,
-    ConnectAttempt { attempt: u16 },
-    NoLink { retry_in: SimDuration },
+    ConnectAttempt {
+        attempt: u16,
+    },
+    NoLink {
+        retry_in: SimDuration,
+    },
     Connected,
-    ConnectFailed { retry_in: SimDuration },
-    LinkLost { retry_in: SimDuration },
-    LinkDropped { down_for: SimDuration },
-    Outage { until: SimTime },
-    Report { seq: u64 },
-    LostOnLink { seq: u64 },
-    Retransmit { seq: u64 },
-    Buffered { seq: u64 },
-    DroppedOffline { seq: u64 },
-    Flushed { count: u32 },
-    Command { name: &'static str },
+    ConnectFailed {
+        retry_in: SimDuration,
+    },
+    LinkLost {
+        retry_in: SimDuration,
+    },
+    LinkDropped {
+        down_for: SimDuration,
+    },
+    Outage {
+        until: SimTime,
+    },
+    Report {
+        seq: u64,
+    },
+    LostOnLink {
+        seq: u64,
+    },
+    Retransmit {
+        seq: u64,
+    },
+    Buffered {
+        seq: u64,
+    },
+    DroppedOffline {
+        seq: u64,
+    },
+    Flushed {
+        count: u32,
+    },
+    Command {
+        name: &'static str,
+    },
     CommandRejected,
-    IntervalChanged { interval: SimDuration },
+    IntervalChanged {
+        interval: SimDuration,
+    },
     BatteryLow,
     BatteryDepleted,
     Reboot,
     Stopped,
+    /// A device without MQTT took its periodic reading (what a Modbus master reads).
+    Sampled {
+        seq: u64,
+    },
+    /// A Modbus master wrote a point (index into the register map).
+    RegisterWritten {
+        point: u16,
+    },
+    /// A scheduled Modbus fault starts.
+    ModbusFault {
+        until: SimTime,
+    },
 }
 
 /// Output buffers, owned by the engine and reused for every step.
@@ -217,6 +260,24 @@ pub struct Device {
     battery_at: SimTime,
     sensors: Box<[SensorState]>,
     offline: VecDeque<Buffered>,
+    /// Only for devices with a register map.
+    modbus: Option<Box<ModbusState>>,
+}
+
+/// Stream selector of the Modbus fault draws.
+const STREAM_MODBUS: u64 = 0x6d6f_6462; // "modb"
+
+/// What a Modbus slave keeps per device.
+#[derive(Clone, Debug)]
+struct ModbusState {
+    /// Fault draws, one fixed set per request.
+    rng: rand_pcg::Pcg32,
+    /// The latest reading of each sensor, as the telemetry carried it.
+    last: Box<[f64]>,
+    setpoints: Box<[f64]>,
+    /// When the device last powered on or rebooted.
+    up_since: SimTime,
+    forced: Option<(ForcedFault, SimTime)>,
 }
 
 /// Backoff before attempt `attempt` (0-based): initial * multiplier^attempt, capped at max,
@@ -248,7 +309,17 @@ impl Device {
             }
             None => 0.0,
         };
+        let modbus = profile.modbus.as_ref().map(|map| {
+            Box::new(ModbusState {
+                rng: seed.device_stream(id, STREAM_MODBUS),
+                last: vec![0.0; profile.sensors.len()].into(),
+                setpoints: map.setpoint_initial.clone().into(),
+                up_since: SimTime::ZERO,
+                forced: None,
+            })
+        });
         Device {
+            modbus,
             id,
             cohort: cohort.id,
             state: DeviceState::Off,
@@ -352,7 +423,9 @@ impl Device {
                 self.link_down_until = self.link_down_until.max(until);
                 fx.events.push(Event::Outage { until });
                 if matches!(self.state, DeviceState::Online | DeviceState::Connecting) {
-                    fx.list.push(Effect::DropLink);
+                    if ctx.cohort.mqtt {
+                        fx.list.push(Effect::DropLink);
+                    }
                     self.state = DeviceState::Offline;
                     self.next_drop = SimTime::NEVER;
                     let retry_in = self.next_backoff(ctx);
@@ -364,8 +437,16 @@ impl Device {
                     self.reboot_at = self.reboot_at.min(at.max(now));
                 }
             }
+            Input::ModbusFault { fault, until } => {
+                if let Some(m) = &mut self.modbus {
+                    m.forced = Some((fault, until));
+                    fx.events.push(Event::ModbusFault { until });
+                }
+            }
             Input::Shutdown => {
-                if matches!(self.state, DeviceState::Online | DeviceState::Connecting) {
+                if ctx.cohort.mqtt
+                    && matches!(self.state, DeviceState::Online | DeviceState::Connecting)
+                {
                     self.publish_status(now, false, ctx, fx);
                     fx.list.push(Effect::Disconnect);
                 }
@@ -386,6 +467,10 @@ impl Device {
             fx.events.push(Event::PoweredOn);
             for s in self.sensors.iter_mut() {
                 s.start_at(now);
+            }
+            if self.modbus.is_some() {
+                // A slave has readings in its registers from the start.
+                self.sample(now, ctx);
             }
             // Spread reports over one interval so a fleet that starts together does not report together.
             let phase = self.interval.mul_f64(self.rng.values.random::<f64>());
@@ -421,7 +506,9 @@ impl Device {
         if self.reboot_at <= now {
             self.reboot_at = SimTime::NEVER;
             fx.events.push(Event::Reboot);
-            if matches!(self.state, DeviceState::Online | DeviceState::Connecting) {
+            if ctx.cohort.mqtt
+                && matches!(self.state, DeviceState::Online | DeviceState::Connecting)
+            {
                 fx.list.push(Effect::Disconnect);
             }
             self.boot(now, ctx);
@@ -441,6 +528,9 @@ impl Device {
 
     fn boot(&mut self, now: SimTime, ctx: &DeviceCtx) {
         self.state = DeviceState::Booting;
+        if let Some(m) = &mut self.modbus {
+            m.up_since = now;
+        }
         self.next_drop = SimTime::NEVER;
         let version = &ctx.cohort.firmware.versions[usize::from(ctx.cohort.firmware_version)];
         self.retry_at = now + SimDuration::from_secs_f64(version.boot_s.sample(&mut self.rng.link));
@@ -454,6 +544,13 @@ impl Device {
             let retry_in = self.next_backoff(ctx);
             self.retry_at = now + retry_in;
             fx.events.push(Event::NoLink { retry_in });
+            return;
+        }
+        if !ctx.cohort.mqtt {
+            // No MQTT: on its network is as connected as this device gets.
+            self.state = DeviceState::Online;
+            self.attempt = 0;
+            fx.events.push(Event::Connected);
             return;
         }
         self.state = DeviceState::Connecting;
@@ -513,7 +610,9 @@ impl Device {
         if self.battery_mah <= 0.0 {
             self.battery_mah = 0.0;
             fx.events.push(Event::BatteryDepleted);
-            if matches!(self.state, DeviceState::Online | DeviceState::Connecting) {
+            if ctx.cohort.mqtt
+                && matches!(self.state, DeviceState::Online | DeviceState::Connecting)
+            {
                 fx.list.push(Effect::DropLink);
             }
             self.state = DeviceState::Dead;
@@ -544,6 +643,11 @@ impl Device {
     fn report(&mut self, at: SimTime, ctx: &DeviceCtx, fx: &mut Effects) {
         self.seq += 1;
         let seq = self.seq;
+        if !ctx.cohort.mqtt {
+            self.sample(at, ctx);
+            fx.events.push(Event::Sampled { seq });
+            return;
+        }
         fx.events.push(Event::Report { seq });
         let start = fx.payload.len();
         self.encode_telemetry(at, seq, ctx, &mut fx.payload);
@@ -678,13 +782,7 @@ impl Device {
             self.push_publish(now, TopicKind::Response, 0, start, false, ctx, fx);
         }
         match outcome {
-            Ok(Command::SetInterval(d)) => {
-                self.interval = *d;
-                fx.events.push(Event::IntervalChanged { interval: *d });
-                if self.next_report != SimTime::NEVER {
-                    self.next_report = (now + *d).min(self.next_report.max(now));
-                }
-            }
+            Ok(Command::SetInterval(d)) => self.set_interval(now, *d, fx),
             Ok(Command::Reboot) => self.reboot_at = now,
             Ok(Command::ReportNow) if now < ctx.end => {
                 self.report(now, ctx, fx);
@@ -693,6 +791,15 @@ impl Device {
         }
         if self.reboot_at <= now {
             self.on_wake(now, ctx, fx);
+        }
+    }
+
+    /// Re-times reporting: the next report comes at most one new interval from now.
+    fn set_interval(&mut self, now: SimTime, d: SimDuration, fx: &mut Effects) {
+        self.interval = d;
+        fx.events.push(Event::IntervalChanged { interval: d });
+        if self.next_report != SimTime::NEVER {
+            self.next_report = (now + d).min(self.next_report.max(now));
         }
     }
 
@@ -728,8 +835,183 @@ impl Device {
             out.extend_from_slice(b"\":");
             let v = state.sample(spec, at, &mut self.rng.values);
             push_fixed(out, v, spec.decimals);
+            if let Some(m) = &mut self.modbus {
+                m.last[i] = round_to(v, spec.decimals);
+            }
         }
         out.extend_from_slice(b"}}");
+    }
+
+    /// Takes a reading of every sensor (what the telemetry would carry) without encoding it.
+    fn sample(&mut self, at: SimTime, ctx: &DeviceCtx) {
+        let profile = &ctx.cohort.profile;
+        for (i, (spec, state)) in profile
+            .sensors
+            .iter()
+            .zip(self.sensors.iter_mut())
+            .enumerate()
+        {
+            let v = state.sample(spec, at, &mut self.rng.values);
+            if let Some(m) = &mut self.modbus {
+                m.last[i] = round_to(v, spec.decimals);
+            }
+        }
+    }
+
+    /// The latest reading of each sensor, as a Modbus master sees it (empty without a map).
+    pub fn last_readings(&self) -> &[f64] {
+        self.modbus.as_ref().map(|m| &m.last[..]).unwrap_or(&[])
+    }
+
+    /// Whether the device answers a Modbus master now: powered, booted, its network up.
+    pub fn modbus_serving(&self, now: SimTime) -> bool {
+        self.modbus.is_some()
+            && matches!(
+                self.state,
+                DeviceState::Connecting | DeviceState::Online | DeviceState::Offline
+            )
+            && self.link_down_until <= now
+    }
+
+    /// Draws what happens to one request: the same draws per request whatever the faults are
+    /// set to, so a device's fault sequence depends only on its seed and its request count.
+    pub fn modbus_faults(&mut self, now: SimTime, ctx: &DeviceCtx) -> FaultDecision {
+        let Some(m) = &mut self.modbus else {
+            return FaultDecision::default();
+        };
+        let f = &ctx.cohort.modbus_faults;
+        let rng = &mut m.rng;
+        let mut hit = |p: f64| {
+            let u: f64 = rng.random();
+            p > 0.0 && u < p
+        };
+        let mut d = FaultDecision {
+            silence: hit(f.silence),
+            exception: None,
+            delay: SimDuration::ZERO,
+            drop_connection: hit(f.drop_connection),
+            bad_crc: hit(f.bad_crc),
+            truncated: hit(f.truncated),
+            swapped_words: hit(f.swapped_words),
+        };
+        if hit(f.exception) {
+            d.exception = Some(f.exception_code);
+        }
+        if let Some(dist) = &f.delay_ms {
+            d.delay = SimDuration::from_secs_f64(dist.sample(&mut m.rng).max(0.0) / 1e3);
+        }
+        match m.forced {
+            Some((fault, until)) if now < until => match fault {
+                ForcedFault::Exception(code) => d.exception = Some(code),
+                ForcedFault::Delay(extra) => d.delay = d.delay + extra,
+                ForcedFault::Silence => d.silence = true,
+                ForcedFault::DropConnection => d.drop_connection = true,
+                ForcedFault::BadCrc => d.bad_crc = true,
+                ForcedFault::Truncated => d.truncated = true,
+                ForcedFault::SwappedWords => d.swapped_words = true,
+            },
+            Some(_) => m.forced = None,
+            None => {}
+        }
+        d
+    }
+
+    /// Reads `count` registers (or bits, as 0/1) of `table` from `addr` into `out`; an
+    /// exception code when the range is not readable.
+    #[allow(clippy::too_many_arguments)]
+    pub fn modbus_read(
+        &self,
+        table: Table,
+        addr: u16,
+        count: u16,
+        now: SimTime,
+        ctx: &DeviceCtx,
+        swap_words: bool,
+        out: &mut Vec<u16>,
+    ) -> Result<(), u8> {
+        let (Some(map), Some(m)) = (&ctx.cohort.profile.modbus, &self.modbus) else {
+            return Err(crate::modbus::exception::GATEWAY_TARGET_FAILED);
+        };
+        let version = &ctx.cohort.firmware.versions[usize::from(ctx.cohort.firmware_version)];
+        let flag = |f: Flag| -> bool {
+            match f {
+                Flag::Up => self.modbus_serving(now),
+                Flag::Online => self.state == DeviceState::Online && ctx.cohort.mqtt,
+                Flag::BatteryLow => self.low_battery,
+                Flag::Buffering => !self.offline.is_empty(),
+            }
+        };
+        map.read(
+            table,
+            addr,
+            count,
+            swap_words,
+            |p| match &p.source {
+                Source::Sensor(i) => {
+                    Value::Number(m.last.get(usize::from(*i)).copied().unwrap_or(0.0))
+                }
+                Source::Battery => Value::Number(self.battery_percent(ctx).unwrap_or(0.0)),
+                Source::FirmwareVersion => Value::Text(&version.version),
+                Source::FirmwarePart(k) => Value::Number(version_part(&version.version, *k)),
+                Source::Uptime => {
+                    Value::Number(now.saturating_since(m.up_since).as_secs_f64().floor())
+                }
+                Source::Seq => Value::Number(self.seq as f64),
+                Source::Interval => Value::Number(self.interval.as_secs_f64()),
+                Source::Constant(x) => Value::Number(*x),
+                Source::Text(t) => Value::Text(t),
+                Source::Setpoint { slot, .. } => {
+                    Value::Number(m.setpoints.get(usize::from(*slot)).copied().unwrap_or(0.0))
+                }
+                Source::Flag(f) => Value::Number(f64::from(u8::from(flag(*f)))),
+                Source::Status(flags) => Value::Bits(
+                    flags
+                        .iter()
+                        .enumerate()
+                        .fold(0u16, |acc, (b, f)| acc | (u16::from(flag(*f)) << b)),
+                ),
+                Source::Reboot => Value::Number(0.0),
+            },
+            out,
+        )
+    }
+
+    /// A master writes `values` (registers, or coils as 0/1) to `table` at `addr`. All or
+    /// nothing: any point that may not take its value fails the whole write with an exception.
+    pub fn modbus_write(
+        &mut self,
+        table: Table,
+        addr: u16,
+        values: &[u16],
+        now: SimTime,
+        ctx: &DeviceCtx,
+        fx: &mut Effects,
+    ) -> Result<(), u8> {
+        let Some(map) = &ctx.cohort.profile.modbus else {
+            return Err(crate::modbus::exception::GATEWAY_TARGET_FAILED);
+        };
+        let mut writes = Vec::new();
+        map.decode_write(table, addr, values, &mut writes)?;
+        for (idx, v) in writes {
+            let Some(point) = map.points.get(usize::from(idx)) else {
+                continue;
+            };
+            fx.events.push(Event::RegisterWritten { point: idx });
+            match point.source {
+                Source::Setpoint { slot, .. } => {
+                    if let Some(m) = &mut self.modbus
+                        && let Some(s) = m.setpoints.get_mut(usize::from(slot))
+                    {
+                        *s = v;
+                    }
+                }
+                Source::Interval => self.set_interval(now, SimDuration::from_secs_f64(v), fx),
+                Source::Reboot if v != 0.0 => self.reboot_at = now,
+                _ => {}
+            }
+        }
+        self.refresh_wake(ctx);
+        Ok(())
     }
 
     /// Appends the device id as a JSON string, rendered in place (no allocation unless the
@@ -806,6 +1088,12 @@ impl Device {
             self.wake_at = self.wake_at.min(self.depletion_at(ctx));
         }
     }
+}
+
+/// `v` rounded to `decimals` places, as the telemetry prints it.
+fn round_to(v: f64, decimals: u8) -> f64 {
+    let f = 10f64.powi(i32::from(decimals));
+    (v * f).round() / f
 }
 
 /// The status message (retained; also the will, with `online: false`).

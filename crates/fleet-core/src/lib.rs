@@ -12,6 +12,7 @@ pub mod error;
 pub mod firmware;
 pub mod ids;
 pub mod load;
+pub mod modbus;
 pub mod payload;
 pub mod profile;
 pub mod scenario;

@@ -133,6 +133,10 @@ pub struct Cohort {
     pub firmware: Arc<FirmwareModel>,
     pub firmware_version: u16,
     pub link: LinkSpec,
+    /// The devices have an MQTT session (the profile's `mqtt.enabled`, or the cohort's `mqtt`).
+    pub mqtt: bool,
+    /// The profile's Modbus faults with the cohort's overrides (all zero without a register map).
+    pub modbus_faults: crate::modbus::ModbusFaults,
 }
 
 /// A scenario resolved with everything it names: what the engine runs.
@@ -298,6 +302,41 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
             ),
             None => profile.link.clone(),
         };
+        let modbus_faults = match (&profile.modbus, &c.modbus_faults) {
+            (Some(map), Some(over)) => crate::modbus::ModbusFaults::validate(
+                &mut ck,
+                &format!("{key}.modbus_faults"),
+                &map.faults_raw.overridden_by(over),
+            ),
+            (Some(map), None) => map.faults.clone(),
+            (None, Some(_)) => {
+                ck.fail_key(
+                    &format!("{key}.modbus_faults"),
+                    format!(
+                        "the cohort's profile ({}) has no [modbus] table",
+                        profile_path.display()
+                    ),
+                );
+                crate::modbus::ModbusFaults::default()
+            }
+            (None, None) => crate::modbus::ModbusFaults::default(),
+        };
+        let mqtt = c.mqtt.unwrap_or(profile.mqtt.enabled);
+        if c.mqtt == Some(true) && !profile.mqtt.enabled {
+            ck.fail_key(
+                &format!("{key}.mqtt"),
+                format!(
+                    "the profile ({}) has mqtt.enabled = false (no topics to publish on)",
+                    profile_path.display()
+                ),
+            );
+        }
+        if !mqtt && profile.modbus.is_none() {
+            ck.fail_key(
+                &format!("{key}.mqtt"),
+                "is false and the profile has no [modbus] table: the devices would have no way to be seen",
+            );
+        }
         errors.extend(ck.errors);
         if c.count == 0 {
             errors.push(ConfigError::new(
@@ -317,6 +356,8 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
             firmware: model,
             firmware_version,
             link,
+            mqtt,
+            modbus_faults,
         });
     }
     check_distinct_device_ids(&file, &raw, &cohorts, &mut errors);

@@ -33,6 +33,8 @@ pub struct ProfileFile {
     pub mqtt: MqttRaw,
     #[serde(default)]
     pub commands: CommandsRaw,
+    /// The device is also (or only) a Modbus slave with this register map.
+    pub modbus: Option<crate::modbus::ModbusRaw>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -40,7 +42,8 @@ pub struct ProfileFile {
 pub struct IdentityRaw {
     pub device_id: String,
     pub client_id: Option<String>,
-    pub telemetry_topic: String,
+    /// Required when the device speaks MQTT.
+    pub telemetry_topic: Option<String>,
     pub command_topic: Option<String>,
     pub response_topic: Option<String>,
     pub status_topic: Option<String>,
@@ -202,6 +205,9 @@ pub struct FirmwareRefRaw {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttRaw {
+    /// false: the device has no MQTT uplink (a Modbus-only meter).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
     #[serde(default = "defaults::keep_alive")]
     pub keep_alive: String,
     #[serde(default = "defaults::yes")]
@@ -216,6 +222,7 @@ pub struct MqttRaw {
 impl Default for MqttRaw {
     fn default() -> Self {
         MqttRaw {
+            enabled: true,
             keep_alive: defaults::keep_alive(),
             clean_session: true,
             session_expiry: None,
@@ -360,6 +367,8 @@ pub struct LinkSpec {
 
 #[derive(Clone, Debug)]
 pub struct MqttSpec {
+    /// The device has an MQTT session (false: it only samples, for Modbus or serial).
+    pub enabled: bool,
     pub keep_alive: SimDuration,
     pub clean_session: bool,
     pub session_expiry: Option<SimDuration>,
@@ -393,6 +402,7 @@ pub struct Profile {
     pub mqtt: MqttSpec,
     pub commands: CommandSet,
     pub command_qos: Qos,
+    pub modbus: Option<crate::modbus::RegisterMap>,
 }
 
 const DEVICE_ID_VARS: &[Var] = &[Var::Id, Var::Index, Var::Cohort, Var::Profile];
@@ -482,7 +492,9 @@ impl ProfileFile {
             telemetry_topic: template(
                 &mut c,
                 "identity.telemetry_topic",
-                &id.telemetry_topic,
+                id.telemetry_topic
+                    .as_deref()
+                    .unwrap_or("{device_id}/telemetry"),
                 TOPIC_VARS,
                 true,
             ),
@@ -540,7 +552,7 @@ impl ProfileFile {
             &format!("must be at most {}", defaults::MAX_OFFLINE_BUFFER),
         );
 
-        let sensors = self
+        let sensors: Vec<SensorSpec> = self
             .sensors
             .iter()
             .map(|(name, s)| validate_sensor(&mut c, name, s))
@@ -549,7 +561,15 @@ impl ProfileFile {
         let battery = self.battery.as_ref().map(|b| validate_battery(&mut c, b));
         let link = validate_link(&mut c, "link", &self.link);
 
+        let mqtt_on = self.mqtt.enabled;
+        if mqtt_on && id.telemetry_topic.is_none() {
+            c.fail_key(
+                "identity.telemetry_topic",
+                "is required (or set mqtt.enabled = false for a device without MQTT)",
+            );
+        }
         let mqtt = MqttSpec {
+            enabled: mqtt_on,
             keep_alive: duration(&mut c, "mqtt.keep_alive", &self.mqtt.keep_alive),
             clean_session: self.mqtt.clean_session,
             session_expiry: self
@@ -565,7 +585,7 @@ impl ProfileFile {
             format!("{:?}", self.mqtt.keep_alive),
             "must be at most 65535s (MQTT limit)",
         );
-        if self.mqtt.last_will && identity.status_topic.is_none() {
+        if mqtt_on && self.mqtt.last_will && identity.status_topic.is_none() {
             // A will needs a topic; silently turning it off would surprise a user.
             c.fail_key(
                 "mqtt.last_will",
@@ -593,7 +613,7 @@ impl ProfileFile {
             self.commands.qos,
             "must be 0, 1 or 2",
         );
-        if !self.commands.enabled.is_empty() && identity.command_topic.is_none() {
+        if mqtt_on && !self.commands.enabled.is_empty() && identity.command_topic.is_none() {
             c.fail_key(
                 "identity.command_topic",
                 "commands are enabled, so a command_topic (and response_topic) is needed; or set commands.enabled = []",
@@ -606,6 +626,16 @@ impl ProfileFile {
             "must name a firmware model file",
         );
 
+        let modbus = self
+            .modbus
+            .as_ref()
+            .map(|m| crate::modbus::RegisterMap::validate(&mut c, m, &sensors, battery.is_some()));
+        if !mqtt_on && modbus.is_none() {
+            c.fail_key(
+                "mqtt.enabled",
+                "is false and there is no [modbus] table: the device would have no way to be seen",
+            );
+        }
         let profile = Profile {
             name: self.name.clone(),
             description: self.description.clone(),
@@ -620,6 +650,7 @@ impl ProfileFile {
             mqtt,
             commands,
             command_qos: Qos::from_u8(self.commands.qos).unwrap_or(Qos::AtLeastOnce),
+            modbus,
         };
         c.errors.into_result(profile)
     }

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use crate::defaults;
 use crate::dist::{Dist, DistSpec};
 use crate::error::{Checker, ConfigErrors};
+use crate::modbus::{FORCED_FAULT_NAMES, ForcedFault, check_exception_code};
 use crate::profile::{LinkRaw, duration, positive_duration};
 use crate::slo::{METRIC_NAMES, SloBound, SloSpec, metric_is_known};
 use crate::time::SimDuration;
@@ -40,6 +41,9 @@ pub struct ScenarioFile {
     pub slo: Vec<SloRaw>,
     #[serde(default)]
     pub sim_broker: SimBrokerRaw,
+    /// Modbus listeners and serial lines (used when some profile has a register map).
+    #[serde(default)]
+    pub modbus: ModbusServeRaw,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -155,6 +159,11 @@ pub struct CohortRaw {
     pub firmware_version: Option<String>,
     /// Overrides fields of the profile's link model.
     pub link: Option<LinkRaw>,
+    /// false: the cohort's devices have no MQTT session (Modbus slaves only), whatever the
+    /// profile says.
+    pub mqtt: Option<bool>,
+    /// Overrides fields of the profile's Modbus faults (`[modbus.faults]`).
+    pub modbus_faults: Option<crate::modbus::ModbusFaultsRaw>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -164,6 +173,8 @@ pub enum EventKind {
     Outage,
     /// A fraction of the fleet reboots, spread over `spread`.
     RebootWave,
+    /// Modbus slaves answer with `fault` for `duration`.
+    ModbusFault,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -171,11 +182,21 @@ pub enum EventKind {
 pub struct EventRaw {
     pub at: String,
     pub kind: EventKind,
-    pub fraction: f64,
+    /// The share of the selected devices it touches (default: all of them).
+    pub fraction: Option<f64>,
     pub duration: Option<String>,
     pub spread: Option<String>,
     /// Only devices of this cohort.
     pub cohort: Option<String>,
+    /// Only these devices (numbers in the run, as in `{id}`).
+    pub devices: Option<Vec<u32>>,
+    /// modbus_fault: which fault (exception, delay, silence, drop_connection, bad_crc,
+    /// truncated, swapped_words).
+    pub fault: Option<String>,
+    /// modbus_fault with fault = "exception": the code (default 6, server device busy).
+    pub exception_code: Option<u8>,
+    /// modbus_fault with fault = "delay": added to every answer.
+    pub delay: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -209,8 +230,16 @@ impl Default for SimBrokerRaw {
 
 #[derive(Clone, Debug)]
 pub enum FleetEventKind {
-    Outage { duration: SimDuration },
-    RebootWave { spread: SimDuration },
+    Outage {
+        duration: SimDuration,
+    },
+    RebootWave {
+        spread: SimDuration,
+    },
+    ModbusFault {
+        fault: ForcedFault,
+        duration: SimDuration,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -218,7 +247,101 @@ pub struct FleetEvent {
     pub at: SimDuration,
     pub fraction: f64,
     pub cohort: Option<String>,
+    /// Only these device numbers (sorted), when given.
+    pub devices: Option<Vec<u32>>,
     pub kind: FleetEventKind,
+}
+
+impl FleetEvent {
+    /// Whether the event may touch device `id` (before the fraction draw).
+    pub fn names_device(&self, id: u32) -> bool {
+        self.devices
+            .as_ref()
+            .is_none_or(|d| d.binary_search(&id).is_ok())
+    }
+}
+
+/// Where Modbus slaves listen (`[modbus]` in a scenario).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusServeRaw {
+    /// Address the TCP listeners bind to.
+    #[serde(default = "defaults::modbus_listen")]
+    pub listen: String,
+    /// First TCP port; further ports count up from it. 0: the system picks free ports.
+    #[serde(default = "defaults::modbus_port")]
+    pub port: u16,
+    /// Unit ids (devices) per TCP port, 1..=247.
+    #[serde(default = "defaults::modbus_units_per_port")]
+    pub units_per_port: u16,
+    /// Connections one port accepts at once (more wait in the backlog).
+    #[serde(default = "defaults::modbus_max_connections")]
+    pub max_connections: u32,
+    /// Cohorts served as RTU slaves on serial lines instead of TCP.
+    #[serde(default)]
+    pub rtu: Vec<RtuBusRaw>,
+}
+
+impl Default for ModbusServeRaw {
+    fn default() -> Self {
+        ModbusServeRaw {
+            listen: defaults::modbus_listen(),
+            port: defaults::modbus_port(),
+            units_per_port: defaults::modbus_units_per_port(),
+            max_connections: defaults::modbus_max_connections(),
+            rtu: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    None,
+    /// The Modbus serial line default.
+    #[default]
+    Even,
+    Odd,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtuBusRaw {
+    /// The cohort whose devices sit on the line(s).
+    pub cohort: String,
+    /// "pty": a virtual port pair per bus (a link to each is made in the run folder); or a
+    /// device path such as /dev/ttyUSB0 for a real RS-485 adapter.
+    #[serde(default = "defaults::pty")]
+    pub port: String,
+    #[serde(default = "defaults::baud")]
+    pub baud: u32,
+    #[serde(default)]
+    pub parity: Parity,
+    /// 1 or 2 (the Modbus rule: 2 without parity, 1 with).
+    pub stop_bits: Option<u8>,
+    /// Slaves per line, 1..=247: a cohort larger than that gets several lines (pty only).
+    #[serde(default = "defaults::modbus_per_bus")]
+    pub per_bus: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct RtuBus {
+    pub cohort: String,
+    /// None: a PTY pair per bus.
+    pub port: Option<String>,
+    pub baud: u32,
+    pub parity: Parity,
+    pub stop_bits: u8,
+    pub per_bus: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModbusServe {
+    pub listen: std::net::IpAddr,
+    pub port: u16,
+    pub units_per_port: u16,
+    pub max_connections: u32,
+    pub rtu: Vec<RtuBus>,
 }
 
 /// The scenario's own settings, validated; cohorts are resolved with their files in `load`.
@@ -243,6 +366,7 @@ pub struct ScenarioSettings {
     pub events: Vec<FleetEvent>,
     pub slos: Vec<SloSpec>,
     pub sim_broker_service_us: Dist,
+    pub modbus: ModbusServe,
 }
 
 /// `mqtt://host:port` (port defaults to 1883).
@@ -348,12 +472,40 @@ impl ScenarioFile {
         for (i, e) in self.events.iter().enumerate() {
             let key = format!("events[{i}]");
             let at = duration(&mut c, &format!("{key}.at"), &e.at);
+            let fraction = e.fraction.unwrap_or(1.0);
             c.check(
-                e.fraction > 0.0 && e.fraction <= 1.0,
+                fraction > 0.0 && fraction <= 1.0,
                 &format!("{key}.fraction"),
-                e.fraction,
+                fraction,
                 "must be in (0, 1]",
             );
+            if e.kind != EventKind::ModbusFault {
+                for field in [
+                    ("fault", e.fault.is_some()),
+                    ("exception_code", e.exception_code.is_some()),
+                    ("delay", e.delay.is_some()),
+                ] {
+                    if field.1 {
+                        c.fail_key(
+                            &format!("{key}.{}", field.0),
+                            "applies to kind = \"modbus_fault\" only",
+                        );
+                    }
+                }
+            }
+            let devices = e.devices.as_ref().map(|d| {
+                if d.is_empty() {
+                    c.fail(
+                        &format!("{key}.devices"),
+                        "[]",
+                        "must name at least one device",
+                    );
+                }
+                let mut d = d.clone();
+                d.sort_unstable();
+                d.dedup();
+                d
+            });
             if let Some(name) = &e.cohort
                 && !self.cohorts.iter().any(|co| &co.name == name)
             {
@@ -386,6 +538,68 @@ impl ScenarioFile {
                         }
                     }
                 }
+                EventKind::ModbusFault => {
+                    if e.spread.is_some() {
+                        c.fail_key(
+                            &format!("{key}.spread"),
+                            "applies to reboot_wave, not modbus_fault",
+                        );
+                    }
+                    let duration = match &e.duration {
+                        Some(d) => positive_duration(&mut c, &format!("{key}.duration"), d),
+                        None => {
+                            c.fail_key(
+                                &format!("{key}.duration"),
+                                "is required for kind = \"modbus_fault\"",
+                            );
+                            SimDuration::ZERO
+                        }
+                    };
+                    let fault = match e.fault.as_deref() {
+                        Some("exception") => {
+                            let code = e.exception_code.unwrap_or(6);
+                            check_exception_code(&mut c, &format!("{key}.exception_code"), code);
+                            ForcedFault::Exception(code)
+                        }
+                        Some("delay") => match &e.delay {
+                            Some(d) => ForcedFault::Delay(positive_duration(
+                                &mut c,
+                                &format!("{key}.delay"),
+                                d,
+                            )),
+                            None => {
+                                c.fail_key(
+                                    &format!("{key}.delay"),
+                                    "is required for fault = \"delay\" (like \"500ms\")",
+                                );
+                                ForcedFault::Silence
+                            }
+                        },
+                        Some("silence") => ForcedFault::Silence,
+                        Some("drop_connection") => ForcedFault::DropConnection,
+                        Some("bad_crc") => ForcedFault::BadCrc,
+                        Some("truncated") => ForcedFault::Truncated,
+                        Some("swapped_words") => ForcedFault::SwappedWords,
+                        other => {
+                            c.fail(
+                                &format!("{key}.fault"),
+                                format!("{:?}", other.unwrap_or("")),
+                                format!("must be one of {}", FORCED_FAULT_NAMES.join(", ")),
+                            );
+                            ForcedFault::Silence
+                        }
+                    };
+                    if e.exception_code.is_some() && !matches!(fault, ForcedFault::Exception(_)) {
+                        c.fail_key(
+                            &format!("{key}.exception_code"),
+                            "applies to fault = \"exception\" only",
+                        );
+                    }
+                    if e.delay.is_some() && !matches!(fault, ForcedFault::Delay(_)) {
+                        c.fail_key(&format!("{key}.delay"), "applies to fault = \"delay\" only");
+                    }
+                    FleetEventKind::ModbusFault { fault, duration }
+                }
                 EventKind::RebootWave => {
                     if e.duration.is_some() {
                         c.fail_key(
@@ -411,8 +625,9 @@ impl ScenarioFile {
             }
             events.push(FleetEvent {
                 at,
-                fraction: e.fraction,
+                fraction,
                 cohort: e.cohort.clone(),
+                devices,
                 kind,
             });
         }
@@ -442,6 +657,7 @@ impl ScenarioFile {
         }
         let sim_broker_service_us =
             Dist::validate(&self.sim_broker.service_us, "sim_broker.service_us", &mut c);
+        let modbus = self.validate_modbus(&mut c);
         c.errors.into_result(ScenarioSettings {
             name: self.name.clone(),
             description: self.description.clone(),
@@ -461,6 +677,100 @@ impl ScenarioFile {
             events,
             slos,
             sim_broker_service_us,
+            modbus,
         })
+    }
+
+    fn validate_modbus(&self, c: &mut Checker) -> ModbusServe {
+        let m = &self.modbus;
+        let listen = match m.listen.parse() {
+            Ok(ip) => ip,
+            Err(_) => {
+                c.fail(
+                    "modbus.listen",
+                    format!("{:?}", m.listen),
+                    "must be an IP address like 127.0.0.1 or 0.0.0.0",
+                );
+                std::net::IpAddr::from([127, 0, 0, 1])
+            }
+        };
+        c.check(
+            (1..=247).contains(&m.units_per_port),
+            "modbus.units_per_port",
+            m.units_per_port,
+            "must be 1..=247 (Modbus unit ids)",
+        );
+        c.check(
+            m.max_connections >= 1,
+            "modbus.max_connections",
+            m.max_connections,
+            "must be at least 1",
+        );
+        let mut rtu = Vec::new();
+        for (i, b) in m.rtu.iter().enumerate() {
+            let key = format!("modbus.rtu[{i}]");
+            if !self.cohorts.iter().any(|co| co.name == b.cohort) {
+                c.fail(
+                    &format!("{key}.cohort"),
+                    format!("{:?}", b.cohort),
+                    "must name a cohort of this scenario",
+                );
+            }
+            if m.rtu[..i].iter().any(|o| o.cohort == b.cohort) {
+                c.fail(
+                    &format!("{key}.cohort"),
+                    format!("{:?}", b.cohort),
+                    "is already on an earlier [[modbus.rtu]] line",
+                );
+            }
+            c.check(
+                (1..=247).contains(&b.per_bus),
+                &format!("{key}.per_bus"),
+                b.per_bus,
+                "must be 1..=247 (unit ids on one line)",
+            );
+            c.check(
+                (50..=4_000_000).contains(&b.baud),
+                &format!("{key}.baud"),
+                b.baud,
+                "must be a baud rate like 9600 or 19200",
+            );
+            let stop_bits = b
+                .stop_bits
+                .unwrap_or(if b.parity == Parity::None { 2 } else { 1 });
+            c.check(
+                matches!(stop_bits, 1 | 2),
+                &format!("{key}.stop_bits"),
+                stop_bits,
+                "must be 1 or 2",
+            );
+            let port = if b.port == "pty" {
+                None
+            } else if b.port.starts_with('/') {
+                Some(b.port.clone())
+            } else {
+                c.fail(
+                    &format!("{key}.port"),
+                    format!("{:?}", b.port),
+                    "must be \"pty\" (a virtual port pair) or a device path like /dev/ttyUSB0",
+                );
+                None
+            };
+            rtu.push(RtuBus {
+                cohort: b.cohort.clone(),
+                port,
+                baud: b.baud,
+                parity: b.parity,
+                stop_bits,
+                per_bus: b.per_bus,
+            });
+        }
+        ModbusServe {
+            listen,
+            port: m.port,
+            units_per_port: m.units_per_port,
+            max_connections: m.max_connections,
+            rtu,
+        }
     }
 }

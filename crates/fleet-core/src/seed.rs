@@ -46,6 +46,12 @@ impl RunSeed {
         }
     }
 
+    /// A further stream of one device, for a model only some devices have (`stream` names it).
+    pub fn device_stream(self, id: DeviceId, stream: u64) -> Pcg32 {
+        let base = mix64(self.0 ^ mix64(u64::from(id.0).wrapping_add(1)));
+        Pcg32::new(mix64(base ^ stream), stream)
+    }
+
     /// A uniform number in [0, 1) that depends only on (seed, salt, device): used to pick which
     /// devices a fleet event touches, so the choice is the same whatever shard holds the device.
     pub fn unit_draw(self, salt: u64, id: DeviceId) -> f64 {

@@ -17,6 +17,13 @@ pub const METRIC_NAMES: &[&str] = &[
     "connections.failed",
     "generator.max_lag_ms",
     "devices.connected_ratio",
+    "modbus.requests",
+    "modbus.exceptions",
+    "modbus.silent",
+    "modbus.malformed_frames",
+    "modbus.service_us.p50",
+    "modbus.service_us.p99",
+    "modbus.service_us.max",
 ];
 
 pub fn metric_is_known(name: &str) -> bool {
