@@ -8,10 +8,12 @@
 
 mod counters;
 mod histogram;
+pub mod modbus;
 mod report;
 mod snapshot;
 
 pub use counters::Counters;
 pub use histogram::{LATENCY_MAX_US, LatencyHistogram, Percentiles};
+pub use modbus::ModbusCounters;
 pub use report::{ProcessStats, RunInfo, RunReport, SloResult, evaluate_slos};
 pub use snapshot::{Collector, FleetSnapshot, STATE_COUNT, ShardLoad, ShardMetrics, ShardReport};

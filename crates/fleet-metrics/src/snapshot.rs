@@ -3,6 +3,7 @@ use serde::Serialize;
 
 use crate::counters::Counters;
 use crate::histogram::{LatencyHistogram, Percentiles};
+use crate::modbus::ModbusCounters;
 
 /// Number of device states (`DeviceState::ALL`).
 pub const STATE_COUNT: usize = DeviceState::ALL.len();
@@ -17,6 +18,10 @@ pub struct ShardMetrics {
     pub connect_us: LatencyHistogram,
     /// How late the shard ran its deadlines. This interval only.
     pub lag_us: LatencyHistogram,
+    /// Modbus slaves: counters, and the service time from a request's arrival to its answer
+    /// (injected delay included). This interval only.
+    pub modbus: ModbusCounters,
+    pub modbus_service_us: LatencyHistogram,
     pub max_lag_us: u64,
     /// Devices that have had a session at least once, and when the last of them got its first.
     pub first_connects: u64,
@@ -56,6 +61,7 @@ impl ShardMetrics {
         self.publish_ack_us.reset();
         self.connect_us.reset();
         self.lag_us.reset();
+        self.modbus_service_us.reset();
         report
     }
 
@@ -65,6 +71,7 @@ impl ShardMetrics {
         self.publish_ack_us.add(&r.metrics.publish_ack_us);
         self.connect_us.add(&r.metrics.connect_us);
         self.lag_us.add(&r.metrics.lag_us);
+        self.modbus_service_us.add(&r.metrics.modbus_service_us);
     }
 }
 
@@ -94,6 +101,10 @@ pub struct FleetSnapshot {
     pub publish_ack_interval: Percentiles,
     pub publish_ack: Percentiles,
     pub connect: Percentiles,
+    pub modbus: ModbusCounters,
+    /// Modbus service time over the whole run, and requests answered per second (last interval).
+    pub modbus_service: Percentiles,
+    pub modbus_requests_per_s: f64,
     pub lag_interval_p99_us: u64,
     pub lag_p99_us: u64,
     pub max_lag_us: u64,
@@ -119,6 +130,7 @@ impl FleetSnapshot {
 struct ShardState {
     sim_time_us: u64,
     counters: Counters,
+    modbus: ModbusCounters,
     states: [u64; STATE_COUNT],
     in_flight: u64,
     buffered: u64,
@@ -138,7 +150,9 @@ pub struct Collector {
     connect: LatencyHistogram,
     lag: LatencyHistogram,
     lag_interval: LatencyHistogram,
+    modbus_service: LatencyHistogram,
     prev: Counters,
+    prev_modbus_requests: u64,
     prev_elapsed_s: f64,
     peak_online: u64,
     /// Device states each shard reported when the scenario's duration ended.
@@ -155,7 +169,9 @@ impl Collector {
             connect: LatencyHistogram::new(),
             lag: LatencyHistogram::new(),
             lag_interval: LatencyHistogram::new(),
+            modbus_service: LatencyHistogram::new(),
             prev: Counters::default(),
+            prev_modbus_requests: 0,
             prev_elapsed_s: 0.0,
             peak_online: 0,
             end_states: vec![None; shards],
@@ -169,10 +185,12 @@ impl Collector {
         self.connect.add(&m.connect_us);
         self.lag.add(&m.lag_us);
         self.lag_interval.add(&m.lag_us);
+        self.modbus_service.add(&m.modbus_service_us);
         if let Some(slot) = self.shards.get_mut(usize::from(r.shard)) {
             *slot = Some(ShardState {
                 sim_time_us: r.sim_time_us,
                 counters: m.counters,
+                modbus: m.modbus,
                 states: m.states,
                 in_flight: m.in_flight,
                 buffered: m.buffered,
@@ -236,6 +254,7 @@ impl Collector {
                 continue;
             };
             snap.totals.add(&s.counters);
+            snap.modbus.add(&s.modbus);
             for (a, b) in snap.states.iter_mut().zip(s.states) {
                 *a += b;
             }
@@ -269,7 +288,12 @@ impl Collector {
                 (snap.totals.acked - self.prev.acked.min(snap.totals.acked)) as f64 / dt;
             snap.steps_per_s =
                 (snap.totals.steps - self.prev.steps.min(snap.totals.steps)) as f64 / dt;
+            snap.modbus_requests_per_s =
+                (snap.modbus.requests - self.prev_modbus_requests.min(snap.modbus.requests)) as f64
+                    / dt;
         }
+        self.prev_modbus_requests = snap.modbus.requests;
+        snap.modbus_service = self.modbus_service.percentiles();
         snap.publish_ack_interval = self.publish_ack_interval.percentiles();
         snap.publish_ack = self.publish_ack.percentiles();
         snap.connect = self.connect.percentiles();

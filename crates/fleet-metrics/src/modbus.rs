@@ -1,0 +1,130 @@
+//! Modbus slave counters: requests by function code, exceptions by code, injected faults and
+//! frames that made no request. Cumulative per shard, summed across shards like `Counters`.
+
+use serde::Serialize;
+
+/// Function codes counted one by one; anything else is counted as `other`.
+pub const FUNCTIONS: [(u8, &str); 9] = [
+    (0x01, "read_coils"),
+    (0x02, "read_discrete_inputs"),
+    (0x03, "read_holding_registers"),
+    (0x04, "read_input_registers"),
+    (0x05, "write_single_coil"),
+    (0x06, "write_single_register"),
+    (0x0F, "write_multiple_coils"),
+    (0x10, "write_multiple_registers"),
+    (0x17, "read_write_multiple_registers"),
+];
+
+/// Exception codes counted (index = code; 0 unused).
+pub const EXCEPTION_SLOTS: usize = 12;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ModbusCounters {
+    /// Requests that reached a device (one of ours, unicast or broadcast).
+    pub requests: u64,
+    /// By function code, in `FUNCTIONS` order; the last slot is every other code.
+    pub by_function: [u64; FUNCTIONS.len() + 1],
+    /// Normal responses sent.
+    pub responses: u64,
+    /// Exception responses sent, by code (index = code; the last slot is any higher code).
+    pub exceptions: [u64; EXCEPTION_SLOTS],
+    /// Exceptions that were injected faults (also counted in `exceptions`).
+    pub injected_exceptions: u64,
+    /// Requests left unanswered: injected silence, device not serving (booting, outage, dead).
+    pub silent: u64,
+    /// Of those, because the device was not serving.
+    pub not_serving: u64,
+    /// Injected: connections closed instead of answered (TCP).
+    pub dropped_connections: u64,
+    /// Injected: answers sent with a wrong CRC, cut short (RTU), or in the wrong word order.
+    pub bad_crc: u64,
+    pub truncated: u64,
+    pub swapped_words: u64,
+    /// Answers held back by an injected delay.
+    pub delayed: u64,
+    /// Broadcast requests (unit 0, RTU): carried out, never answered.
+    pub broadcasts: u64,
+    /// Writes that changed a device.
+    pub writes: u64,
+    /// TCP requests for a unit id no device has (answered with exception 0x0B).
+    pub unknown_unit: u64,
+    /// Frames that made no request: bad MBAP header, RTU CRC error, garbage on the line.
+    pub malformed_frames: u64,
+    /// Connections accepted (TCP) or lines opened (RTU).
+    pub connections: u64,
+}
+
+impl ModbusCounters {
+    /// Counts a request with function code `function`.
+    pub fn count_request(&mut self, function: u8) {
+        self.requests += 1;
+        let slot = FUNCTIONS
+            .iter()
+            .position(|(f, _)| *f == function)
+            .unwrap_or(FUNCTIONS.len());
+        self.by_function[slot] += 1;
+    }
+
+    pub fn count_exception(&mut self, code: u8) {
+        let slot = usize::from(code).min(EXCEPTION_SLOTS - 1);
+        self.exceptions[slot] += 1;
+    }
+
+    pub fn exceptions_total(&self) -> u64 {
+        self.exceptions.iter().sum()
+    }
+
+    pub fn add(&mut self, o: &ModbusCounters) {
+        macro_rules! sum {
+            ($($f:ident),*) => { $( self.$f += o.$f; )* };
+        }
+        sum!(
+            requests,
+            responses,
+            injected_exceptions,
+            silent,
+            not_serving,
+            dropped_connections,
+            bad_crc,
+            truncated,
+            swapped_words,
+            delayed,
+            broadcasts,
+            writes,
+            unknown_unit,
+            malformed_frames,
+            connections
+        );
+        for (a, b) in self.by_function.iter_mut().zip(o.by_function) {
+            *a += b;
+        }
+        for (a, b) in self.exceptions.iter_mut().zip(o.exceptions) {
+            *a += b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_function_and_summed() {
+        let mut a = ModbusCounters::default();
+        a.count_request(0x03);
+        a.count_request(0x03);
+        a.count_request(0x2B);
+        a.count_exception(0x02);
+        a.count_exception(0x40);
+        let mut t = ModbusCounters::default();
+        t.add(&a);
+        t.add(&a);
+        assert_eq!(t.requests, 6);
+        assert_eq!(t.by_function[2], 4);
+        assert_eq!(t.by_function[FUNCTIONS.len()], 2);
+        assert_eq!(t.exceptions[2], 2);
+        assert_eq!(t.exceptions[EXCEPTION_SLOTS - 1], 2);
+        assert_eq!(t.exceptions_total(), 4);
+    }
+}
