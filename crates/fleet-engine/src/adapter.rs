@@ -79,3 +79,47 @@ pub trait Adapter {
     /// Bytes accepted but not yet written to sockets (shutdown waits for zero, briefly).
     fn pending_bytes(&self) -> u64;
 }
+
+/// An adapter with no sessions, for fleets whose devices speak no session protocol (Modbus
+/// slaves only, serial lines): every attempt to connect fails at once.
+#[derive(Debug, Default)]
+pub struct IdleAdapter {
+    failed: Vec<u32>,
+}
+
+impl Adapter for IdleAdapter {
+    type Event = ();
+    fn start(&mut self, _: mpsc::Sender<()>) {}
+    fn connect(&mut self, dev: u32, _: &Device, _: &DeviceCtx, _: SimTime) {
+        self.failed.push(dev);
+    }
+    fn publish(&mut self, _: u32, _: &Device, _: &DeviceCtx, _: &Publish, _: &[u8]) -> SendOutcome {
+        SendOutcome::Failed
+    }
+    fn close(&mut self, _: u32, _: bool) -> u32 {
+        0
+    }
+    fn on_event(&mut self, _: (), _: SimTime, _: &mut Vec<(u32, NetInput)>) {}
+    fn tick(&mut self, _: SimTime, out: &mut Vec<(u32, NetInput)>) {
+        out.extend(self.failed.drain(..).map(|dev| {
+            (
+                dev,
+                NetInput::ConnectFailed {
+                    reason: "no session protocol",
+                },
+            )
+        }));
+    }
+    fn flush(&mut self) -> bool {
+        false
+    }
+    fn sessions_open(&self) -> u64 {
+        0
+    }
+    fn in_flight(&self) -> u64 {
+        0
+    }
+    fn pending_bytes(&self) -> u64 {
+        0
+    }
+}

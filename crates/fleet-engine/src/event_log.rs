@@ -67,6 +67,11 @@ impl EventLog {
             Event::BatteryDepleted => write!(l, "battery_depleted"),
             Event::Reboot => write!(l, "reboot"),
             Event::Stopped => write!(l, "stopped"),
+            Event::Sampled { seq } => write!(l, "sample seq={seq}"),
+            Event::RegisterWritten { point } => write!(l, "modbus_write point={point}"),
+            Event::ModbusFault { until } => {
+                write!(l, "modbus_fault until_us={}", until.as_micros())
+            }
         };
         self.finish()
     }

@@ -9,14 +9,16 @@ pub mod adapter;
 pub mod event_log;
 pub mod plan;
 pub mod process;
+pub mod query;
 pub mod run;
 pub mod scheduler;
 pub mod shard;
 mod virtual_clock;
 mod wall_clock;
 
-pub use adapter::{Adapter, NetInput, SendOutcome};
+pub use adapter::{Adapter, IdleAdapter, NetInput, SendOutcome};
 pub use plan::RunPlan;
+pub use query::{Query, QueryCx, QueryError, QueryInboxes, QueryRouter};
 pub use run::{EngineError, RunOptions, RunOutcome, SATURATION_LAG_US, run_virtual, run_wall};
 pub use virtual_clock::NoAdapter;
 pub use wall_clock::{ADAPTER_TICK, INBOX_CAPACITY, MAX_EVENTS_PER_TURN, MAX_STEPS_PER_TURN};

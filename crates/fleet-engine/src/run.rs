@@ -12,6 +12,7 @@ use fleet_metrics::{Collector, FleetSnapshot, ShardMetrics, ShardReport};
 use crate::adapter::Adapter;
 use crate::event_log;
 use crate::plan::RunPlan;
+use crate::query::QueryInboxes;
 use crate::shard::Shard;
 
 /// How often shards report and the collector publishes a snapshot.
@@ -80,6 +81,8 @@ impl ShardControl {
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     pub event_log: Option<PathBuf>,
+    /// Inboxes for servers' queries (wall clock; see `QueryRouter`).
+    pub queries: Option<Arc<QueryInboxes>>,
 }
 
 /// How a run went.
@@ -117,9 +120,11 @@ where
     A: Adapter,
     F: Fn(u16) -> A + Send + Sync,
 {
-    run_shards(plan, opts, stop, observe, |shard, ctl| {
+    let queries = opts.queries.clone();
+    run_shards(plan, opts, stop, observe, move |shard, ctl| {
         let adapter = make_adapter(shard.id);
-        crate::wall_clock::run_wall(shard, adapter, ctl)
+        let inbox = queries.as_ref().and_then(|q| q.take(shard.id));
+        crate::wall_clock::run_wall(shard, adapter, ctl, inbox)
     })
 }
 

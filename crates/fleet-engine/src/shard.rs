@@ -20,6 +20,7 @@ use fleet_metrics::{Counters, ShardMetrics, ShardReport};
 use crate::adapter::{Adapter, NetInput, SendOutcome};
 use crate::event_log::EventLog;
 use crate::plan::RunPlan;
+use crate::query::{Query, QueryCx};
 use crate::scheduler::{Due, Entry, Scheduler};
 
 /// Salt for picking the devices a fleet event touches (mixed with the event's index).
@@ -244,12 +245,17 @@ impl Shard {
         for dev in 0..self.devices.len() as u32 {
             let d = &self.devices[dev as usize];
             if cohort.is_some_and(|c| c != d.cohort)
+                || !event.names_device(d.id.0)
                 || plan.seed.unit_draw(salt, d.id) >= event.fraction
             {
                 continue;
             }
             let input = match event.kind {
                 FleetEventKind::Outage { duration } => Input::Outage {
+                    until: now + duration,
+                },
+                FleetEventKind::ModbusFault { fault, duration } => Input::ModbusFault {
+                    fault,
                     until: now + duration,
                 },
                 FleetEventKind::RebootWave { spread } => {
@@ -355,6 +361,31 @@ impl Shard {
 
     /// Steps device `dev` with `input` and carries out what it asks for.
     pub fn step<A: Adapter>(&mut self, dev: u32, now: SimTime, input: Input, net: &mut Net<A>) {
+        self.step_with(dev, now, net, |cx| {
+            cx.device.handle(cx.now, input, cx.ctx, cx.fx);
+        });
+    }
+
+    /// Runs a server's query on its device, then carries out what the device asked for.
+    pub fn run_query<A: Adapter>(&mut self, q: Query, now: SimTime, net: &mut Net<A>) {
+        match q {
+            Query::Device { local, run } => {
+                if (local as usize) < self.devices.len() {
+                    self.step_with(local, now, net, run);
+                }
+            }
+            Query::Metrics(run) => run(&mut self.metrics),
+        }
+    }
+
+    /// Gives device `dev` to `f` (a step or a query) and carries out its effects.
+    fn step_with<A: Adapter>(
+        &mut self,
+        dev: u32,
+        now: SimTime,
+        net: &mut Net<A>,
+        f: impl FnOnce(QueryCx<'_, '_>),
+    ) {
         let i = dev as usize;
         let mut fx = std::mem::take(&mut self.fx);
         fx.clear();
@@ -362,7 +393,13 @@ impl Shard {
         {
             let d = &mut self.devices[i];
             let c = ctx(&self.plan, d);
-            d.handle(now, input, &c, &mut fx);
+            f(QueryCx {
+                device: d,
+                ctx: &c,
+                now,
+                fx: &mut fx,
+                metrics: &mut self.metrics,
+            });
         }
         self.metrics.counters.steps += 1;
         let id = self.devices[i].id;

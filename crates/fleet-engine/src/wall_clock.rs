@@ -8,6 +8,7 @@ use fleet_core::{SimDuration, SimTime};
 use tokio::sync::mpsc;
 
 use crate::adapter::Adapter;
+use crate::query::Query;
 use crate::run::{REPORT_INTERVAL, ShardControl, ShardMsg};
 use crate::shard::{Net, Shard};
 
@@ -46,10 +47,25 @@ enum Phase {
     Draining,
 }
 
+/// The next query, or never when there is no inbox (or it has closed).
+async fn next_query(inbox: &mut Option<mpsc::Receiver<Query>>) -> Option<Query> {
+    match inbox {
+        Some(rx) => {
+            let q = rx.recv().await;
+            if q.is_none() {
+                *inbox = None;
+            }
+            q
+        }
+        None => std::future::pending().await,
+    }
+}
+
 pub(crate) fn run_wall<A: Adapter>(
     mut shard: Shard,
     mut adapter: A,
     ctl: &ShardControl,
+    mut queries: Option<mpsc::Receiver<Query>>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -80,6 +96,13 @@ pub(crate) fn run_wall<A: Adapter>(
                 let Ok(ev) = rx.try_recv() else { break };
                 deliver(&mut shard, &mut net, ev, now);
                 events += 1;
+            }
+            if let Some(qrx) = &mut queries {
+                while events < MAX_EVENTS_PER_TURN {
+                    let Ok(q) = qrx.try_recv() else { break };
+                    shard.run_query(q, now, &mut net);
+                    events += 1;
+                }
             }
             if now >= next_adapter_tick {
                 while next_adapter_tick <= now {
@@ -130,6 +153,11 @@ pub(crate) fn run_wall<A: Adapter>(
                 ev = rx.recv() => {
                     if let Some(ev) = ev {
                         deliver(&mut shard, &mut Net::Real(&mut adapter), ev, now_since(start));
+                    }
+                }
+                q = next_query(&mut queries) => {
+                    if let Some(q) = q {
+                        shard.run_query(q, now_since(start), &mut Net::Real(&mut adapter));
                     }
                 }
                 _ = tokio::time::sleep(sleep_for) => {}

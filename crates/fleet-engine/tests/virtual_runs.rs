@@ -110,6 +110,7 @@ fn run(devices: u32, shards: u16, log: Option<&Path>) -> fleet_engine::RunOutcom
     ));
     let opts = RunOptions {
         event_log: log.map(Path::to_path_buf),
+        ..RunOptions::default()
     };
     run_virtual(plan, &opts, Arc::new(AtomicBool::new(false)), |_| {}).expect("run completes")
 }
