@@ -37,7 +37,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a scenario (the built-in demo when none is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check scenario, profile and firmware files and explain every problem.
     #[command(
         long_about = "Check scenario, device profile and firmware model files and explain every problem.\n\n\
@@ -130,6 +130,27 @@ pub struct RunArgs {
     /// Example: --event-log out/events.log
     #[arg(long, value_name = "PATH")]
     pub event_log: Option<PathBuf>,
+
+    /// First TCP port of the Modbus slaves (devices whose profile has a register map); further
+    /// ports count up. 0: the system picks free ports (see the map file for where they are).
+    ///
+    /// Example: --modbus-port 1502
+    #[arg(long, value_name = "PORT")]
+    pub modbus_port: Option<u16>,
+
+    /// Address the Modbus slaves listen on (default 127.0.0.1; 0.0.0.0 for a poller on
+    /// another machine).
+    ///
+    /// Example: --modbus-listen 0.0.0.0
+    #[arg(long, value_name = "IP")]
+    pub modbus_listen: Option<std::net::IpAddr>,
+
+    /// Folder for what the run makes for others to find: the Modbus map file
+    /// (modbus-map.csv: device, port, unit id), links to virtual serial ports.
+    ///
+    /// Example: --run-dir /tmp/plant
+    #[arg(long, value_name = "DIR", default_value = "fleetsim-run")]
+    pub run_dir: PathBuf,
 
     /// MQTT protocol version (overrides the scenario).
     #[arg(long, value_enum, value_name = "VERSION")]

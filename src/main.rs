@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Run(args) => match run_cmd::run(args) {
+        Command::Run(args) => match run_cmd::run(*args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(Failure::Config(errors)) => {

@@ -22,7 +22,12 @@ fn memory_available() -> Option<u64> {
 }
 
 /// Refuses a run whose estimated memory exceeds what the machine has available.
-pub fn check_memory(devices: u32, wall: bool, embedded: bool) -> Result<(), String> {
+pub fn check_memory(
+    devices: u32,
+    mqtt_devices: u32,
+    wall: bool,
+    embedded: bool,
+) -> Result<(), String> {
     let per_device = if !wall {
         VIRTUAL_BYTES_PER_DEVICE
     } else if embedded {
@@ -30,7 +35,9 @@ pub fn check_memory(devices: u32, wall: bool, embedded: bool) -> Result<(), Stri
     } else {
         WALL_BYTES_PER_SESSION
     };
-    let need = u64::from(devices) * per_device;
+    // Devices without MQTT cost a device's state only.
+    let sessions = u64::from(mqtt_devices.min(devices));
+    let need = sessions * per_device + (u64::from(devices) - sessions) * VIRTUAL_BYTES_PER_DEVICE;
     let Some(available) = memory_available() else {
         return Ok(());
     };
@@ -120,14 +127,21 @@ pub fn source_addrs(devices: u32, targets: &[SocketAddr], given: &[IpAddr]) -> V
 
 /// Open files and source ports for a wall-clock run. `embedded`: the broker's sockets are in
 /// this process too (two per device).
-pub fn check(devices: u32, embedded: bool, targets: usize, sources: usize) -> Result<(), String> {
+/// `extra`: descriptors of other servers (Modbus listeners, lines and their connections).
+pub fn check(
+    devices: u32,
+    embedded: bool,
+    targets: usize,
+    sources: usize,
+    extra: u64,
+) -> Result<(), String> {
     let limit = process::raise_open_files_limit();
     let per_device: u64 = if embedded { 2 } else { 1 };
-    let need = u64::from(devices) * per_device + RESERVED_FDS;
+    let need = u64::from(devices) * per_device + RESERVED_FDS + extra;
     if need > limit {
-        let max_devices = limit.saturating_sub(RESERVED_FDS) / per_device;
+        let max_devices = limit.saturating_sub(RESERVED_FDS + extra) / per_device;
         let mut msg = format!(
-            "this run needs about {need} open files ({devices} devices x {per_device} socket{}{} + {RESERVED_FDS} reserved), \
+            "this run needs about {need} open files ({devices} devices x {per_device} socket{}{} + {RESERVED_FDS} reserved{}), \
              but this process may open only {limit} (RLIMIT_NOFILE, hard limit).\n  \
              fix: --devices {max_devices} or fewer",
             if per_device == 2 { "s" } else { "" },
@@ -135,6 +149,11 @@ pub fn check(devices: u32, embedded: bool, targets: usize, sources: usize) -> Re
                 ": the embedded broker's end of each connection lives in this process too"
             } else {
                 ""
+            },
+            if extra > 0 {
+                format!(" + {extra} for Modbus listeners, lines and connections")
+            } else {
+                String::new()
             },
         );
         if embedded {
@@ -170,17 +189,17 @@ mod tests {
     fn a_fleet_beyond_the_open_files_limit_is_refused_with_advice() {
         let limit = process::raise_open_files_limit();
         let too_many = (limit / 2 + 1) as u32;
-        let e = check(too_many, true, 1, 1).unwrap_err();
+        let e = check(too_many, true, 1, 1, 0).unwrap_err();
         assert!(e.contains("--devices"), "{e}");
         assert!(e.contains("--broker"), "{e}");
-        assert!(check(100, true, 1, 1).is_ok());
+        assert!(check(100, true, 1, 1, 0).is_ok());
     }
 
     #[test]
     fn a_fleet_larger_than_memory_is_refused_with_advice() {
-        let e = check_memory(fleet_core::load::MAX_DEVICES, false, false).unwrap_err();
+        let e = check_memory(fleet_core::load::MAX_DEVICES, 0, false, false).unwrap_err();
         assert!(e.contains("MiB") && e.contains("--devices"), "{e}");
-        assert!(check_memory(1_000, true, true).is_ok());
+        assert!(check_memory(1_000, 1_000, true, true).is_ok());
     }
 
     #[test]
@@ -198,7 +217,7 @@ mod tests {
 
     #[test]
     fn too_many_sessions_per_source_address_are_refused() {
-        let e = check(60_000, false, 1, 1);
+        let e = check(60_000, false, 1, 1, 0);
         // Either limit may speak first; both name a fix.
         assert!(e.unwrap_err().contains("fix:"));
     }

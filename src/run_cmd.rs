@@ -79,6 +79,12 @@ fn apply_overrides(fleet: &mut Fleet, args: &RunArgs) -> Result<(), Failure> {
     if let Some(n) = args.max_connecting {
         s.max_connecting = n;
     }
+    if let Some(p) = args.modbus_port {
+        s.modbus.port = p;
+    }
+    if let Some(ip) = args.modbus_listen {
+        s.modbus.listen = ip;
+    }
     if let Some(n) = args.devices {
         if n == 0 {
             return Err(Failure::Usage("--devices must be at least 1".into()));
@@ -142,12 +148,28 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
         })
         .min(devices.max(1).min(u32::from(u16::MAX)) as u16);
     let settings = fleet.settings.clone();
+    // Devices with an MQTT session (the others only sample, for Modbus).
+    let mqtt_devices: u32 = fleet
+        .cohorts
+        .iter()
+        .filter(|c| c.mqtt)
+        .map(|c| c.count)
+        .sum();
     preflight::check_memory(
         devices,
+        mqtt_devices,
         settings.clock == Clock::Wall,
         settings.broker_urls.is_empty(),
     )
     .map_err(Failure::Usage)?;
+    let modbus_plan = fleet_modbus::ModbusPlan::new(&fleet, &settings.modbus)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    if settings.clock == Clock::Virtual && !modbus_plan.is_empty() {
+        tracing::warn!(
+            "{} Modbus devices are not served on the virtual clock (a master polls in real time); they sample as usual",
+            modbus_plan.devices()
+        );
+    }
     let scenario_path = fleet.scenario_path.clone();
     let run_id = run_id();
     let span = tracing::info_span!("run", run_id = %run_id);
@@ -159,8 +181,9 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     crate::signals::install(stop.clone());
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         event_log: args.event_log.clone(),
+        queries: None,
     };
     let mut progress = Progress::new(
         &settings,
@@ -181,7 +204,7 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
             (out, "simulated (virtual clock)".to_string())
         }
         Clock::Wall => {
-            let embedded = settings.broker_urls.is_empty();
+            let embedded = settings.broker_urls.is_empty() && mqtt_devices > 0;
             let listeners = if embedded {
                 if settings.embedded_listeners > 0 {
                     settings.embedded_listeners
@@ -203,11 +226,26 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
             } else {
                 resolved.clone()
             };
-            let source_addrs = preflight::source_addrs(devices, &planned, &settings.source_addrs);
+            let source_addrs =
+                preflight::source_addrs(mqtt_devices, &planned, &settings.source_addrs);
             // Before anything starts: does the fleet fit this process?
-            preflight::check(devices, embedded, planned.len(), source_addrs.len())
-                .map_err(Failure::Usage)?;
-            let (targets, desc) = if embedded {
+            let modbus_fds = if modbus_plan.is_empty() {
+                0
+            } else {
+                modbus_plan.open_files()
+                    + modbus_plan.tcp.len() as u64 * u64::from(settings.modbus.max_connections)
+            };
+            preflight::check(
+                mqtt_devices,
+                embedded,
+                planned.len(),
+                source_addrs.len(),
+                modbus_fds,
+            )
+            .map_err(Failure::Usage)?;
+            let (targets, desc) = if mqtt_devices == 0 {
+                (Vec::new(), "none (no device speaks MQTT)".to_string())
+            } else if embedded {
                 let b = fleet_mqtt::broker::start(devices, listeners, version)
                     .map_err(|e| Failure::Runtime(e.into()))?;
                 let listening: Vec<String> = b.listeners.iter().map(|a| a.to_string()).collect();
@@ -221,7 +259,18 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            let plan = Arc::new(RunPlan::new(Arc::new(fleet), shards, epoch_ms));
+            let fleet = Arc::new(fleet);
+            let plan = Arc::new(RunPlan::new(fleet.clone(), shards, epoch_ms));
+            let _modbus = if modbus_plan.is_empty() {
+                None
+            } else {
+                let (router, inboxes) = fleet_engine::QueryRouter::new(&plan);
+                opts.queries = Some(inboxes);
+                let servers = fleet_modbus::start(&modbus_plan, &fleet, router, &args.run_dir)
+                    .map_err(|e| Failure::Usage(e.to_string()))?;
+                announce_modbus(&modbus_plan, &servers);
+                Some(servers)
+            };
             let cfg = Arc::new(MqttConfig {
                 version,
                 targets,
@@ -289,6 +338,36 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
     }
     print!("{}", summary::render(&report, args.report.as_deref()));
     Ok(report.ok)
+}
+
+/// Says where the Modbus slaves are (also written to the map file).
+fn announce_modbus(plan: &fleet_modbus::ModbusPlan, servers: &fleet_modbus::ModbusServers) {
+    let tcp_devices: usize = plan.tcp.iter().map(|p| p.units.len()).sum();
+    if let (Some(first), Some(last)) = (servers.tcp.first(), servers.tcp.last()) {
+        let ports = if first.port() == last.port() {
+            first.to_string()
+        } else {
+            format!("{first} .. port {}", last.port())
+        };
+        tracing::info!(
+            "modbus: {tcp_devices} devices as TCP slaves on {} port(s) ({ports}), unit ids from 1",
+            servers.tcp.len()
+        );
+    }
+    for (bus, path) in plan.rtu.iter().zip(&servers.rtu) {
+        tracing::info!(
+            "modbus: RTU line {} with {} slaves (units 1..{}) at {} ({} baud)",
+            bus.name,
+            bus.units.len(),
+            bus.units.len(),
+            path.display(),
+            bus.baud
+        );
+    }
+    tracing::info!(
+        "modbus: map of every device: {}",
+        servers.map_file.display()
+    );
 }
 
 fn write_report(path: &PathBuf, report: &RunReport) -> anyhow::Result<()> {
