@@ -140,6 +140,44 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
         us(cl.max),
         n(cl.count)
     );
+    let mb = &r.modbus;
+    if mb.requests > 0 || mb.connections > 0 || mb.malformed_frames > 0 {
+        let exceptions: Vec<String> = mb
+            .exceptions_by_code
+            .iter()
+            .map(|(code, v)| format!("0x{code} {}", n(*v)))
+            .collect();
+        let _ = writeln!(
+            o,
+            "modbus       requests {}  answered {}  exceptions {}{}  silent {}  writes {}  unknown unit {}  bad frames {}",
+            n(mb.requests),
+            n(mb.responses),
+            n(mb.exceptions),
+            if exceptions.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", exceptions.join(", "))
+            },
+            n(mb.silent),
+            n(mb.writes),
+            n(mb.unknown_unit),
+            n(mb.malformed_frames)
+        );
+        let sv = &mb.service_us;
+        let _ = writeln!(
+            o,
+            "             service time  p50 {}  p99 {}  max {}  (n={}; injected: {} delayed, {} dropped, {} bad CRC, {} truncated, {} swapped)",
+            us(sv.p50),
+            us(sv.p99),
+            us(sv.max),
+            n(sv.count),
+            n(mb.delayed),
+            n(mb.dropped_connections),
+            n(mb.bad_crc),
+            n(mb.truncated),
+            n(mb.swapped_words)
+        );
+    }
     let g = &r.generator;
     let _ = writeln!(
         o,

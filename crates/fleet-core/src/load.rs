@@ -361,6 +361,7 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
         });
     }
     check_distinct_device_ids(&file, &raw, &cohorts, &mut errors);
+    check_modbus_targets(&file, &raw, &cohorts, &mut errors);
     if next_id > u64::from(MAX_DEVICES) {
         errors.push(ConfigError::new(
             &file,
@@ -388,6 +389,57 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
     };
     fleet.renumber();
     Ok(fleet)
+}
+
+/// Modbus faults and RTU lines must aim at cohorts whose profile has a register map.
+fn check_modbus_targets(
+    file: &str,
+    raw: &ScenarioFile,
+    cohorts: &[Cohort],
+    errors: &mut ConfigErrors,
+) {
+    use crate::scenario::EventKind;
+    let has_map = |name: &str| {
+        cohorts
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.profile.modbus.is_some())
+    };
+    for (i, e) in raw.events.iter().enumerate() {
+        if e.kind != EventKind::ModbusFault {
+            continue;
+        }
+        match &e.cohort {
+            Some(name) => {
+                if has_map(name) == Some(false) {
+                    errors.push(ConfigError::new(
+                        file,
+                        format!("events[{i}].cohort"),
+                        format!("{name:?}"),
+                        "has no register map ([modbus] in its profile): a Modbus fault would touch nothing",
+                    ));
+                }
+            }
+            None if !cohorts.iter().any(|c| c.profile.modbus.is_some()) => {
+                errors.push(ConfigError::without_value(
+                    file,
+                    format!("events[{i}].kind"),
+                    "modbus_fault, but no cohort's profile has a register map ([modbus])",
+                ));
+            }
+            None => {}
+        }
+    }
+    for (i, b) in raw.modbus.rtu.iter().enumerate() {
+        if has_map(&b.cohort) == Some(false) {
+            errors.push(ConfigError::new(
+                file,
+                format!("modbus.rtu[{i}].cohort"),
+                format!("{:?}", b.cohort),
+                "has no register map ([modbus] in its profile): nothing to serve on the line",
+            ));
+        }
+    }
 }
 
 /// Two cohorts whose device id templates are the same and use neither `{id}` (unique across the

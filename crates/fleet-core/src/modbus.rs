@@ -522,18 +522,24 @@ impl RegisterMap {
                         &points[usize::from(w[0].point)],
                         &points[usize::from(w[1].point)],
                     );
+                    let range = |p: &Point| {
+                        if p.words == 1 {
+                            p.address.to_string()
+                        } else {
+                            let last = u32::from(p.address) + u32::from(p.words) - 1;
+                            format!("{}..{last}", p.address)
+                        }
+                    };
                     c.fail_key(
                         "modbus.registers",
                         format!(
-                            "points {:?} ({} {}..{}) and {:?} ({} {}..{}) overlap in the {} table",
+                            "points {:?} ({} {}) and {:?} ({} {}) overlap in the {} table",
                             a.name,
                             a.table.as_str(),
-                            a.address,
-                            u32::from(a.address) + u32::from(a.words) - 1,
+                            range(a),
                             b.name,
                             b.table.as_str(),
-                            b.address,
-                            u32::from(b.address) + u32::from(b.words) - 1,
+                            range(b),
                             Table::ALL[t].as_str()
                         ),
                     );
@@ -998,7 +1004,14 @@ pub fn encode(p: &Point, order: WordOrder, v: &Value, out: &mut [u16]) {
                 out[0] = u16::from(x != 0.0);
                 return;
             }
+            // Snap away the noise of the division (5.85 / 0.1 = 58.49999...) before an
+            // integer type rounds it: the register then rounds as the decimal value would.
             let raw = (x - p.offset) / p.scale;
+            let raw = if raw.abs() < 1e15 {
+                (raw * 1e6).round() / 1e6
+            } else {
+                raw
+            };
             let mut bytes = [0u8; 8];
             let n = match kind {
                 PointType::U16 => {
@@ -1018,7 +1031,8 @@ pub fn encode(p: &Point, order: WordOrder, v: &Value, out: &mut [u16]) {
                     4
                 }
                 PointType::F32 => {
-                    bytes[..4].copy_from_slice(&(raw as f32).to_be_bytes());
+                    let exact = (x - p.offset) / p.scale;
+                    bytes[..4].copy_from_slice(&(exact as f32).to_be_bytes());
                     4
                 }
                 PointType::U64 => {
@@ -1030,7 +1044,8 @@ pub fn encode(p: &Point, order: WordOrder, v: &Value, out: &mut [u16]) {
                     8
                 }
                 PointType::F64 => {
-                    bytes.copy_from_slice(&raw.to_be_bytes());
+                    let exact = (x - p.offset) / p.scale;
+                    bytes.copy_from_slice(&exact.to_be_bytes());
                     8
                 }
                 _ => 2,

@@ -580,6 +580,16 @@ impl ScenarioFile {
                         Some("bad_crc") => ForcedFault::BadCrc,
                         Some("truncated") => ForcedFault::Truncated,
                         Some("swapped_words") => ForcedFault::SwappedWords,
+                        None => {
+                            c.fail_key(
+                                &format!("{key}.fault"),
+                                format!(
+                                    "is required for kind = \"modbus_fault\": one of {}",
+                                    FORCED_FAULT_NAMES.join(", ")
+                                ),
+                            );
+                            ForcedFault::Silence
+                        }
                         other => {
                             c.fail(
                                 &format!("{key}.fault"),

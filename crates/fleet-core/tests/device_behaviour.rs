@@ -435,3 +435,226 @@ proptest! {
         prop_assert_eq!(reports.len(), sent.len() + lost + dropped + r.device.buffered());
     }
 }
+
+// ------------------------------------------------------------------ Modbus -------------------
+
+use fleet_core::modbus::{ForcedFault, Table};
+
+const MODBUS: &str = r#"
+[modbus]
+[[modbus.registers]]
+name = "x"
+table = "input"
+address = 0
+type = "f64"
+source = "sensor.x"
+[[modbus.registers]]
+name = "x_tenths"
+table = "input"
+address = 4
+type = "i32"
+order = "CDAB"
+scale = 0.1
+source = "sensor.x"
+[[modbus.registers]]
+name = "seq"
+table = "input"
+address = 6
+type = "u32"
+source = "seq"
+[[modbus.registers]]
+name = "interval"
+table = "holding"
+address = 0
+type = "u16"
+source = "interval"
+"#;
+
+impl Rig {
+    fn ctx(&self) -> DeviceCtx<'_> {
+        DeviceCtx {
+            cohort: &self.fleet.cohorts[0],
+            epoch_ms: 0,
+            end: SimTime::NEVER,
+        }
+    }
+
+    fn read(&self, at_s: f64, table: Table, addr: u16, n: u16) -> Result<Vec<u16>, u8> {
+        let mut out = Vec::new();
+        let now = SimTime(SimDuration::from_secs_f64(at_s).as_micros());
+        self.device
+            .modbus_read(table, addr, n, now, &self.ctx(), false, &mut out)
+            .map(|_| out)
+    }
+
+    fn serving(&self, at_s: f64) -> bool {
+        self.device
+            .modbus_serving(SimTime(SimDuration::from_secs_f64(at_s).as_micros()))
+    }
+}
+
+fn secs(s: u64) -> SimTime {
+    SimTime(s * 1_000_000)
+}
+
+fn x_in(payload: &[u8]) -> f64 {
+    let text = std::str::from_utf8(payload).expect("utf-8");
+    let start = text.find("\"x\":").expect("values.x") + 4;
+    let rest = &text[start..];
+    let end = rest.find(['}', ',']).expect("end of number");
+    rest[..end].parse().expect("a number")
+}
+
+fn f64_of(regs: &[u16]) -> f64 {
+    f64::from_bits(regs.iter().fold(0u64, |a, w| (a << 16) | u64::from(*w)))
+}
+
+#[test]
+fn a_modbus_master_reads_what_the_latest_telemetry_said() {
+    let mut r = Rig::new(MODBUS, 5);
+    let mut checked = 0;
+    let until = secs(120);
+    while r.device.wake_at() <= until {
+        let at = r.device.wake_at().as_secs_f64();
+        r.fx.clear();
+        let ctx = DeviceCtx {
+            cohort: &r.fleet.cohorts[0],
+            epoch_ms: 0,
+            end: SimTime::NEVER,
+        };
+        let now = r.device.wake_at();
+        r.device.handle(now, Input::Wake, &ctx, &mut r.fx);
+        if r.fx.list.contains(&Effect::Connect) {
+            r.fx.clear();
+            r.device.handle(now, Input::Connected, &ctx, &mut r.fx);
+        }
+        let telemetry = r.fx.list.iter().find_map(|e| match e {
+            Effect::Publish(p) if p.topic == TopicKind::Telemetry => Some(x_in(r.fx.payload_of(p))),
+            _ => None,
+        });
+        if let Some(x) = telemetry {
+            let regs = r.read(at, Table::Input, 0, 8).expect("readable");
+            assert_eq!(f64_of(&regs[..4]), x, "f64 register = telemetry value");
+            // i32, CDAB, tenths: low word first.
+            let tenths = i32::from_be_bytes(
+                [regs[5].to_be_bytes(), regs[4].to_be_bytes()]
+                    .concat()
+                    .try_into()
+                    .expect("4 bytes"),
+            );
+            assert_eq!(f64::from(tenths), (x * 10.0).round(), "scaled register");
+            let seq = (u32::from(regs[6]) << 16) | u32::from(regs[7]);
+            assert_eq!(u64::from(seq), r.device.seq());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} reports compared");
+}
+
+#[test]
+fn a_device_without_mqtt_samples_and_serves_but_never_connects() {
+    let mut r = Rig::new(&format!("{MODBUS}\n[mqtt]\nenabled = false\n"), 7);
+    assert!(!r.serving(0.5), "booting: not serving");
+    r.run_until(60.0, Some(Input::Connected));
+    let ev = r.events();
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::ConnectAttempt { .. })),
+        "{ev:?}"
+    );
+    assert!(
+        !r.effects
+            .iter()
+            .any(|(_, e)| matches!(e, Effect::Publish(_) | Effect::Connect))
+    );
+    let samples = ev
+        .iter()
+        .filter(|e| matches!(e, Event::Sampled { .. }))
+        .count();
+    assert!(samples >= 5, "{ev:?}");
+    assert_eq!(r.device.state(), DeviceState::Online);
+    assert!(r.serving(60.0));
+    // An outage silences it until the link is back.
+    r.input(61.0, Input::Outage { until: secs(70) });
+    assert!(!r.serving(65.0));
+    r.run_until(120.0, None);
+    assert!(r.serving(120.0));
+    assert!(
+        !r.effects.iter().any(|(_, e)| matches!(e, Effect::DropLink)),
+        "no session to drop"
+    );
+}
+
+#[test]
+fn a_scheduled_fault_holds_until_its_end_and_draws_are_reproducible() {
+    let mut r = Rig::new(MODBUS, 9);
+    r.run_until(5.0, Some(Input::Connected));
+    r.input(
+        10.0,
+        Input::ModbusFault {
+            fault: ForcedFault::Exception(6),
+            until: secs(20),
+        },
+    );
+    let ctx = DeviceCtx {
+        cohort: &r.fleet.cohorts[0],
+        epoch_ms: 0,
+        end: SimTime::NEVER,
+    };
+    assert_eq!(r.device.modbus_faults(secs(15), &ctx).exception, Some(6));
+    assert_eq!(r.device.modbus_faults(secs(25), &ctx).exception, None);
+    // With probabilities, the same seed gives the same decisions.
+    let faulty = format!(
+        "{MODBUS}\n[modbus.faults]\nsilence = 0.3\nexception = 0.2\ndelay_ms = {{ dist = \"exponential\", mean = 20.0 }}\n"
+    );
+    let decisions = |seed| {
+        let r = Rig::new(&faulty, seed);
+        let mut d = r.device.clone();
+        let ctx = DeviceCtx {
+            cohort: &r.fleet.cohorts[0],
+            epoch_ms: 0,
+            end: SimTime::NEVER,
+        };
+        (0..200)
+            .map(|i| d.modbus_faults(secs(i), &ctx))
+            .collect::<Vec<_>>()
+    };
+    let a = decisions(3);
+    assert_eq!(a, decisions(3));
+    assert_ne!(a, decisions(4));
+    let silent = a.iter().filter(|d| d.silence).count();
+    assert!((30..90).contains(&silent), "{silent} of 200 at p = 0.3");
+}
+
+#[test]
+fn writing_the_interval_register_re_times_the_reports() {
+    let mut r = Rig::new(MODBUS, 11);
+    r.run_until(30.0, Some(Input::Connected));
+    let ctx = DeviceCtx {
+        cohort: &r.fleet.cohorts[0],
+        epoch_ms: 0,
+        end: SimTime::NEVER,
+    };
+    let mut fx = Effects::default();
+    let now = secs(31);
+    assert_eq!(
+        r.device
+            .modbus_write(Table::Holding, 0, &[0], now, &ctx, &mut fx),
+        Err(fleet_core::modbus::exception::ILLEGAL_DATA_VALUE)
+    );
+    assert_eq!(
+        r.device
+            .modbus_write(Table::Holding, 0, &[2], now, &ctx, &mut fx),
+        Ok(())
+    );
+    assert!(fx.events.contains(&Event::IntervalChanged {
+        interval: SimDuration::from_secs(2)
+    }));
+    let before = r.device.seq();
+    r.run_until(51.0, Some(Input::Connected));
+    let made = r.device.seq() - before;
+    assert!(
+        (9..=11).contains(&made),
+        "{made} reports in 20 s at a 2 s interval"
+    );
+    assert_eq!(r.read(51.0, Table::Holding, 0, 1), Ok(vec![2]));
+}

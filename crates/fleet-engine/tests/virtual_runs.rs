@@ -86,6 +86,11 @@ spread = "30s"
     );
     if qos0_share {
         s.push_str("[[cohorts]]\nname = \"b\"\nprofile = \"sensor0.toml\"\ncount = 10\nlink = { loss = 0.1 }\n");
+        // Modbus-only slaves: they sample without a session; a scheduled fault reaches some.
+        s.push_str(
+            "[[cohorts]]\nname = \"slaves\"\nprofile = \"slave.toml\"\ncount = 7\nmqtt = false\n",
+        );
+        s.push_str("[[events]]\nat = \"8m\"\nkind = \"modbus_fault\"\nfault = \"silence\"\nduration = \"1m\"\nfraction = 0.5\ncohort = \"slaves\"\n");
     }
     s
 }
@@ -93,11 +98,19 @@ spread = "30s"
 fn run(devices: u32, shards: u16, log: Option<&Path>) -> fleet_engine::RunOutcome {
     let scenario_text: &'static str = Box::leak(scenario(devices, true).into_boxed_str());
     let qos0: &'static str = Box::leak(PROFILE.replace("qos = 1", "qos = 0").into_boxed_str());
+    let slave: &'static str = Box::leak(
+        format!(
+            "{}\n[modbus]\n[[modbus.registers]]\nname = \"t\"\ntable = \"input\"\naddress = 0\ntype = \"f32\"\nsource = \"sensor.temp\"\n",
+            PROFILE.replace("name = \"sensor\"", "name = \"slave\"").replace("s-{id:05}", "m-{id:05}")
+        )
+        .into_boxed_str(),
+    );
     let files: &'static [(&'static str, &'static str)] = Box::leak(
         vec![
             ("det.toml", scenario_text),
             ("sensor.toml", PROFILE),
             ("sensor0.toml", qos0),
+            ("slave.toml", slave),
             ("fw.toml", FIRMWARE),
         ]
         .into_boxed_slice(),
@@ -151,6 +164,8 @@ fn the_same_seed_gives_byte_identical_event_logs_for_one_two_and_four_shards() {
         "lost_on_link",
         "retransmit",
         "publish telemetry",
+        "sample seq=",
+        "modbus_fault",
     ] {
         assert!(
             logs[0].iter().any(|l| l.contains(kind)),
