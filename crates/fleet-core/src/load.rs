@@ -410,16 +410,15 @@ fn check_modbus_targets(
             continue;
         }
         match &e.cohort {
-            Some(name) => {
-                if has_map(name) == Some(false) {
-                    errors.push(ConfigError::new(
-                        file,
-                        format!("events[{i}].cohort"),
-                        format!("{name:?}"),
-                        "has no register map ([modbus] in its profile): a Modbus fault would touch nothing",
-                    ));
-                }
+            Some(name) if has_map(name) == Some(false) => {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("events[{i}].cohort"),
+                    format!("{name:?}"),
+                    "has no register map ([modbus] in its profile): a Modbus fault would touch nothing",
+                ));
             }
+            Some(_) => {}
             None if !cohorts.iter().any(|c| c.profile.modbus.is_some()) => {
                 errors.push(ConfigError::without_value(
                     file,
