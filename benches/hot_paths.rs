@@ -8,7 +8,10 @@
 //! - `encode_telemetry`: the telemetry JSON of each of the four shipped profiles;
 //! - `histogram_record`: `LatencyHistogram::record` with values spread from 50 us to 10 s;
 //! - `mqtt_codec`: `write_publish` (QoS 0 / 1, MQTT 3.1.1 / 5) and `read_packet` of a PUBACK;
-//! - `scheduler`: a steady-state pop + push (a device's next wake) on heaps of 10k and 100k entries.
+//! - `scheduler`: a steady-state pop + push (a device's next wake) on heaps of 10k and 100k entries;
+//! - `modbus_slave`: what the shard does for one Modbus request to a `power-meter` (parse the
+//!   PDU, draw the faults, read the registers, encode the answer) for a 2-register f32 read, the
+//!   whole 18-register input block, and a write of the interval; plus the TCP framing around it.
 //!
 //! Every measurement counts one operation as one element, so criterion's "thrpt" is operations
 //! per second on one core. Results and what they mean: docs/benchmarks.md.
@@ -285,9 +288,64 @@ fn bench_scheduler(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_modbus_slave(c: &mut Criterion) {
+    use fleet_metrics::ModbusCounters;
+    use fleet_modbus::{Transport, frame, slave};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/modbus-plant.toml");
+    let fleet =
+        load_fleet(&FsSource, &path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    let cohort = &fleet.cohorts[0];
+    let mut fx = Effects::default();
+    let mut device = online_device(cohort, DeviceId(0), &mut fx);
+    let dctx = ctx(cohort);
+    let now = device.wake_at();
+    let mut counters = ModbusCounters::default();
+    let mut g = c.benchmark_group("modbus_slave");
+    g.throughput(Throughput::Elements(1));
+    let cases: [(&str, &[u8]); 3] = [
+        ("read_f32", &[0x04, 0x00, 0x00, 0x00, 0x02]),
+        ("read_18_registers", &[0x04, 0x00, 0x00, 0x00, 0x12]),
+        ("write_interval", &[0x06, 0x00, 0x00, 0x00, 0x05]),
+    ];
+    for (name, pdu) in cases {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                fx.clear();
+                let out = slave::execute(
+                    &mut device,
+                    &dctx,
+                    now,
+                    &mut fx,
+                    &mut counters,
+                    black_box(pdu),
+                    Transport::Tcp,
+                    false,
+                );
+                black_box(out.pdu.len())
+            })
+        });
+    }
+    let mut request = Vec::new();
+    frame::encode_tcp(&mut request, 7, 1, &[0x04, 0x00, 0x00, 0x00, 0x12]);
+    let mut buf = BytesMut::new();
+    let mut out = Vec::with_capacity(64);
+    g.bench_function("tcp_frame_decode_encode", |b| {
+        b.iter(|| {
+            buf.extend_from_slice(black_box(&request));
+            let f = frame::decode_tcp(&mut buf).ok().flatten();
+            out.clear();
+            if let Some(f) = f {
+                frame::encode_tcp(&mut out, f.transaction, f.unit, &[0x04, 0x02, 0x00, 0x01]);
+            }
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = bench_device_step, bench_encode_telemetry, bench_histogram, bench_mqtt_codec, bench_scheduler
+    targets = bench_device_step, bench_encode_telemetry, bench_histogram, bench_mqtt_codec, bench_scheduler, bench_modbus_slave
 }
 criterion_main!(hot_paths);

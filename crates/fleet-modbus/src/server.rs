@@ -456,9 +456,10 @@ async fn serve_connection(mut stream: TcpStream, units: &[DeviceId], router: &Qu
                 let function = frame.pdu.first().copied().unwrap_or(0) & 0x7F;
                 let mut p = Vec::with_capacity(2);
                 pdu::encode_exception(&mut p, function, pdu::exception::GATEWAY_TARGET_FAILED);
-                slave::count(router, first, |m| {
+                slave::count(router, first, move |m| {
+                    m.count_request(function);
                     m.unknown_unit += 1;
-                    m.count_exception(0x0B);
+                    m.count_exception(pdu::exception::GATEWAY_TARGET_FAILED);
                 })
                 .await;
                 frame::encode_tcp(&mut out, frame.transaction, frame.unit, &p);

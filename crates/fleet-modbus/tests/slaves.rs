@@ -528,7 +528,13 @@ fn unknown_units_get_exception_0x0b_and_are_counted() {
         );
     });
     let out = plant.finish();
-    assert_eq!(out.last.modbus.unknown_unit, 1);
+    let m = &out.last.modbus;
+    assert_eq!((m.unknown_unit, m.exceptions[0x0B]), (1, 1), "{m:?}");
+    assert_eq!(
+        m.requests,
+        m.responses + m.exceptions_total() + m.silent + m.dropped_connections + m.broadcasts,
+        "{m:?}"
+    );
 }
 
 #[test]
