@@ -13,9 +13,18 @@
 #    of a running fleet are answered; set_interval raises its reporting rate; the report counts them.
 # D  A dead broker is not a crash: fleetsim exits 0 or 1 (the SLO verdict) and its report shows
 #    failed connections and nothing acked.
+# E  Modbus (scripts/modbus_interop.py): power meters served as Modbus TCP slaves (4 units per
+#    port) and RTU slaves on a PTY line, polled by real masters: mbpoll (f32, u16, int32, coils,
+#    discrete inputs, TCP and RTU; a write of interval_s that makes readings come every second;
+#    an unknown unit id -> exception 0x0B) and pymodbus (every register type of the map, exceptions
+#    0x02/0x03/0x0B, write and read back; RTU: units on the line, silence for a unit not on it, a
+#    broadcast write); two of the meters also publish over MQTT, and what Modbus reads equals
+#    their telemetry; the report's modbus counters show all of it.
 #
-# Needs root (or sudo) for apt-get when mosquitto, mosquitto_sub/pub or python3 are missing.
+# Needs root (or sudo) for apt-get when mosquitto, mosquitto_sub/pub, python3 or (for E) mbpoll
+# are missing, and pip for pymodbus + pyserial (E) when python3 lacks them.
 # Environment:
+#   INTEROP_ONLY=E,...      run only these tests (letters, comma-separated; "modbus" = E)
 #   FLEETSIM=path           use this binary instead of `cargo build --release`
 #   INTEROP_STRICT=0        report known fleetsim bugs as KNOWN instead of failing (default 1: they fail)
 #   INTEROP_KEEP_TMP=1      keep the temp folder (broker logs, subscriber output, reports)
@@ -33,6 +42,9 @@ export PATH="$PATH:/usr/sbin:/sbin:/usr/local/sbin"
 export LC_ALL=C.UTF-8 NO_COLOR=1
 
 STRICT="${INTEROP_STRICT:-1}"
+ONLY=",${INTEROP_ONLY:-},"
+ONLY="${ONLY//,modbus,/,E,}"
+want() { [[ "$ONLY" == ",," || "$ONLY" == *",$1,"* ]]; } # want TEST: is test TEST selected?
 PASSED=0
 FAILED=0
 BG_PIDS=()
@@ -87,27 +99,59 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
+[[ "$ONLY" == ",," || "$ONLY" =~ ^,([A-E],)+$ ]] ||
+    die "INTEROP_ONLY=${INTEROP_ONLY:-}: want test letters A-E (or modbus), comma-separated"
+
 # ---------------------------------------------------------------------------------------------
 # Tools
 need_install=0
-for tool in mosquitto mosquitto_sub mosquitto_pub python3; do
+APT_PACKAGES=(mosquitto mosquitto-clients python3)
+TOOLS=(mosquitto mosquitto_sub mosquitto_pub python3)
+if want E; then
+    APT_PACKAGES+=(mbpoll)
+    TOOLS+=(mbpoll)
+fi
+for tool in "${TOOLS[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || need_install=1
 done
+SUDO=""
+if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null 2>&1; then
+    SUDO="sudo"
+fi
 if [[ $need_install == 1 ]]; then
-    log "installing mosquitto, mosquitto-clients, python3 (apt-get)"
-    SUDO=""
-    if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "not root and no sudo: cannot apt-get install mosquitto mosquitto-clients python3"
-        SUDO="sudo"
+    log "installing ${APT_PACKAGES[*]} (apt-get)"
+    if [[ $(id -u) -ne 0 && -z "$SUDO" ]]; then
+        die "not root and no sudo: cannot apt-get install ${APT_PACKAGES[*]}"
     fi
     export DEBIAN_FRONTEND=noninteractive
     timeout 600 $SUDO apt-get update -q || die "apt-get update failed"
-    timeout 900 $SUDO apt-get install -y -q mosquitto mosquitto-clients python3 || die "apt-get install failed"
+    timeout 900 $SUDO apt-get install -y -q "${APT_PACKAGES[@]}" || die "apt-get install failed"
 fi
-for tool in mosquitto mosquitto_sub mosquitto_pub python3 timeout; do
+for tool in "${TOOLS[@]}" timeout; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not on PATH"
 done
 log "mosquitto: $(mosquitto -h 2>/dev/null | head -1)"
+# Test E's Modbus master library: pymodbus (pinned: its client API changes between minor
+# releases) with pyserial for RTU, from PyPI. pip refuses a system Python managed by Debian
+# (PEP 668) without --break-system-packages.
+PYMODBUS_VERSION=3.16.1
+if want E && ! python3 -c 'import sys, serial, pymodbus; sys.exit(pymodbus.__version__ != sys.argv[1])' \
+    "$PYMODBUS_VERSION" 2>/dev/null; then
+    log "installing pymodbus[serial]==$PYMODBUS_VERSION (pip)"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        { timeout 600 $SUDO apt-get update -q && timeout 900 $SUDO apt-get install -y -q python3-pip; } \
+            || die "python3 has no pip, and apt-get install python3-pip failed"
+    fi
+    pip_install=(timeout 600)
+    [[ -n "$SUDO" ]] && pip_install+=("$SUDO")
+    pip_install+=(env PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check
+        "pymodbus[serial]==$PYMODBUS_VERSION")
+    "${pip_install[@]}" || "${pip_install[@]}" --break-system-packages || die "pip install pymodbus failed"
+fi
+if want E; then
+    log "mbpoll: $(mbpoll -V 2>&1 | head -1); pymodbus: $(python3 -c 'import pymodbus; print(pymodbus.__version__)')"
+fi
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/fleetsim-interop.XXXXXX")"
 
@@ -251,13 +295,18 @@ for k in sys.argv[2].split("."):
 print(v)' "$1" "$2" 2>/dev/null || echo -1
 }
 
+# Tests A-D run scenarios/smoke.toml; each test sits in an `if want X` (INTEROP_ONLY), its
+# lines left as they were, not indented under it.
 SCENARIO="scenarios/smoke.toml"
+if want A || want B || want C || want D; then
 [[ -f "$SCENARIO" ]] || die "$SCENARIO is missing"
 # The checks rely on smoke.toml's fleet: QoS 1 telemetry, no link loss or drops, no events,
 # topics under fleetsim/ (the shipped profiles' templates). Say so if that changes.
 checker scenario --test setup "$SCENARIO"
+fi
 
 # ---------------------------------------------------------------------------------------------
+if want A; then
 log "Test A: telemetry contract over MQTT 3.1.1 ($SCENARIO, 50 devices, 5 s)"
 start_broker A
 start_sub A_all 'fleetsim/#'
@@ -287,8 +336,10 @@ if [[ -s "$TMP/A.json" ]]; then
 else
     fail "A  no report written"
 fi
+fi
 
 # ---------------------------------------------------------------------------------------------
+if want B; then
 log "Test B: MQTT 5 ($SCENARIO --mqtt-version 5 --devices 20 --duration 4s)"
 start_broker B
 start_sub B_all 'fleetsim/#' -V mqttv5
@@ -317,8 +368,10 @@ if [[ -s "$TMP/B.json" ]]; then
 else
     fail "B  no report written"
 fi
+fi
 
 # ---------------------------------------------------------------------------------------------
+if want C; then
 C_DURATION=20
 log "Test C: commands ($SCENARIO --devices 4 --duration ${C_DURATION}s)"
 start_broker C
@@ -396,8 +449,10 @@ else
     fail "C  no report written"
 fi
 stop_broker
+fi
 
 # ---------------------------------------------------------------------------------------------
+if want D; then
 log "Test D: a dead broker (nothing listens on the port) is not a crash"
 DEAD_PORT=$(free_port)
 run_fleetsim D 60 run "$SCENARIO" --broker "mqtt://127.0.0.1:$DEAD_PORT" --devices 10 --duration 6s \
@@ -420,6 +475,90 @@ if [[ -s "$TMP/D.json" ]]; then
     if [[ "$ma" -eq 0 ]]; then pass "D  report messages.acked = 0"; else fail "D  report messages.acked = $ma, expected 0"; fi
 else
     fail "D  no report written"
+fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want E; then
+E_DURATION=60
+log "Test E: Modbus slaves against mbpoll and pymodbus (TCP and RTU), and against MQTT (${E_DURATION}s)"
+# 13 power meters: "meters" (8) as Modbus TCP slaves, 4 unit ids per port (ports 1-2);
+# "rs485" (3) as RTU slaves on one PTY line; "cloud" (2) as TCP slaves (port 3) that also
+# publish telemetry over MQTT. Device ids follow cohort order: the cloud meters are the last two.
+E_DIR="$TMP/E-run"
+mkdir -p "$E_DIR"
+cat >"$TMP/E.toml" <<EOF
+name = "modbus-interop"
+duration = "${E_DURATION}s"
+
+[modbus]
+port = 0
+units_per_port = 4
+
+[[modbus.rtu]]
+cohort = "rs485"
+per_bus = 3
+
+[[cohorts]]
+name = "meters"
+profile = "$ROOT/device-profiles/power-meter.toml"
+count = 8
+mqtt = false
+
+[[cohorts]]
+name = "rs485"
+profile = "$ROOT/device-profiles/power-meter.toml"
+count = 3
+mqtt = false
+
+[[cohorts]]
+name = "cloud"
+profile = "$ROOT/device-profiles/power-meter.toml"
+count = 2
+EOF
+E_MQTT_DEVICES="pm-000011,pm-000012"
+start_broker E
+start_sub E_all 'fleetsim/#'
+E_SUB=$SUB_PID
+
+# Counts the PASS/FAIL lines of a modbus_interop.py run (like `checker`).
+modbus_checks() {
+    local out rc=0 p f
+    out=$(timeout "$1" python3 "$ROOT/scripts/modbus_interop.py" "${@:2}" 2>&1) || rc=$?
+    printf '%s\n' "$out"
+    p=$(printf '%s\n' "$out" | grep -c '^PASS' || true)
+    f=$(printf '%s\n' "$out" | grep -c '^FAIL' || true)
+    PASSED=$((PASSED + p))
+    FAILED=$((FAILED + f))
+    if [[ $rc -ne 0 && $f -eq 0 ]]; then
+        fail "E  modbus_interop.py $2 exited $rc without saying why"
+    fi
+}
+
+RUN_START_MS=$(now_ms)
+set +e
+timeout -k 10 $((E_DURATION + 60)) "$FLEETSIM" run "$TMP/E.toml" --headless --run-dir "$E_DIR" \
+    --modbus-port 0 --broker "mqtt://127.0.0.1:$PORT" --duration "${E_DURATION}s" \
+    --report "$TMP/E.json" >"$TMP/E.out" 2>"$TMP/E.err" &
+E_PID=$!
+set -e
+BG_PIDS+=("$E_PID")
+# Waits for the map (the servers are up), then polls and writes while the fleet runs.
+modbus_checks $((E_DURATION + 30)) live --map "$E_DIR/modbus-map.csv" --map-timeout 30 \
+    --fleetsim-cwd "$ROOT" --expect-devices 13 --expect-rtu 3 --units-per-port 4 \
+    --mqtt-devices "$E_MQTT_DEVICES" --telemetry "$TMP/E_all.txt"
+set +e
+wait "$E_PID"
+RUN_RC=$?
+set -e
+RUN_END_MS=$(now_ms)
+echo "   fleetsim run E.toml --modbus-port 0 --duration ${E_DURATION}s -> exit $RUN_RC in $(((RUN_END_MS - RUN_START_MS) / 1000)) s"
+stop_sub E_all "$E_SUB"
+stop_broker
+if [[ $RUN_RC -ne 0 ]]; then
+    show_run E
+fi
+modbus_checks 60 report --report "$TMP/E.json" --exit-code "$RUN_RC" --min-writes 4
 fi
 
 # cleanup (the EXIT trap) prints "N passed, M failed" and sets the exit code.

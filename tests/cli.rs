@@ -616,3 +616,144 @@ fn replace_value(text: &str, key: &str, value: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// One Modbus TCP request (read holding registers) on a plain socket; the answer's PDU.
+fn modbus_read_holding(addr: &str, unit: u8, reg: u16, count: u16) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    let r = reg.to_be_bytes();
+    let c = count.to_be_bytes();
+    s.write_all(&[0, 1, 0, 0, 0, 6, unit, 0x03, r[0], r[1], c[0], c[1]])
+        .ok()?;
+    let mut head = [0u8; 7];
+    s.read_exact(&mut head).ok()?;
+    let len = usize::from(u16::from_be_bytes([head[4], head[5]])) - 1;
+    let mut pdu = vec![0u8; len];
+    s.read_exact(&mut pdu).ok()?;
+    Some(pdu)
+}
+
+#[test]
+fn modbus_slaves_are_served_the_map_is_written_and_the_report_counts_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scen = scenario(
+        dir.path(),
+        r#"
+name = "modbus-e2e"
+duration = "4s"
+[modbus]
+port = 0
+units_per_port = 3
+[[cohorts]]
+name = "meters"
+profile = "PROFILES/power-meter.toml"
+count = 5
+mqtt = false
+[[slo]]
+name = "answered"
+metric = "modbus.requests"
+min = 1
+"#,
+    );
+    let run_dir = dir.path().join("run");
+    let rep = dir.path().join("r.json");
+    let child = fleetsim()
+        .args([
+            "run",
+            scen.to_str().expect("utf-8"),
+            "--headless",
+            "--run-dir",
+        ])
+        .arg(&run_dir)
+        .arg("--report")
+        .arg(&rep)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fleetsim starts");
+    let map = run_dir.join("modbus-map.csv");
+    let mut text = String::new();
+    for _ in 0..100 {
+        if let Ok(t) = std::fs::read_to_string(&map)
+            && t.lines().count() == 6
+        {
+            text = t;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 5, "map: {text}");
+    assert_eq!(rows[4][0], "pm-000004");
+    assert_eq!(
+        (rows[4][2], rows[4][5]),
+        ("tcp", "2"),
+        "5 devices, 3 per port"
+    );
+    let addr = format!("{}:{}", rows[0][3], rows[0][4]);
+    // Holding register 0 is the reporting interval: 5 s. Retry while the meter boots.
+    let mut answer = None;
+    for _ in 0..40 {
+        answer = modbus_read_holding(&addr, 1, 0, 1);
+        if answer.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(answer, Some(vec![0x03, 2, 0, 5]));
+    // Unit 9 is on no port: the gateway's exception 0x0B.
+    assert_eq!(modbus_read_holding(&addr, 9, 0, 1), Some(vec![0x83, 0x0B]));
+    let out = child.wait_with_output().expect("fleetsim ends");
+    assert!(out.status.success(), "{}", text_of_stderr(&out));
+    let r = report(&rep);
+    assert!(at(&r, "modbus.requests").as_u64() >= Some(2), "{r}");
+    assert_eq!(at(&r, "modbus.unknown_unit").as_u64(), Some(1));
+    assert_eq!(at(&r, "modbus.exceptions_by_code.0B").as_u64(), Some(1));
+    assert_eq!(
+        at(&r, "run.broker").as_str(),
+        Some("none (no device speaks MQTT)")
+    );
+    let err = text_of_stderr(&out);
+    assert!(
+        err.contains("modbus-map.csv"),
+        "the map's place is printed: {err}"
+    );
+}
+
+fn text_of_stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_taken_modbus_port_stops_the_run_with_exit_2_and_the_fix() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scen = scenario(
+        dir.path(),
+        "name = \"taken\"\nduration = \"2s\"\n[[cohorts]]\nname = \"m\"\nprofile = \"PROFILES/power-meter.toml\"\ncount = 2\nmqtt = false\n",
+    );
+    let out = fleetsim()
+        .args([
+            "run",
+            scen.to_str().expect("utf-8"),
+            "--headless",
+            "--modbus-port",
+            &port,
+            "--run-dir",
+        ])
+        .arg(dir.path().join("run"))
+        .output()
+        .expect("fleetsim runs");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("cannot listen on 127.0.0.1:") && t.contains("--modbus-port 0"),
+        "{t}"
+    );
+}

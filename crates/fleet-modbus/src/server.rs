@@ -171,6 +171,8 @@ pub struct ModbusServers {
     pub rtu: Vec<PathBuf>,
     /// The map file: one line per device.
     pub map_file: PathBuf,
+    /// PTY links made in the run folder: removed at the end (they would point at nothing).
+    links: Vec<PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -182,6 +184,9 @@ impl ModbusServers {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        for link in self.links.drain(..) {
+            let _ = std::fs::remove_file(link);
         }
     }
 }
@@ -242,6 +247,7 @@ pub fn start(
     }
     let mut lines = Vec::new();
     let mut rtu = Vec::new();
+    let mut links = Vec::new();
     for b in &plan.rtu {
         match &b.port {
             Some(port) => {
@@ -275,6 +281,7 @@ pub fn start(
                 let link = run_dir.join(&b.name);
                 let _ = std::fs::remove_file(&link);
                 std::os::unix::fs::symlink(&name, &link).map_err(|e| file_err(&link, e))?;
+                links.push(link.clone());
                 rtu.push(link);
                 lines.push(Line::Pty {
                     master,
@@ -329,6 +336,7 @@ pub fn start(
         tcp,
         rtu,
         map_file,
+        links,
         stop: Some(stop_tx),
         thread: Some(thread),
     })
