@@ -45,8 +45,18 @@ impl Progress {
 
     fn line(&self, s: &FleetSnapshot) -> String {
         let p = &s.publish_ack_interval;
+        let modbus = if s.modbus.requests > 0 {
+            format!(
+                "  modbus {} req ({:.0}/s) p99 {}",
+                s.modbus.requests,
+                s.modbus_requests_per_s,
+                us(s.modbus_service.p99)
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "online {}/{}  offline {}  published {} ({:.0}/s)  acked {}  failed {}  p50 {} p99 {}  lag max {}",
+            "online {}/{}  offline {}  published {} ({:.0}/s)  acked {}  failed {}  p50 {} p99 {}  lag max {}{modbus}",
             s.state(DeviceState::Online),
             self.devices,
             s.state(DeviceState::Offline) + s.state(DeviceState::Connecting),
