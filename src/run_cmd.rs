@@ -164,6 +164,17 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
     .map_err(Failure::Usage)?;
     let modbus_plan = fleet_modbus::ModbusPlan::new(&fleet, &settings.modbus)
         .map_err(|e| Failure::Usage(e.to_string()))?;
+    let serial_devices: u32 = fleet
+        .cohorts
+        .iter()
+        .filter(|c| c.profile.serial.is_some())
+        .map(|c| c.count)
+        .sum();
+    if settings.clock == Clock::Virtual && serial_devices > 0 {
+        tracing::warn!(
+            "{serial_devices} serial devices get no ports on the virtual clock (a serial line runs in real time); they sample as usual"
+        );
+    }
     if settings.clock == Clock::Virtual && !modbus_plan.is_empty() {
         tracing::warn!(
             "{} Modbus devices are not served on the virtual clock (a master polls in real time); they sample as usual",
@@ -228,13 +239,19 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
             };
             let source_addrs =
                 preflight::source_addrs(mqtt_devices, &planned, &settings.source_addrs);
+            let epoch_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let serial_plan = fleet_serial::SerialPlan::new(&fleet, &args.run_dir, epoch_ms)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
             // Before anything starts: does the fleet fit this process?
             let modbus_fds = if modbus_plan.is_empty() {
                 0
             } else {
                 modbus_plan.open_files()
                     + modbus_plan.tcp.len() as u64 * u64::from(settings.modbus.max_connections)
-            };
+            } + serial_plan.open_files();
             preflight::check(
                 mqtt_devices,
                 embedded,
@@ -255,21 +272,33 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
                 (resolved, settings.broker_urls.join(", "))
             };
             tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, broker = %desc, "wall-clock run");
-            let epoch_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
             let fleet = Arc::new(fleet);
             let plan = Arc::new(RunPlan::new(fleet.clone(), shards, epoch_ms));
-            let _modbus = if modbus_plan.is_empty() {
+            let router = if modbus_plan.is_empty() && serial_plan.is_empty() {
                 None
             } else {
                 let (router, inboxes) = fleet_engine::QueryRouter::new(&plan);
                 opts.queries = Some(inboxes);
-                let servers = fleet_modbus::start(&modbus_plan, &fleet, router, &args.run_dir)
-                    .map_err(|e| Failure::Usage(e.to_string()))?;
-                announce_modbus(&modbus_plan, &servers);
-                Some(servers)
+                Some(router)
+            };
+            let _modbus = match &router {
+                Some(router) if !modbus_plan.is_empty() => {
+                    let servers =
+                        fleet_modbus::start(&modbus_plan, &fleet, router.clone(), &args.run_dir)
+                            .map_err(|e| Failure::Usage(e.to_string()))?;
+                    announce_modbus(&modbus_plan, &servers);
+                    Some(servers)
+                }
+                _ => None,
+            };
+            let _serial = match &router {
+                Some(router) if !serial_plan.is_empty() => {
+                    let servers = fleet_serial::start(&serial_plan, router.clone(), &args.run_dir)
+                        .map_err(|e| Failure::Usage(e.to_string()))?;
+                    announce_serial(&servers);
+                    Some(servers)
+                }
+                _ => None,
             };
             let cfg = Arc::new(MqttConfig {
                 version,
@@ -338,6 +367,24 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
     }
     print!("{}", summary::render(&report, args.report.as_deref()));
     Ok(report.ok)
+}
+
+/// Says where the serial ports are (also written to the map file).
+fn announce_serial(servers: &fleet_serial::SerialServers) {
+    let mut by_persona: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (_, _, persona, _) in &servers.ports {
+        *by_persona.entry(persona).or_default() += 1;
+    }
+    let kinds: Vec<String> = by_persona.iter().map(|(p, n)| format!("{n} {p}")).collect();
+    if let Some((name, path, persona, baud)) = servers.ports.first() {
+        tracing::info!(
+            "serial: {} ports ({}); e.g. {name} ({persona}, {baud} baud) at {}",
+            servers.ports.len(),
+            kinds.join(", "),
+            path.display()
+        );
+    }
+    tracing::info!("serial: map of every port: {}", servers.map_file.display());
 }
 
 /// Says where the Modbus slaves are (also written to the map file).

@@ -178,6 +178,27 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
             n(mb.swapped_words)
         );
     }
+    let se = &r.serial;
+    if se.ports_opened > 0 || se.open_errors > 0 {
+        let _ = writeln!(
+            o,
+            "serial       ports {}  lines out {} ({} bytes)  in {} ({} bytes)  commands {} ({} errors, {} unsolicited)  injected: {} corrupted, {} dropped bytes, {} bad checksums, {} unplugs  overruns {}  open errors {}",
+            n(se.ports_opened),
+            n(se.lines_out),
+            n(se.bytes_out),
+            n(se.lines_in),
+            n(se.bytes_in),
+            n(se.commands),
+            n(se.command_errors),
+            n(se.unsolicited),
+            n(se.corrupted_bytes),
+            n(se.dropped_bytes),
+            n(se.bad_checksums),
+            n(se.unplugs),
+            n(se.overruns),
+            n(se.open_errors)
+        );
+    }
     let g = &r.generator;
     let _ = writeln!(
         o,

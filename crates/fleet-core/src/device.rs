@@ -83,6 +83,8 @@ pub enum Input<'a> {
     Shutdown,
     /// A scheduled Modbus fault: every request gets it until `until`.
     ModbusFault { fault: ForcedFault, until: SimTime },
+    /// The device's serial port is unplugged until `until`.
+    Unplug { until: SimTime },
 }
 
 /// Which of the device's topics a publish goes to.
@@ -186,6 +188,10 @@ pub enum Event {
     ModbusFault {
         until: SimTime,
     },
+    /// The serial port is unplugged until then.
+    Unplugged {
+        until: SimTime,
+    },
 }
 
 /// Output buffers, owned by the engine and reused for every step.
@@ -267,7 +273,7 @@ pub struct Device {
 /// Stream selector of the Modbus fault draws.
 const STREAM_MODBUS: u64 = 0x6d6f_6462; // "modb"
 
-/// What a Modbus slave keeps per device.
+/// What a device with a peripheral (a Modbus register map, a serial persona) keeps.
 #[derive(Clone, Debug)]
 struct ModbusState {
     /// Fault draws, one fixed set per request.
@@ -278,6 +284,32 @@ struct ModbusState {
     /// When the device last powered on or rebooted.
     up_since: SimTime,
     forced: Option<(ForcedFault, SimTime)>,
+    /// Serial: the port is unplugged until then.
+    unplugged_until: SimTime,
+}
+
+/// What a serial persona (or any observer) may know of a device at one moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceView {
+    pub state: DeviceState,
+    /// Powered on and not dead.
+    pub powered: bool,
+    /// Powered and booted.
+    pub booted: bool,
+    /// Its network (the radio link) is up.
+    pub link_up: bool,
+    /// It has an MQTT session.
+    pub online: bool,
+    pub low_battery: bool,
+    /// Seconds since it last powered on or rebooted.
+    pub uptime_s: f64,
+    pub seq: u64,
+    pub battery_percent: Option<f64>,
+    /// The latest reading of each sensor (profile order).
+    pub readings: Vec<f64>,
+    pub interval_s: f64,
+    /// Its serial port is unplugged (a scheduled event).
+    pub unplugged: bool,
 }
 
 /// Backoff before attempt `attempt` (0-based): initial * multiplier^attempt, capped at max,
@@ -309,13 +341,18 @@ impl Device {
             }
             None => 0.0,
         };
-        let modbus = profile.modbus.as_ref().map(|map| {
+        let modbus = (profile.modbus.is_some() || profile.serial.is_some()).then(|| {
             Box::new(ModbusState {
                 rng: seed.device_stream(id, STREAM_MODBUS),
                 last: vec![0.0; profile.sensors.len()].into(),
-                setpoints: map.setpoint_initial.clone().into(),
+                setpoints: profile
+                    .modbus
+                    .as_ref()
+                    .map(|m| m.setpoint_initial.clone().into())
+                    .unwrap_or_default(),
                 up_since: SimTime::ZERO,
                 forced: None,
+                unplugged_until: SimTime::ZERO,
             })
         });
         Device {
@@ -435,6 +472,12 @@ impl Device {
             Input::Reboot { at } => {
                 if self.state != DeviceState::Off {
                     self.reboot_at = self.reboot_at.min(at.max(now));
+                }
+            }
+            Input::Unplug { until } => {
+                if let Some(m) = &mut self.modbus {
+                    m.unplugged_until = m.unplugged_until.max(until);
+                    fx.events.push(Event::Unplugged { until });
                 }
             }
             Input::ModbusFault { fault, until } => {
@@ -861,6 +904,32 @@ impl Device {
     /// The latest reading of each sensor, as a Modbus master sees it (empty without a map).
     pub fn last_readings(&self) -> &[f64] {
         self.modbus.as_ref().map(|m| &m.last[..]).unwrap_or(&[])
+    }
+
+    /// The device as an observer sees it at `now`.
+    pub fn view(&self, now: SimTime, ctx: &DeviceCtx) -> DeviceView {
+        let powered = !matches!(self.state, DeviceState::Off | DeviceState::Dead);
+        let (uptime_s, unplugged) = match &self.modbus {
+            Some(m) => (
+                now.saturating_since(m.up_since).as_secs_f64(),
+                now < m.unplugged_until,
+            ),
+            None => (0.0, false),
+        };
+        DeviceView {
+            state: self.state,
+            powered,
+            booted: powered && self.state != DeviceState::Booting,
+            link_up: powered && self.link_down_until <= now,
+            online: self.state == DeviceState::Online && ctx.cohort.mqtt,
+            low_battery: self.low_battery,
+            uptime_s: if powered { uptime_s } else { 0.0 },
+            seq: self.seq,
+            battery_percent: self.battery_percent(ctx),
+            readings: self.last_readings().to_vec(),
+            interval_s: self.interval.as_secs_f64(),
+            unplugged,
+        }
     }
 
     /// Whether the device answers a Modbus master now: powered, booted, its network up.

@@ -18,12 +18,13 @@ pub mod profile;
 pub mod scenario;
 pub mod seed;
 pub mod sensor;
+pub mod serial;
 pub mod slo;
 pub mod template;
 pub mod time;
 
 pub use device::{
-    Device, DeviceCtx, DeviceState, Effect, Effects, Event, Input, Publish, TopicKind,
+    Device, DeviceCtx, DeviceState, DeviceView, Effect, Effects, Event, Input, Publish, TopicKind,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use ids::{CohortId, DeviceId, ShardId};

@@ -331,10 +331,10 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
                 ),
             );
         }
-        if !mqtt && profile.modbus.is_none() {
+        if !mqtt && profile.modbus.is_none() && profile.serial.is_none() {
             ck.fail_key(
                 &format!("{key}.mqtt"),
-                "is false and the profile has no [modbus] table: the devices would have no way to be seen",
+                "is false and the profile has no [modbus] or [serial] table: the devices would have no way to be seen",
             );
         }
         errors.extend(ck.errors);
@@ -427,6 +427,52 @@ fn check_modbus_targets(
                 ));
             }
             None => {}
+        }
+    }
+    let has_serial = |name: &str| {
+        cohorts
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.profile.serial.is_some())
+    };
+    for (i, e) in raw.events.iter().enumerate() {
+        if e.kind != EventKind::Unplug {
+            continue;
+        }
+        let ok = match &e.cohort {
+            Some(name) => has_serial(name) != Some(false),
+            None => cohorts.iter().any(|c| c.profile.serial.is_some()),
+        };
+        if !ok {
+            errors.push(ConfigError::without_value(
+                file,
+                format!("events[{i}].kind"),
+                "unplug, but the devices it aims at have no serial port ([serial] in their profile)",
+            ));
+        }
+    }
+    for (i, p) in raw.serial.iter().enumerate() {
+        if has_serial(&p.cohort) == Some(false) {
+            errors.push(ConfigError::new(
+                file,
+                format!("serial[{i}].cohort"),
+                format!("{:?}", p.cohort),
+                "has no serial persona ([serial] in its profile)",
+            ));
+        }
+        if p.port != "pty"
+            && let Some(c) = cohorts.iter().find(|c| c.name == p.cohort)
+            && c.count != 1
+        {
+            errors.push(ConfigError::new(
+                file,
+                format!("serial[{i}].port"),
+                format!("{:?}", p.port),
+                format!(
+                    "a real port serves one device, and cohort {:?} has {}: give it count = 1",
+                    p.cohort, c.count
+                ),
+            ));
         }
     }
     for (i, b) in raw.modbus.rtu.iter().enumerate() {

@@ -35,6 +35,8 @@ pub struct ProfileFile {
     pub commands: CommandsRaw,
     /// The device is also (or only) a Modbus slave with this register map.
     pub modbus: Option<crate::modbus::ModbusRaw>,
+    /// The device talks on a serial line (a GPS receiver, a modem, a Modbus RTU slave, lines).
+    pub serial: Option<crate::serial::SerialRaw>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -403,6 +405,7 @@ pub struct Profile {
     pub commands: CommandSet,
     pub command_qos: Qos,
     pub modbus: Option<crate::modbus::RegisterMap>,
+    pub serial: Option<crate::serial::SerialSpec>,
 }
 
 const DEVICE_ID_VARS: &[Var] = &[Var::Id, Var::Index, Var::Cohort, Var::Profile];
@@ -630,10 +633,14 @@ impl ProfileFile {
             .modbus
             .as_ref()
             .map(|m| crate::modbus::RegisterMap::validate(&mut c, m, &sensors, battery.is_some()));
-        if !mqtt_on && modbus.is_none() {
+        let serial = self
+            .serial
+            .as_ref()
+            .map(|s| crate::serial::SerialSpec::validate(&mut c, s, &sensors, modbus.is_some()));
+        if !mqtt_on && modbus.is_none() && serial.is_none() {
             c.fail_key(
                 "mqtt.enabled",
-                "is false and there is no [modbus] table: the device would have no way to be seen",
+                "is false and there is no [modbus] or [serial] table: the device would have no way to be seen",
             );
         }
         let profile = Profile {
@@ -651,6 +658,7 @@ impl ProfileFile {
             commands,
             command_qos: Qos::from_u8(self.commands.qos).unwrap_or(Qos::AtLeastOnce),
             modbus,
+            serial,
         };
         c.errors.into_result(profile)
     }

@@ -44,6 +44,30 @@ pub struct ScenarioFile {
     /// Modbus listeners and serial lines (used when some profile has a register map).
     #[serde(default)]
     pub modbus: ModbusServeRaw,
+    /// Serial ports of cohorts whose profile has a `[serial]` persona: a PTY per device unless
+    /// a table here names a real port.
+    #[serde(default)]
+    pub serial: Vec<SerialPortRaw>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialPortRaw {
+    pub cohort: String,
+    /// "pty" (default): a virtual port pair per device. A path (/dev/ttyUSB0): a real port for
+    /// the cohort's one device.
+    #[serde(default = "defaults::pty")]
+    pub port: String,
+    /// Overrides the profile's serial.baud.
+    pub baud: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SerialPortCfg {
+    pub cohort: String,
+    /// None: PTY pairs.
+    pub port: Option<String>,
+    pub baud: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -175,6 +199,8 @@ pub enum EventKind {
     RebootWave,
     /// Modbus slaves answer with `fault` for `duration`.
     ModbusFault,
+    /// Serial ports disappear for `duration`, then come back.
+    Unplug,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -238,6 +264,9 @@ pub enum FleetEventKind {
     },
     ModbusFault {
         fault: ForcedFault,
+        duration: SimDuration,
+    },
+    Unplug {
         duration: SimDuration,
     },
 }
@@ -367,6 +396,7 @@ pub struct ScenarioSettings {
     pub slos: Vec<SloSpec>,
     pub sim_broker_service_us: Dist,
     pub modbus: ModbusServe,
+    pub serial: Vec<SerialPortCfg>,
 }
 
 /// `mqtt://host:port` (port defaults to 1883).
@@ -610,6 +640,28 @@ impl ScenarioFile {
                     }
                     FleetEventKind::ModbusFault { fault, duration }
                 }
+                EventKind::Unplug => {
+                    if e.spread.is_some() {
+                        c.fail_key(
+                            &format!("{key}.spread"),
+                            "applies to reboot_wave, not unplug",
+                        );
+                    }
+                    match &e.duration {
+                        Some(d) => FleetEventKind::Unplug {
+                            duration: positive_duration(&mut c, &format!("{key}.duration"), d),
+                        },
+                        None => {
+                            c.fail_key(
+                                &format!("{key}.duration"),
+                                "is required for kind = \"unplug\" (how long the ports stay away)",
+                            );
+                            FleetEventKind::Unplug {
+                                duration: SimDuration::ZERO,
+                            }
+                        }
+                    }
+                }
                 EventKind::RebootWave => {
                     if e.duration.is_some() {
                         c.fail_key(
@@ -668,6 +720,57 @@ impl ScenarioFile {
         let sim_broker_service_us =
             Dist::validate(&self.sim_broker.service_us, "sim_broker.service_us", &mut c);
         let modbus = self.validate_modbus(&mut c);
+        let mut serial = Vec::new();
+        for (i, p) in self.serial.iter().enumerate() {
+            let key = format!("serial[{i}]");
+            if !self.cohorts.iter().any(|co| co.name == p.cohort) {
+                c.fail(
+                    &format!("{key}.cohort"),
+                    format!("{:?}", p.cohort),
+                    "must name a cohort of this scenario",
+                );
+            }
+            if self.serial[..i].iter().any(|o| o.cohort == p.cohort) {
+                c.fail(
+                    &format!("{key}.cohort"),
+                    format!("{:?}", p.cohort),
+                    "has ports given by an earlier [[serial]] table",
+                );
+            }
+            if self.modbus.rtu.iter().any(|b| b.cohort == p.cohort) {
+                c.fail(
+                    &format!("{key}.cohort"),
+                    format!("{:?}", p.cohort),
+                    "is on a [[modbus.rtu]] line already: a device has one serial port",
+                );
+            }
+            if let Some(b) = p.baud
+                && !crate::serial::BAUD_RATES.contains(&b)
+            {
+                c.fail(
+                    &format!("{key}.baud"),
+                    b,
+                    "must be a standard rate like 9600 or 115200",
+                );
+            }
+            let port = if p.port == "pty" {
+                None
+            } else if p.port.starts_with('/') {
+                Some(p.port.clone())
+            } else {
+                c.fail(
+                    &format!("{key}.port"),
+                    format!("{:?}", p.port),
+                    "must be \"pty\" (a virtual port pair per device) or a device path like /dev/ttyUSB0",
+                );
+                None
+            };
+            serial.push(SerialPortCfg {
+                cohort: p.cohort.clone(),
+                port,
+                baud: p.baud,
+            });
+        }
         c.errors.into_result(ScenarioSettings {
             name: self.name.clone(),
             description: self.description.clone(),
@@ -688,6 +791,7 @@ impl ScenarioFile {
             slos,
             sim_broker_service_us,
             modbus,
+            serial,
         })
     }
 

@@ -24,6 +24,12 @@ pub const METRIC_NAMES: &[&str] = &[
     "modbus.service_us.p50",
     "modbus.service_us.p99",
     "modbus.service_us.max",
+    "serial.lines_out",
+    "serial.bytes_out",
+    "serial.commands",
+    "serial.command_errors",
+    "serial.overruns",
+    "serial.open_errors",
 ];
 
 pub fn metric_is_known(name: &str) -> bool {

@@ -42,6 +42,13 @@ pub struct TemplateVars<'a> {
 }
 
 impl Template {
+    /// A template of fixed text only.
+    pub fn literal(text: &str) -> Template {
+        Template {
+            segs: vec![Seg::Lit(text.to_string())],
+        }
+    }
+
     /// Parses a template; `allowed` lists the placeholders this field may use.
     pub fn parse(text: &str, allowed: &[Var]) -> Result<Template, String> {
         let mut segs = Vec::new();

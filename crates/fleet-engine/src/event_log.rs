@@ -69,6 +69,7 @@ impl EventLog {
             Event::Stopped => write!(l, "stopped"),
             Event::Sampled { seq } => write!(l, "sample seq={seq}"),
             Event::RegisterWritten { point } => write!(l, "modbus_write point={point}"),
+            Event::Unplugged { until } => write!(l, "unplugged until_us={}", until.as_micros()),
             Event::ModbusFault { until } => {
                 write!(l, "modbus_fault until_us={}", until.as_micros())
             }

@@ -254,6 +254,9 @@ impl Shard {
                 FleetEventKind::Outage { duration } => Input::Outage {
                     until: now + duration,
                 },
+                FleetEventKind::Unplug { duration } => Input::Unplug {
+                    until: now + duration,
+                },
                 FleetEventKind::ModbusFault { fault, duration } => Input::ModbusFault {
                     fault,
                     until: now + duration,

@@ -10,10 +10,12 @@ mod counters;
 mod histogram;
 pub mod modbus;
 mod report;
+pub mod serial;
 mod snapshot;
 
 pub use counters::Counters;
 pub use histogram::{LATENCY_MAX_US, LatencyHistogram, Percentiles};
 pub use modbus::ModbusCounters;
 pub use report::{ProcessStats, RunInfo, RunReport, SloResult, evaluate_slos};
+pub use serial::SerialCounters;
 pub use snapshot::{Collector, FleetSnapshot, STATE_COUNT, ShardLoad, ShardMetrics, ShardReport};

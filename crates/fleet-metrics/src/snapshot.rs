@@ -4,6 +4,7 @@ use serde::Serialize;
 use crate::counters::Counters;
 use crate::histogram::{LatencyHistogram, Percentiles};
 use crate::modbus::ModbusCounters;
+use crate::serial::SerialCounters;
 
 /// Number of device states (`DeviceState::ALL`).
 pub const STATE_COUNT: usize = DeviceState::ALL.len();
@@ -22,6 +23,8 @@ pub struct ShardMetrics {
     /// (injected delay included). This interval only.
     pub modbus: ModbusCounters,
     pub modbus_service_us: LatencyHistogram,
+    /// Serial ports (cumulative).
+    pub serial: SerialCounters,
     pub max_lag_us: u64,
     /// Devices that have had a session at least once, and when the last of them got its first.
     pub first_connects: u64,
@@ -105,6 +108,7 @@ pub struct FleetSnapshot {
     /// Modbus service time over the whole run, and requests answered per second (last interval).
     pub modbus_service: Percentiles,
     pub modbus_requests_per_s: f64,
+    pub serial: SerialCounters,
     pub lag_interval_p99_us: u64,
     pub lag_p99_us: u64,
     pub max_lag_us: u64,
@@ -131,6 +135,7 @@ struct ShardState {
     sim_time_us: u64,
     counters: Counters,
     modbus: ModbusCounters,
+    serial: SerialCounters,
     states: [u64; STATE_COUNT],
     in_flight: u64,
     buffered: u64,
@@ -191,6 +196,7 @@ impl Collector {
                 sim_time_us: r.sim_time_us,
                 counters: m.counters,
                 modbus: m.modbus,
+                serial: m.serial,
                 states: m.states,
                 in_flight: m.in_flight,
                 buffered: m.buffered,
@@ -255,6 +261,7 @@ impl Collector {
             };
             snap.totals.add(&s.counters);
             snap.modbus.add(&s.modbus);
+            snap.serial.add(&s.serial);
             for (a, b) in snap.states.iter_mut().zip(s.states) {
                 *a += b;
             }

@@ -95,6 +95,15 @@ impl ModbusPlan {
             if cohort.profile.modbus.is_none() || cohort.count == 0 {
                 continue;
             }
+            let on_bus = serve.rtu.iter().any(|b| b.cohort == cohort.name);
+            let own_port = cohort
+                .profile
+                .serial
+                .as_ref()
+                .is_some_and(|s| matches!(s.persona, fleet_core::serial::Persona::ModbusRtu));
+            if own_port && !on_bus {
+                continue; // a Modbus RTU slave on a serial port of its own (fleet-serial)
+            }
             let ids = (cohort.first_device..cohort.first_device + cohort.count).map(DeviceId);
             match serve.rtu.iter().find(|b| b.cohort == cohort.name) {
                 Some(bus) => {
