@@ -28,4 +28,7 @@ forbid fleet-engine tokio-serial "the engine knows no port"
 forbid fleet-modbus fleet-mqtt "adapters do not depend on each other"
 forbid fleet-mqtt fleet-modbus "adapters do not depend on each other"
 forbid fleet-modbus anyhow "libraries use thiserror"
+forbid fleet-serial anyhow "libraries use thiserror"
+forbid fleet-serial fleet-mqtt "adapters do not depend on each other"
+forbid fleet-engine fleet-serial "the engine knows no protocol"
 exit $fail

@@ -180,6 +180,15 @@ pub(crate) fn run_wall<A: Adapter>(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let now = now_since(start);
+        // Queries already queued (a serial port's last counts, a master's last request) are
+        // answered before the final report, so what happened before the end is counted.
+        if let Some(qrx) = &mut queries {
+            let mut net = Net::Real(&mut adapter);
+            for _ in 0..crate::query::QUERY_INBOX_CAPACITY {
+                let Ok(q) = qrx.try_recv() else { break };
+                shard.run_query(q, now, &mut net);
+            }
+        }
         let net: Net<A> = Net::Real(&mut adapter);
         let result = shard.finish_log();
         ctl.send(ShardMsg::Report(shard.report(now, true, &net)));

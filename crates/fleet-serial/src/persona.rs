@@ -234,7 +234,7 @@ fn nmea_fix(
     n: &NmeaSpec,
     dev: &PortDevice,
     view: &DeviceView,
-    now: SimTime,
+    utc_ms: u64,
     st: &mut GpsState,
     rng: &mut Pcg32,
 ) -> Fix {
@@ -243,9 +243,6 @@ fn nmea_fix(
         st.prev = None;
     }
     st.last_uptime = view.uptime_s;
-    // The fix belongs to the nearest boundary of the receiver's rate, as a receiver's does.
-    let period_ms = 1000 / u64::from(n.rate_hz.max(1));
-    let utc_ms = (dev.epoch_ms + now.as_millis() + period_ms / 2) / period_ms * period_ms;
     let t_s = utc_ms as f64 / 1000.0;
     let valid = view.booted && view.uptime_s >= st.ttff_s;
     let base_lat = value(n.lat, view).clamp(-89.9, 89.9);
@@ -319,6 +316,7 @@ async fn nmea_loop(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let first = Instant::now() + Duration::from_millis(period_ms - utc_now % period_ms);
+    let first_utc_ms = utc_now + (period_ms - utc_now % period_ms);
     let mut tick = tokio::time::interval_at(first, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut pacer = Pacer::new(dev.baud);
@@ -334,8 +332,12 @@ async fn nmea_loop(
     };
     let mut buf = Vec::with_capacity(1024);
     loop {
-        tick.tick().await;
-        let Some((view, now)) = look(router, dev.id, c).await else {
+        let due = tick.tick().await;
+        // The fix's time is its slot on the receiver's grid (a late tick keeps its slot).
+        let slot =
+            (due.saturating_duration_since(first).as_millis() as u64 + period_ms / 2) / period_ms;
+        let utc_ms = first_utc_ms + slot * period_ms;
+        let Some((view, _)) = look(router, dev.id, c).await else {
             return Stop::Done;
         };
         if let Some(stop) = unplugged(&view, dev, rng, next_unplug) {
@@ -348,7 +350,7 @@ async fn nmea_loop(
             c.overruns += 1; // the line still carries the previous fix
             continue;
         }
-        let fix = nmea_fix(n, dev, &view, now, &mut st, rng);
+        let fix = nmea_fix(n, dev, &view, utc_ms, &mut st, rng);
         buf.clear();
         for s in &sentences {
             let start = buf.len();
