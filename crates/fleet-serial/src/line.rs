@@ -74,10 +74,15 @@ impl Line {
         }
     }
 
-    /// Throws away output the other end has not read (PTY only).
-    fn flush_stale(&mut self) {
-        if let Some(s) = &self.slave {
-            let _ = s.clear(tokio_serial::ClearBuffer::Input);
+    /// Throws away output the other end has not read (PTY only); how many bytes that was.
+    fn flush_stale(&mut self) -> u64 {
+        match &self.slave {
+            Some(s) => {
+                let queued = s.bytes_to_read().map(u64::from).unwrap_or(0);
+                let _ = s.clear(tokio_serial::ClearBuffer::Input);
+                queued
+            }
+            None => 0,
         }
     }
 
@@ -123,10 +128,9 @@ impl Pacer {
         tokio::time::sleep_until(self.busy_until).await;
         if write_or_stall(&mut line.stream, bytes).await?.is_err() {
             // Nobody is reading: what is queued is stale; drop it and try once more.
-            line.flush_stale();
+            c.dropped_bytes += line.flush_stale();
             if write_or_stall(&mut line.stream, bytes).await?.is_err() {
-                line.flush_stale();
-                c.dropped_bytes += bytes.len() as u64;
+                c.dropped_bytes += line.flush_stale();
             }
         }
         let now = Instant::now();
