@@ -55,8 +55,16 @@ impl Progress {
         } else {
             String::new()
         };
+        let serial = if s.serial.ports_opened > 0 {
+            format!(
+                "  serial {} lines out, {} commands",
+                s.serial.lines_out, s.serial.commands
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "online {}/{}  offline {}  published {} ({:.0}/s)  acked {}  failed {}  p50 {} p99 {}  lag max {}{modbus}",
+            "online {}/{}  offline {}  published {} ({:.0}/s)  acked {}  failed {}  p50 {} p99 {}  lag max {}{modbus}{serial}",
             s.state(DeviceState::Online),
             self.devices,
             s.state(DeviceState::Offline) + s.state(DeviceState::Connecting),

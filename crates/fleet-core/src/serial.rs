@@ -698,3 +698,59 @@ pub fn parse_line_template(text: &str, sensors: &[SensorSpec]) -> Result<Vec<Lin
     }
     Ok(parts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{SensorFaults, SensorModel};
+
+    fn sensors() -> Vec<SensorSpec> {
+        ["temp", "rh"]
+            .iter()
+            .map(|n| SensorSpec {
+                name: n.to_string(),
+                unit: None,
+                decimals: 1,
+                model: SensorModel::Constant { value: 1.0 },
+                faults: SensorFaults::default(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn line_templates_parse_into_parts() {
+        let p = parse_line_template("T={sensor.temp:.2} RH={sensor.rh} #{seq} {{x}}", &sensors())
+            .expect("valid");
+        assert_eq!(
+            p,
+            vec![
+                LinePart::Text("T=".into()),
+                LinePart::Sensor(0, Some(2)),
+                LinePart::Text(" RH=".into()),
+                LinePart::Sensor(1, None),
+                LinePart::Text(" #".into()),
+                LinePart::Seq,
+                LinePart::Text(" {x}".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_line_templates_say_what_is_wrong() {
+        let s = sensors();
+        let cases = [
+            ("{sensor.wind}", "names no sensor"),
+            ("{temp}", "is not a placeholder"),
+            ("{sensor.temp:2}", "decimals must look like"),
+            ("{seq:.2}", "only sensor values take decimals"),
+            ("a}", "without `{`"),
+            ("{seq", "without `}`"),
+            ("a\nb", "line breaks"),
+            ("", "must not be empty"),
+        ];
+        for (t, want) in cases {
+            let e = parse_line_template(t, &s).expect_err(t);
+            assert!(e.contains(want), "{t:?}: {e}");
+        }
+    }
+}
