@@ -20,11 +20,21 @@
 #    0x02/0x03/0x0B, write and read back; RTU: units on the line, silence for a unit not on it, a
 #    broadcast write); two of the meters also publish over MQTT, and what Modbus reads equals
 #    their telemetry; the report's modbus counters show all of it.
+# F  Serial (scripts/serial_interop.py): GPS receivers, an LTE modem, a Modbus RTU meter and a
+#    weather station on PTYs, and a GPS receiver on a real port (one end of a socat PTY pair,
+#    read at the other end): pyserial reads NMEA that pynmea2 parses with valid checksums (all
+#    five sentences; no-fix sentences before the first fix, then fixes around Berlin, 1 s apart,
+#    and a fix that survives an unplug of the port); an AT dialogue (ATE0, ATI, AT+CGSN, AT+CSQ,
+#    AT+CREG?, AT+COPS?, ERROR and +CME ERROR in both modes) and +CREG URCs over a scheduled
+#    outage; the weather station's lines; the meter read with pymodbus over RTU; a scheduled
+#    unplug (the link goes and comes back, reading again works); the report's serial counters.
 #
-# Needs root (or sudo) for apt-get when mosquitto, mosquitto_sub/pub, python3 or (for E) mbpoll
-# are missing, and pip for pymodbus + pyserial (E) when python3 lacks them.
+# Needs root (or sudo) for apt-get when mosquitto, mosquitto_sub/pub, python3, (for E) mbpoll or
+# (for F) socat are missing, and pip for pymodbus + pyserial (E, F) and pynmea2 (F) when python3
+# lacks them.
 # Environment:
-#   INTEROP_ONLY=E,...      run only these tests (letters, comma-separated; "modbus" = E)
+#   INTEROP_ONLY=E,...      run only these tests (letters A-F, comma-separated; "modbus" = E,
+#                           "serial" = F)
 #   FLEETSIM=path           use this binary instead of `cargo build --release`
 #   INTEROP_STRICT=0        report known fleetsim bugs as KNOWN instead of failing (default 1: they fail)
 #   INTEROP_KEEP_TMP=1      keep the temp folder (broker logs, subscriber output, reports)
@@ -44,6 +54,7 @@ export LC_ALL=C.UTF-8 NO_COLOR=1
 STRICT="${INTEROP_STRICT:-1}"
 ONLY=",${INTEROP_ONLY:-},"
 ONLY="${ONLY//,modbus,/,E,}"
+ONLY="${ONLY//,serial,/,F,}"
 want() { [[ "$ONLY" == ",," || "$ONLY" == *",$1,"* ]]; } # want TEST: is test TEST selected?
 PASSED=0
 FAILED=0
@@ -99,8 +110,8 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-[[ "$ONLY" == ",," || "$ONLY" =~ ^,([A-E],)+$ ]] ||
-    die "INTEROP_ONLY=${INTEROP_ONLY:-}: want test letters A-E (or modbus), comma-separated"
+[[ "$ONLY" == ",," || "$ONLY" =~ ^,([A-F],)+$ ]] ||
+    die "INTEROP_ONLY=${INTEROP_ONLY:-}: want test letters A-F (or modbus, serial), comma-separated"
 
 # ---------------------------------------------------------------------------------------------
 # Tools
@@ -110,6 +121,10 @@ TOOLS=(mosquitto mosquitto_sub mosquitto_pub python3)
 if want E; then
     APT_PACKAGES+=(mbpoll)
     TOOLS+=(mbpoll)
+fi
+if want F; then
+    APT_PACKAGES+=(socat)
+    TOOLS+=(socat)
 fi
 for tool in "${TOOLS[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || need_install=1
@@ -131,26 +146,42 @@ for tool in "${TOOLS[@]}" timeout; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not on PATH"
 done
 log "mosquitto: $(mosquitto -h 2>/dev/null | head -1)"
-# Test E's Modbus master library: pymodbus (pinned: its client API changes between minor
-# releases) with pyserial for RTU, from PyPI. pip refuses a system Python managed by Debian
-# (PEP 668) without --break-system-packages.
-PYMODBUS_VERSION=3.16.1
-if want E && ! python3 -c 'import sys, serial, pymodbus; sys.exit(pymodbus.__version__ != sys.argv[1])' \
-    "$PYMODBUS_VERSION" 2>/dev/null; then
-    log "installing pymodbus[serial]==$PYMODBUS_VERSION (pip)"
+# Test E's Modbus master library (also F's, for the RTU meter): pymodbus (pinned: its client
+# API changes between minor releases) with pyserial for RTU, from PyPI. pip refuses a system
+# Python managed by Debian (PEP 668) without --break-system-packages.
+pip_install() { # WHAT SPEC...: pip install the pinned SPECs, with pip from apt-get when missing
+    local what=$1
+    shift
+    log "installing $* (pip)"
     if ! python3 -m pip --version >/dev/null 2>&1; then
         export DEBIAN_FRONTEND=noninteractive
         { timeout 600 $SUDO apt-get update -q && timeout 900 $SUDO apt-get install -y -q python3-pip; } \
             || die "python3 has no pip, and apt-get install python3-pip failed"
     fi
-    pip_install=(timeout 600)
-    [[ -n "$SUDO" ]] && pip_install+=("$SUDO")
-    pip_install+=(env PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check
-        "pymodbus[serial]==$PYMODBUS_VERSION")
-    "${pip_install[@]}" || "${pip_install[@]}" --break-system-packages || die "pip install pymodbus failed"
+    local cmd=(timeout 600)
+    [[ -n "$SUDO" ]] && cmd+=("$SUDO")
+    cmd+=(env PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check "$@")
+    "${cmd[@]}" || "${cmd[@]}" --break-system-packages || die "pip install $what failed"
+}
+PYMODBUS_VERSION=3.16.1
+if { want E || want F; } && ! python3 -c 'import sys, serial, pymodbus; sys.exit(pymodbus.__version__ != sys.argv[1])' \
+    "$PYMODBUS_VERSION" 2>/dev/null; then
+    pip_install pymodbus "pymodbus[serial]==$PYMODBUS_VERSION"
 fi
 if want E; then
     log "mbpoll: $(mbpoll -V 2>&1 | head -1); pymodbus: $(python3 -c 'import pymodbus; print(pymodbus.__version__)')"
+fi
+# Test F's serial reader and NMEA parser: pyserial (already there with pymodbus[serial]) and
+# pynmea2, pinned.
+PYSERIAL_VERSION=3.5
+PYNMEA2_VERSION=1.19.0
+if want F && ! python3 -c 'import sys, serial, pynmea2
+sys.exit((serial.__version__, pynmea2.__version__) != tuple(sys.argv[1:]))' \
+    "$PYSERIAL_VERSION" "$PYNMEA2_VERSION" 2>/dev/null; then
+    pip_install "pyserial and pynmea2" "pyserial==$PYSERIAL_VERSION" "pynmea2==$PYNMEA2_VERSION"
+fi
+if want F; then
+    log "socat: $(socat -V 2>/dev/null | grep -m1 'socat version' || echo '?'); pyserial, pynmea2, pymodbus: $(python3 -c 'import serial, pynmea2, pymodbus; print(serial.__version__, pynmea2.__version__, pymodbus.__version__)')"
 fi
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/fleetsim-interop.XXXXXX")"
@@ -294,6 +325,24 @@ for k in sys.argv[2].split("."):
     v = v[k]
 print(v)' "$1" "$2" 2>/dev/null || echo -1
 }
+
+# Runs a Python check script (LETTER SCRIPT TIMEOUT ARGS...) and counts its PASS/FAIL lines
+# (like `checker`).
+py_checks() {
+    local letter=$1 script=$2 out rc=0 p f
+    shift 2
+    out=$(timeout "$1" python3 "$ROOT/scripts/$script" "${@:2}" 2>&1) || rc=$?
+    printf '%s\n' "$out"
+    p=$(printf '%s\n' "$out" | grep -c '^PASS' || true)
+    f=$(printf '%s\n' "$out" | grep -c '^FAIL' || true)
+    PASSED=$((PASSED + p))
+    FAILED=$((FAILED + f))
+    if [[ $rc -ne 0 && $f -eq 0 ]]; then
+        fail "$letter  $script $2 exited $rc without saying why"
+    fi
+}
+modbus_checks() { py_checks E modbus_interop.py "$@"; }
+serial_checks() { py_checks F serial_interop.py "$@"; }
 
 # Tests A-D run scenarios/smoke.toml; each test sits in an `if want X` (INTEROP_ONLY), its
 # lines left as they were, not indented under it.
@@ -521,19 +570,6 @@ start_broker E
 start_sub E_all 'fleetsim/#'
 E_SUB=$SUB_PID
 
-# Counts the PASS/FAIL lines of a modbus_interop.py run (like `checker`).
-modbus_checks() {
-    local out rc=0 p f
-    out=$(timeout "$1" python3 "$ROOT/scripts/modbus_interop.py" "${@:2}" 2>&1) || rc=$?
-    printf '%s\n' "$out"
-    p=$(printf '%s\n' "$out" | grep -c '^PASS' || true)
-    f=$(printf '%s\n' "$out" | grep -c '^FAIL' || true)
-    PASSED=$((PASSED + p))
-    FAILED=$((FAILED + f))
-    if [[ $rc -ne 0 && $f -eq 0 ]]; then
-        fail "E  modbus_interop.py $2 exited $rc without saying why"
-    fi
-}
 
 RUN_START_MS=$(now_ms)
 set +e
@@ -559,6 +595,123 @@ if [[ $RUN_RC -ne 0 ]]; then
     show_run E
 fi
 modbus_checks 60 report --report "$TMP/E.json" --exit-code "$RUN_RC" --min-writes 4
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want F; then
+F_DURATION=60
+log "Test F: serial devices on PTYs and a real port (a socat pair) against pyserial, pynmea2 and pymodbus (${F_DURATION}s)"
+# Cohorts, in device-id order: "gps" (gnss-0000, watched through its unplug; gnss-0001, read
+# until it has a fix), "modem" (modem-0002), "meter" (din-0003), "weather" (wx-004), each on a
+# PTY linked under $F_DIR/serial/, and "rig" (gnss-0005) on a real port: one end of a socat PTY
+# pair, read at the other end. The GPS ports are unplugged at 25 s for 5 s, the modem loses the
+# network at 30 s for 6 s. The receivers' ttff is 20-40 s (the profile); the seed is fixed, and
+# with seed 12 gnss-0001 has its first fix at about 21 s, before the unplug, so the test also
+# sees whether a fix survives an unplug (and the modem's link model, mtbf 10m, does not drop the
+# network during the dialogue, as it could on another seed).
+F_DIR="$TMP/F-run"
+F_RIG="$TMP/F-rigA"
+F_FAR="$TMP/F-rigB"
+F_UNPLUG_AT=25
+F_UNPLUG_FOR=5
+F_OUTAGE_AT=30
+F_OUTAGE_FOR=6
+socat -d -d "pty,raw,echo=0,link=$F_RIG" "pty,raw,echo=0,link=$F_FAR" >"$TMP/F-socat.log" 2>&1 &
+F_SOCAT=$!
+BG_PIDS+=("$F_SOCAT")
+deadline=$((SECONDS + 10))
+until [[ -e "$F_RIG" && -e "$F_FAR" ]]; do
+    if ((SECONDS >= deadline)) || ! kill -0 "$F_SOCAT" 2>/dev/null; then
+        sed 's/^/   | /' "$TMP/F-socat.log" >&2
+        die "socat did not link $F_RIG and $F_FAR within 10 s"
+    fi
+    sleep 0.1
+done
+log "socat pair: pid $F_SOCAT, $F_RIG -> $(readlink "$F_RIG"), $F_FAR -> $(readlink "$F_FAR")"
+cat >"$TMP/F.toml" <<EOF
+name = "serial-interop"
+seed = 12
+duration = "${F_DURATION}s"
+clock = "wall"
+
+[ramp]
+mode = "all"
+
+[[cohorts]]
+name = "gps"
+profile = "$ROOT/device-profiles/gnss-receiver.toml"
+count = 2
+
+[[cohorts]]
+name = "modem"
+profile = "$ROOT/device-profiles/lte-modem.toml"
+count = 1
+
+[[cohorts]]
+name = "meter"
+profile = "$ROOT/device-profiles/rtu-meter.toml"
+count = 1
+
+[[cohorts]]
+name = "weather"
+profile = "$ROOT/device-profiles/weather-station.toml"
+count = 1
+
+[[cohorts]]
+name = "rig"
+profile = "$ROOT/device-profiles/gnss-receiver.toml"
+count = 1
+
+[[serial]]
+cohort = "rig"
+port = "$F_RIG"
+baud = 9600
+
+[[events]]
+at = "${F_UNPLUG_AT}s"
+kind = "unplug"
+cohort = "gps"
+duration = "${F_UNPLUG_FOR}s"
+
+[[events]]
+at = "${F_OUTAGE_AT}s"
+kind = "outage"
+cohort = "modem"
+duration = "${F_OUTAGE_FOR}s"
+
+[[slo]]
+name = "every port opened"
+metric = "serial.open_errors"
+max = 0.0
+EOF
+
+
+RUN_START_MS=$(now_ms)
+set +e
+timeout -k 10 $((F_DURATION + 60)) "$FLEETSIM" run "$TMP/F.toml" --headless --run-dir "$F_DIR" \
+    --duration "${F_DURATION}s" --report "$TMP/F.json" >"$TMP/F.out" 2>"$TMP/F.err" &
+F_PID=$!
+set -e
+BG_PIDS+=("$F_PID")
+# Waits for the map (the ports are up), then reads, talks and polls while the fleet runs.
+serial_checks $((F_DURATION + 30)) live --map "$F_DIR/serial-map.csv" --map-timeout 30 \
+    --fleetsim-cwd "$ROOT" --expect nmea=3,at_modem=1,modbus_rtu=1,lines=1 \
+    --real-port "$F_RIG" --real-far-end "$F_FAR" --ttff-max 40 \
+    --unplug-at "$F_UNPLUG_AT" --unplug-for "$F_UNPLUG_FOR" \
+    --outage-at "$F_OUTAGE_AT" --outage-for "$F_OUTAGE_FOR"
+set +e
+wait "$F_PID"
+RUN_RC=$?
+set -e
+RUN_END_MS=$(now_ms)
+echo "   fleetsim run F.toml --run-dir F-run --duration ${F_DURATION}s -> exit $RUN_RC in $(((RUN_END_MS - RUN_START_MS) / 1000)) s"
+kill "$F_SOCAT" 2>/dev/null || true
+wait "$F_SOCAT" 2>/dev/null || true
+if [[ $RUN_RC -ne 0 ]]; then
+    show_run F
+fi
+serial_checks 60 report --report "$TMP/F.json" --exit-code "$RUN_RC" --ports 6 --unplugs 2 \
+    --min-commands 10 --min-command-errors 3 --run-dir "$F_DIR"
 fi
 
 # cleanup (the EXIT trap) prints "N passed, M failed" and sets the exit code.

@@ -25,7 +25,6 @@ The checks rely on device-profiles/power-meter.toml's register map (docs/modbus.
 """
 
 import argparse
-import csv
 import inspect
 import json
 import logging
@@ -37,54 +36,15 @@ import subprocess
 import sys
 import time
 
+from interop_common import Results, Skip, report_section, resolve, run_check, wait_for_map
+
 TEST = "E"
 FW_VERSION = "5.2.0"
 MODEL = "FS-PM3"
 SERIAL = 20260042
 
 
-class Results:
-    def __init__(self, test):
-        self.test = test
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, name, ok, detail):
-        self.passed += bool(ok)
-        self.failed += not ok
-        print(f"{'PASS' if ok else 'FAIL'}  {self.test}  {name}: {detail}", flush=True)
-        return ok
-
-
-class Skip(Exception):
-    """A check could not run because an earlier step failed (already reported)."""
-
-
 # ------------------------------------------------------------------------------ the map ----
-
-def wait_for_map(path, timeout_s):
-    """Rows of modbus-map.csv once it is complete (the header and at least one row, and the
-    same size twice in a row: fleetsim writes it in one go, but not atomically)."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            with open(path, newline="") as f:
-                text = f.read()
-        except FileNotFoundError:
-            text = None
-        if text and text.endswith("\n") and text == last:
-            rows = list(csv.DictReader(text.splitlines()))
-            if rows:
-                return text, rows
-        last = text
-        time.sleep(0.2)
-    raise TimeoutError(f"{path} not written within {timeout_s:.0f} s")
-
-
-def resolve(path, base):
-    return path if os.path.isabs(path) else os.path.join(base, path)
-
 
 # -------------------------------------------------------------------- value decoding ----
 
@@ -222,15 +182,9 @@ def describe(err):
     return str(err)
 
 
-def run_check(r, name, fn):
-    """Runs one check function that returns (ok, detail); a Skip or an unexpected error fails it."""
-    try:
-        ok, detail = fn()
-    except Skip as e:
-        ok, detail = False, str(e)
-    except Exception as e:  # a crash of the check itself is a failure with a reason, not a traceback
-        ok, detail = False, f"{type(e).__name__}: {e}"
-    return r.check(name, ok, detail)
+def check(r, name, fn):
+    """Runs one check function that returns (ok, detail) and reports it."""
+    return r.check(name, *run_check(fn))
 
 
 # -------------------------------------------------------------------------- telemetry ----
@@ -276,7 +230,7 @@ def cmd_live(args):
     r = Results(args.test)
     t_start = time.monotonic()
     try:
-        map_text, rows = wait_for_map(args.map, args.map_timeout)
+        map_text, rows, _ = wait_for_map(args.map, args.map_timeout)
     except TimeoutError as e:
         r.check("modbus map", False, str(e))
         return r
@@ -316,6 +270,18 @@ def cmd_live(args):
         return r
     host = "127.0.0.1"
     tcp_args = ["-p", str(first_port), host]
+
+    # The map is written before the meters power on and boot (they are silent until then):
+    # wait, bounded, until the first one answers.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        rc, _, v = mbpoll(args, "-a", "1", "-t", "4", "-r", "0", *tcp_args)
+        if rc == 0 and 0 in v:
+            break
+        time.sleep(0.2)
+    else:
+        r.check("meters answer", False, f"unit 1 on port {first_port} did not answer within 15 s")
+        return r
 
     # ---- 1. mbpoll reads ---------------------------------------------------------------
     def mbpoll_floats():
@@ -364,11 +330,11 @@ def cmd_live(args):
         return c == [0, 0] and d == [1, 0], (f"coils 0..1 (restart, relay) {c} (want [0, 0]); discrete inputs "
                                              f"0..1 (network_up, cloud_connected) {d} (want [1, 0], mqtt = false)")
 
-    run_check(r, "mbpoll TCP f32 (-t 3:float)", mbpoll_floats)
-    run_check(r, "mbpoll TCP u16 inputs", mbpoll_u16)
-    run_check(r, "mbpoll TCP holding u16", mbpoll_holding)
-    run_check(r, "mbpoll TCP int32 (-t 4:int)", mbpoll_int)
-    run_check(r, "mbpoll TCP coils and discrete inputs", mbpoll_bits)
+    check(r, "mbpoll TCP f32 (-t 3:float)", mbpoll_floats)
+    check(r, "mbpoll TCP u16 inputs", mbpoll_u16)
+    check(r, "mbpoll TCP holding u16", mbpoll_holding)
+    check(r, "mbpoll TCP int32 (-t 4:int)", mbpoll_int)
+    check(r, "mbpoll TCP coils and discrete inputs", mbpoll_bits)
 
     # ---- 3. mbpoll: a unit id the port does not have ------------------------------------
     def mbpoll_unknown_unit():
@@ -379,7 +345,7 @@ def cmd_live(args):
             f"unit {absent} on port {first_port} (units 1..{len(per_port[first_port])}): mbpoll exit {rc}, "
             f"{tail(out, 1)!r} (want exception 0x0B, 'Target device failed to respond')")
 
-    run_check(r, "mbpoll unknown unit -> 0x0B", mbpoll_unknown_unit)
+    check(r, "mbpoll unknown unit -> 0x0B", mbpoll_unknown_unit)
 
     # ---- mbpoll as an RTU master on the PTY line -----------------------------------------
     if rtu:
@@ -393,7 +359,7 @@ def cmd_live(args):
             volt = float(v[0])
             return 380 <= volt <= 420, f"unit 2 on {rtu[0]['address']} (9600 8E1): voltage {volt} V (380..420)"
 
-        run_check(r, "mbpoll RTU f32", mbpoll_rtu)
+        check(r, "mbpoll RTU f32", mbpoll_rtu)
 
     # ---- pymodbus ------------------------------------------------------------------------
     try:
@@ -437,7 +403,7 @@ def cmd_live(args):
                                 f"readings (input 16, u64) grew {grew} in 5 s afterwards (want 4..6; "
                                 f"{before} before the write)")
 
-    run_check(r, "write interval_s=1 speeds readings up", interval_write)
+    check(r, "write interval_s=1 speeds readings up", interval_write)
 
     # ---- 4. pymodbus reads every type, and the exceptions ----------------------------------
     unit = 3
@@ -576,12 +542,12 @@ def cmd_live(args):
         finally:
             m.c.close()
 
-    run_check(r, "pymodbus TCP input registers (f32, u16, i16, u32 CDAB, f64, u32, u64)", py_inputs)
-    run_check(r, "pymodbus TCP holding registers (u16, u32, bitfield, strings)", py_holding)
-    run_check(r, "pymodbus TCP coils and discrete inputs", py_bits)
-    run_check(r, "pymodbus TCP exceptions 0x02, 0x03, 0x0B", py_exceptions)
-    run_check(r, "pymodbus TCP write ct_ratio=250 and read back", py_write_readback)
-    run_check(r, "pymodbus TCP restart coil restarts the meter", py_restart)
+    check(r, "pymodbus TCP input registers (f32, u16, i16, u32 CDAB, f64, u32, u64)", py_inputs)
+    check(r, "pymodbus TCP holding registers (u16, u32, bitfield, strings)", py_holding)
+    check(r, "pymodbus TCP coils and discrete inputs", py_bits)
+    check(r, "pymodbus TCP exceptions 0x02, 0x03, 0x0B", py_exceptions)
+    check(r, "pymodbus TCP write ct_ratio=250 and read back", py_write_readback)
+    check(r, "pymodbus TCP restart coil restarts the meter", py_restart)
     client.close()
 
     # ---- 5. pymodbus as an RTU master ------------------------------------------------------
@@ -649,14 +615,14 @@ def cmd_live(args):
                 return ok, (f"write holding 1 (ct_ratio) = 77 to unit 0: {len(stray)} bytes answered (want 0); "
                             f"ct_ratio read back from units {units}: {back} (want 77 each)")
 
-            run_check(r, "pymodbus RTU reads units on the line", rtu_reads)
-            run_check(r, "pymodbus RTU unit not on the line is silent", rtu_absent)
-            run_check(r, "pymodbus RTU broadcast write", rtu_broadcast)
+            check(r, "pymodbus RTU reads units on the line", rtu_reads)
+            check(r, "pymodbus RTU unit not on the line is silent", rtu_absent)
+            check(r, "pymodbus RTU broadcast write", rtu_broadcast)
             serial_client.close()
 
     # ---- 7. both paths tell the same story: Modbus registers vs MQTT telemetry --------------
     if mqtt_ids and args.telemetry:
-        run_check(r, "Modbus registers = MQTT telemetry", lambda: same_story(args, tm_factory(
+        check(r, "Modbus registers = MQTT telemetry", lambda: same_story(args, tm_factory(
             ModbusTcpClient, ModbusException), by_id, mqtt_ids))
 
     print(f"   ({TEST} live checks took {time.monotonic() - t_start:.1f} s)", flush=True)
@@ -766,14 +732,8 @@ def compare(v, vals):
 # ----------------------------------------------------------------------------- report ----
 
 def cmd_report(args):
-    r = Results(args.test)
-    r.check("fleetsim exit", args.exit_code == 0, f"{args.exit_code} (want 0: SLOs met)")
-    try:
-        with open(args.report) as f:
-            rep = json.load(f)
-        mb = rep["modbus"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        r.check("report modbus counters", False, f"{args.report}: {type(e).__name__}: {e}")
+    r, mb = report_section(args, "modbus")
+    if mb is None:
         return r
     codes = mb.get("exceptions_by_code", {})
     funcs = mb.get("requests_by_function", {})

@@ -93,6 +93,9 @@ pub async fn run_port(dev: PortDevice, router: QueryRouter, first: Option<Line>)
     let mut c = SerialCounters::default();
     let mut line = first;
     let mut next_unplug = draw_unplug(&dev.spec, &mut rng);
+    // What the device remembers while its port is away: an unplug takes the cable, not the
+    // power (a GPS keeps its fix, a modem its settings).
+    let mut memory = Memory::default();
     loop {
         let l = match line.take() {
             Some(l) => l,
@@ -115,7 +118,7 @@ pub async fn run_port(dev: PortDevice, router: QueryRouter, first: Option<Line>)
             },
         };
         c.ports_opened += 1;
-        let (l, stop) = serve(l, &dev, &router, &mut rng, &mut c, next_unplug).await;
+        let (l, stop) = serve(l, &dev, &router, &mut rng, &mut c, next_unplug, &mut memory).await;
         l.close();
         match stop {
             Stop::Done => {
@@ -172,7 +175,21 @@ fn unplug_for(spec: &SerialSpec, rng: &mut Pcg32) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
 }
 
+/// A persona's state that outlives its port.
+#[derive(Default)]
+struct Memory {
+    gps: GpsState,
+    modem: Option<ModemMemory>,
+}
+
+struct ModemMemory {
+    modem: Modem,
+    /// Uptime when last seen: a smaller one means the device rebooted.
+    last_uptime: f64,
+}
+
 /// Serves the persona on `line` until it has to stop.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     mut line: Line,
     dev: &PortDevice,
@@ -180,10 +197,34 @@ async fn serve(
     rng: &mut Pcg32,
     c: &mut SerialCounters,
     next_unplug: Option<Instant>,
+    memory: &mut Memory,
 ) -> (Line, Stop) {
     let stop = match &dev.spec.persona {
-        Persona::Nmea(n) => nmea_loop(&mut line, dev, n, router, rng, c, next_unplug).await,
-        Persona::AtModem(_) => at_loop(&mut line, dev, router, rng, c, next_unplug).await,
+        Persona::Nmea(n) => {
+            nmea_loop(
+                &mut line,
+                dev,
+                n,
+                router,
+                rng,
+                c,
+                next_unplug,
+                &mut memory.gps,
+            )
+            .await
+        }
+        Persona::AtModem(_) => {
+            at_loop(
+                &mut line,
+                dev,
+                router,
+                rng,
+                c,
+                next_unplug,
+                &mut memory.modem,
+            )
+            .await
+        }
         Persona::Lines(l) => lines_loop(&mut line, dev, l, router, rng, c, next_unplug).await,
         Persona::ModbusRtu => modbus_loop(&mut line, dev, router, rng, c, next_unplug).await,
     };
@@ -228,6 +269,16 @@ struct GpsState {
     /// Seconds after boot the first fix comes.
     ttff_s: f64,
     prev: Option<(f64, f64, f64)>, // lat, lon, t_s
+}
+
+impl Default for GpsState {
+    fn default() -> Self {
+        GpsState {
+            last_uptime: f64::MAX,
+            ttff_s: -1.0,
+            prev: None,
+        }
+    }
 }
 
 fn nmea_fix(
@@ -299,6 +350,7 @@ fn nmea_fix(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn nmea_loop(
     line: &mut Line,
     dev: &PortDevice,
@@ -307,6 +359,7 @@ async fn nmea_loop(
     rng: &mut Pcg32,
     c: &mut SerialCounters,
     next_unplug: Option<Instant>,
+    st: &mut GpsState,
 ) -> Stop {
     let period_ms = 1000 / u64::from(n.rate_hz.max(1));
     let period = Duration::from_millis(period_ms);
@@ -325,11 +378,6 @@ async fn nmea_loop(
         .iter()
         .filter_map(|s| Sentence::parse(s))
         .collect();
-    let mut st = GpsState {
-        last_uptime: f64::MAX,
-        ttff_s: -1.0,
-        prev: None,
-    };
     let mut buf = Vec::with_capacity(1024);
     loop {
         let due = tick.tick().await;
@@ -350,7 +398,7 @@ async fn nmea_loop(
             c.overruns += 1; // the line still carries the previous fix
             continue;
         }
-        let fix = nmea_fix(n, dev, &view, utc_ms, &mut st, rng);
+        let fix = nmea_fix(n, dev, &view, utc_ms, st, rng);
         buf.clear();
         for s in &sentences {
             let start = buf.len();
@@ -416,6 +464,7 @@ async fn at_loop(
     rng: &mut Pcg32,
     c: &mut SerialCounters,
     next_unplug: Option<Instant>,
+    memory: &mut Option<ModemMemory>,
 ) -> Stop {
     let Persona::AtModem(a) = &dev.spec.persona else {
         return Stop::Done;
@@ -428,7 +477,10 @@ async fn at_loop(
         operator: a.operator.clone(),
     };
     let cell_id = (dev.seed as u32) & 0x0FFF_FFFF;
-    let mut modem = Modem::new(info.clone());
+    let mem = memory.get_or_insert_with(|| ModemMemory {
+        modem: Modem::new(info.clone()),
+        last_uptime: f64::MAX,
+    });
     let mut assembler = LineAssembler::new();
     let mut pacer = Pacer::new(dev.baud);
     let mut tick = tokio::time::interval(WATCH);
@@ -436,8 +488,8 @@ async fn at_loop(
     let mut buf = [0u8; 256];
     let mut lines = Vec::new();
     let mut out = Vec::with_capacity(256);
-    let mut last_uptime = f64::MAX;
     loop {
+        let modem = &mut mem.modem;
         tokio::select! {
             r = line.stream.read(&mut buf) => {
                 let n = match r {
@@ -483,11 +535,12 @@ async fn at_loop(
                 if let Some(stop) = unplugged(&view, dev, rng, next_unplug) {
                     return stop;
                 }
-                if view.uptime_s < last_uptime && view.booted {
+                if view.uptime_s < mem.last_uptime && view.booted {
                     // A (re)boot: the modem starts over with its defaults.
-                    modem = Modem::new(info.clone());
+                    mem.modem = Modem::new(info.clone());
                 }
-                last_uptime = if view.booted { view.uptime_s } else { f64::MAX };
+                mem.last_uptime = if view.booted { view.uptime_s } else { f64::MAX };
+                let modem = &mut mem.modem;
                 if !view.booted {
                     continue;
                 }
