@@ -658,3 +658,49 @@ fn writing_the_interval_register_re_times_the_reports() {
     );
     assert_eq!(r.read(51.0, Table::Holding, 0, 1), Ok(vec![2]));
 }
+
+proptest! {
+    /// Any read or write a master can send to any table of a shipped register map gives data of
+    /// the right length or an exception code, never a panic; a failed write changes nothing.
+    #[test]
+    fn register_map_reads_and_writes_never_panic(
+        table in 0usize..4,
+        addr in any::<u16>(),
+        count in 0u16..130,
+        values in proptest::collection::vec(any::<u16>(), 0..130),
+    ) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/modbus-plant.toml");
+        let fleet = fleet_core::load::load_fleet(&fleet_core::load::FsSource, &path).expect("plant");
+        let cohort = &fleet.cohorts[0];
+        let ctx = DeviceCtx { cohort, epoch_ms: 0, end: SimTime::NEVER };
+        let mut d = Device::new(RunSeed(1), DeviceId(0), cohort);
+        d.power_on_at(SimTime::ZERO);
+        let mut fx = Effects::default();
+        for _ in 0..5 {
+            let now = d.wake_at();
+            fx.clear();
+            d.handle(now, Input::Wake, &ctx, &mut fx);
+        }
+        let now = secs(10);
+        let t = Table::ALL[table];
+        let mut out = Vec::new();
+        match d.modbus_read(t, addr, count, now, &ctx, false, &mut out) {
+            Ok(()) => prop_assert_eq!(out.len(), usize::from(count)),
+            Err(code) => prop_assert!(matches!(code, 1..=4 | 0x0B), "{code}"),
+        }
+        let mut before = Vec::new();
+        let _ = d.modbus_read(Table::Holding, 0, 7, now, &ctx, false, &mut before);
+        let r = d.modbus_write(t, addr, &values, now, &ctx, &mut fx);
+        if r.is_err() {
+            let mut after = Vec::new();
+            let _ = d.modbus_read(Table::Holding, 0, 7, now, &ctx, false, &mut after);
+            prop_assert_eq!(before, after, "a refused write changed the device");
+        }
+    }
+
+    /// A line template from arbitrary text parses or says why; it never panics.
+    #[test]
+    fn any_line_template_parses_or_explains(text in ".{0,80}") {
+        let _ = fleet_core::serial::parse_line_template(&text, &[]);
+    }
+}
