@@ -40,6 +40,8 @@ pub const INTERVAL_MAX_S: f64 = 86_400.0;
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModbusRaw {
+    /// Vendor name a master reads with Read Device Identification (function 0x2B/0x0E).
+    pub vendor: Option<String>,
     /// How a read that touches an address no point covers is answered.
     #[serde(default)]
     pub unmapped: Unmapped,
@@ -451,6 +453,8 @@ pub struct FaultDecision {
 #[derive(Clone, Debug)]
 pub struct RegisterMap {
     pub points: Vec<Point>,
+    /// Read Device Identification: the vendor name (object 0x00).
+    pub vendor: String,
     spans: [Vec<Span>; 4],
     pub unmapped: Unmapped,
     /// Writable per-device values (`setpoint` points), with their initial values.
@@ -547,7 +551,16 @@ impl RegisterMap {
             }
         }
         let faults = ModbusFaults::validate(c, "modbus.faults", &raw.faults);
+        let vendor = raw.vendor.clone().unwrap_or_else(|| "fleetsim".to_string());
+        if vendor.is_empty() || !vendor.is_ascii() || vendor.len() > 64 {
+            c.fail(
+                "modbus.vendor",
+                format!("{vendor:?}"),
+                "must be 1 to 64 ASCII characters",
+            );
+        }
         RegisterMap {
+            vendor,
             points,
             spans,
             unmapped: raw.unmapped,

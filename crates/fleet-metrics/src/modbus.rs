@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// Function codes counted one by one; anything else is counted as `other`.
-pub const FUNCTIONS: [(u8, &str); 9] = [
+pub const FUNCTIONS: [(u8, &str); 10] = [
     (0x01, "read_coils"),
     (0x02, "read_discrete_inputs"),
     (0x03, "read_holding_registers"),
@@ -14,6 +14,7 @@ pub const FUNCTIONS: [(u8, &str); 9] = [
     (0x0F, "write_multiple_coils"),
     (0x10, "write_multiple_registers"),
     (0x17, "read_write_multiple_registers"),
+    (0x2B, "read_device_identification"),
 ];
 
 /// Exception codes counted (index = code; 0 unused).

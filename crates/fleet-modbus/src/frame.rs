@@ -866,6 +866,9 @@ mod tests {
                 } => {
                     encode_registers(out, f, &regs(*read_addr, *read_count));
                 }
+                Request::ReadDeviceIdentification { read_code, .. } => {
+                    pdu::encode_device_identification(out, *read_code, &[(0, b"test".as_slice())]);
+                }
             }
             Some(req)
         }

@@ -41,7 +41,12 @@ pub mod function_code {
     pub const WRITE_MULTIPLE_REGISTERS: u8 = 0x10;
     /// Read/write multiple registers (0x17).
     pub const READ_WRITE_MULTIPLE_REGISTERS: u8 = 0x17;
+    /// Encapsulated interface transport (0x2B); MEI type 0x0E is Read Device Identification.
+    pub const ENCAPSULATED_INTERFACE: u8 = 0x2B;
 }
+
+/// MEI type of Read Device Identification (function 0x2B).
+pub const MEI_READ_DEVICE_ID: u8 = 0x0E;
 
 /// Most coils or discrete inputs one read may ask for.
 pub const MAX_READ_BITS: u16 = 2000;
@@ -129,6 +134,13 @@ pub enum Request {
         /// New values, 1..=121 of them.
         values: Vec<u16>,
     },
+    /// FC 0x2B / MEI 0x0E: read device identification.
+    ReadDeviceIdentification {
+        /// 1 basic, 2 regular, 3 extended (stream access), 4 one object.
+        read_code: u8,
+        /// The object asked for (read code 4) or the first one (stream access).
+        object_id: u8,
+    },
 }
 
 impl Request {
@@ -144,6 +156,7 @@ impl Request {
             Request::WriteMultipleCoils { .. } => fc::WRITE_MULTIPLE_COILS,
             Request::WriteMultipleRegisters { .. } => fc::WRITE_MULTIPLE_REGISTERS,
             Request::ReadWriteMultipleRegisters { .. } => fc::READ_WRITE_MULTIPLE_REGISTERS,
+            Request::ReadDeviceIdentification { .. } => fc::ENCAPSULATED_INTERFACE,
         }
     }
 }
@@ -274,6 +287,22 @@ pub fn parse_request(pdu: &[u8]) -> Result<Request, PduError> {
             let values = unpack_words(data);
             Ok(Request::WriteMultipleRegisters { addr, values })
         }
+        fc::ENCAPSULATED_INTERFACE => {
+            let &[mei, read_code, object_id] = body else {
+                return Err(bad_value);
+            };
+            if mei != MEI_READ_DEVICE_ID {
+                // Other MEI types (CANopen general reference, 0x0D) are not implemented.
+                return Err(PduError::IllegalFunction { function });
+            }
+            if !(1..=4).contains(&read_code) {
+                return Err(bad_value);
+            }
+            Ok(Request::ReadDeviceIdentification {
+                read_code,
+                object_id,
+            })
+        }
         fc::READ_WRITE_MULTIPLE_REGISTERS => {
             let &[
                 r0,
@@ -340,6 +369,37 @@ fn unpack_bits(data: &[u8], count: usize) -> Vec<bool> {
 fn unpack_words(data: &[u8]) -> Vec<u16> {
     let (words, _) = data.as_chunks::<2>();
     words.iter().map(|&w| u16::from_be_bytes(w)).collect()
+}
+
+/// Appends a Read Device Identification response (FC 0x2B / MEI 0x0E) with `objects` (id,
+/// value), all in one response: conformity level 0x82 (regular identification, stream and
+/// individual access), nothing more follows. Objects are cut to fit the 253-byte PDU.
+pub fn encode_device_identification(out: &mut Vec<u8>, read_code: u8, objects: &[(u8, &[u8])]) {
+    let start = out.len();
+    out.extend_from_slice(&[
+        fc::ENCAPSULATED_INTERFACE,
+        MEI_READ_DEVICE_ID,
+        read_code,
+        0x82,
+        0x00,
+        0x00,
+        0,
+    ]);
+    let count_at = out.len() - 1;
+    let mut count = 0u8;
+    for (id, value) in objects {
+        let used = out.len() - start;
+        let room = 253usize.saturating_sub(used + 2);
+        if room == 0 {
+            break;
+        }
+        let v = &value[..value.len().min(room).min(255)];
+        out.push(*id);
+        out.push(v.len() as u8);
+        out.extend_from_slice(v);
+        count += 1;
+    }
+    out[count_at] = count;
 }
 
 /// Appends a read bits response (FC 0x01/0x02): function code, byte count, then the bits
@@ -470,6 +530,12 @@ pub(crate) fn encode_request(out: &mut Vec<u8>, request: &Request) {
             for v in values {
                 push_word(out, *v);
             }
+        }
+        Request::ReadDeviceIdentification {
+            read_code,
+            object_id,
+        } => {
+            out.extend_from_slice(&[MEI_READ_DEVICE_ID, *read_code, *object_id]);
         }
     }
 }

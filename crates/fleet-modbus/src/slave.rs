@@ -262,6 +262,39 @@ fn run(
             pdu::encode_write_multiple(out, function, *addr, values.len() as u16);
             Ok(true)
         }
+        Request::ReadDeviceIdentification {
+            read_code,
+            object_id,
+        } => {
+            if broadcast {
+                return Ok(false);
+            }
+            let profile = &ctx.cohort.profile;
+            let fw = &ctx.cohort.firmware.versions[usize::from(ctx.cohort.firmware_version)];
+            let vendor = profile
+                .modbus
+                .as_ref()
+                .map(|m| m.vendor.as_str())
+                .unwrap_or("fleetsim");
+            let all: [(u8, &[u8]); 6] = [
+                (0x00, vendor.as_bytes()),
+                (0x01, profile.name.as_bytes()),
+                (0x02, fw.version.as_bytes()),
+                (0x03, b"https://example.invalid/fleetsim"),
+                (0x04, profile.description.as_bytes()),
+                (0x05, profile.name.as_bytes()),
+            ];
+            let objects: Vec<(u8, &[u8])> = match read_code {
+                1 => all[..3].to_vec(),
+                2 | 3 => all.iter().copied().filter(|(_, v)| !v.is_empty()).collect(),
+                _ => match all.iter().find(|(id, _)| id == object_id) {
+                    Some(o) => vec![*o],
+                    None => return Err(fleet_core::modbus::exception::ILLEGAL_DATA_ADDRESS),
+                },
+            };
+            pdu::encode_device_identification(out, *read_code, &objects);
+            Ok(false)
+        }
         Request::ReadWriteMultipleRegisters {
             read_addr,
             read_count,

@@ -745,3 +745,48 @@ fn a_pty_line_serves_the_cohort_on_it() {
     });
     plant.finish();
 }
+
+#[test]
+fn device_identification_names_vendor_product_and_firmware() {
+    let plant = Plant::start(&[("meters", 1, "", false)]);
+    let (addr, unit) = plant.tcp("mb-0000");
+    rt().block_on(async {
+        let mut ctx = wait_up(addr, unit).await;
+        let r = tokio::time::timeout(TIMEOUT, ctx.read_device_identification(ReadCode::Basic, 0))
+            .await
+            .expect("in time")
+            .expect("io")
+            .expect("answered");
+        let objects: Vec<(u8, String)> = r
+            .device_id_objects
+            .iter()
+            .map(|o| (o.id, String::from_utf8_lossy(&o.value).into_owned()))
+            .collect();
+        assert_eq!(
+            objects,
+            [
+                (0, "fleetsim".to_string()),
+                (1, "all-types".to_string()),
+                (2, "5.2.0".to_string())
+            ]
+        );
+        let one = tokio::time::timeout(
+            TIMEOUT,
+            ctx.read_device_identification(ReadCode::Specific, 2),
+        )
+        .await
+        .expect("in time")
+        .expect("io")
+        .expect("answered");
+        assert_eq!(one.device_id_objects.len(), 1);
+        let missing = tokio::time::timeout(
+            TIMEOUT,
+            ctx.read_device_identification(ReadCode::Specific, 0x80),
+        )
+        .await
+        .expect("in time")
+        .expect("io");
+        assert_eq!(missing.err(), Some(ExceptionCode::IllegalDataAddress));
+    });
+    plant.finish();
+}
