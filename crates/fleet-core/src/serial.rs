@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::dist::{Dist, DistSpec};
 use crate::error::Checker;
 use crate::profile::SensorSpec;
-use crate::template::{Template, Var};
+use crate::template::{Piece, Template, Var, split_placeholders};
 use crate::time::SimDuration;
 
 /// Baud rates a line may be set to.
@@ -607,91 +607,71 @@ fn validate_lines(c: &mut Checker, l: &LinesRaw, sensors: &[SensorSpec]) -> Line
 
 /// Parses a line template; the error says what is wrong.
 pub fn parse_line_template(text: &str, sensors: &[SensorSpec]) -> Result<Vec<LinePart>, String> {
-    let mut parts = Vec::new();
-    let mut lit = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(ch) = chars.next() {
-        match ch {
-            '{' if chars.peek() == Some(&'{') => {
-                chars.next();
-                lit.push('{');
-            }
-            '}' if chars.peek() == Some(&'}') => {
-                chars.next();
-                lit.push('}');
-            }
-            '{' => {
-                let mut name = String::new();
-                let mut closed = false;
-                for ch in chars.by_ref() {
-                    if ch == '}' {
-                        closed = true;
-                        break;
-                    }
-                    name.push(ch);
-                }
-                if !closed {
-                    return Err("has a `{` without `}`".into());
-                }
-                if !lit.is_empty() {
-                    parts.push(LinePart::Text(std::mem::take(&mut lit)));
-                }
-                let (var, format) = match name.split_once(':') {
-                    Some((v, f)) => (v, Some(f)),
-                    None => (name.as_str(), None),
-                };
-                let part = match var {
-                    "seq" => LinePart::Seq,
-                    "battery" => LinePart::Battery,
-                    "uptime" => LinePart::Uptime,
-                    "ts" => LinePart::Ts,
-                    "device_id" => LinePart::DeviceId,
-                    "fw" => LinePart::Firmware,
-                    s if s.starts_with("sensor.") => {
-                        let sname = &s["sensor.".len()..];
-                        let idx = sensors.iter().position(|x| x.name == sname).ok_or_else(
-                            || {
-                                let names: Vec<&str> =
-                                    sensors.iter().map(|x| x.name.as_str()).collect();
-                                format!(
-                                    "`{{{name}}}` names no sensor of this profile (sensors: {})",
-                                    names.join(", ")
-                                )
-                            },
-                        )?;
-                        let decimals = match format {
-                            None => None,
-                            Some(f) => Some(
-                                f.strip_prefix('.')
-                                    .and_then(|d| d.parse::<u8>().ok())
-                                    .filter(|d| *d <= 9)
-                                    .ok_or_else(|| {
-                                        format!("`{{{name}}}`: decimals must look like `:.2` (0-9)")
-                                    })?,
-                            ),
-                        };
-                        LinePart::Sensor(idx as u16, decimals)
-                    }
-                    other => {
-                        return Err(format!(
-                            "`{{{other}}}` is not a placeholder: use {{sensor.<name>}}, {{sensor.<name>:.N}}, {{seq}}, {{battery}}, {{uptime}}, {{ts}}, {{device_id}} or {{fw}}"
-                        ));
-                    }
-                };
-                if format.is_some() && !matches!(part, LinePart::Sensor(..)) {
-                    return Err(format!("`{{{name}}}`: only sensor values take decimals"));
-                }
-                parts.push(part);
-            }
-            '}' => return Err("has a `}` without `{` (write `}}` for a brace)".into()),
-            ch if ch == '\r' || ch == '\n' => {
-                return Err("must not contain line breaks (terminator ends each line)".into());
-            }
-            ch => lit.push(ch),
-        }
+    if text.contains(['\r', '\n']) {
+        return Err("must not contain line breaks (terminator ends each line)".into());
     }
-    if !lit.is_empty() {
-        parts.push(LinePart::Text(lit));
+    let pieces = split_placeholders(text).map_err(|e| {
+        if e.starts_with("unclosed") {
+            "has a `{` without `}`".to_string()
+        } else {
+            "has a `}` without `{` (write `}}` for a brace)".to_string()
+        }
+    })?;
+    let mut parts = Vec::new();
+    for piece in pieces {
+        let name = match piece {
+            Piece::Text(t) => {
+                parts.push(LinePart::Text(t));
+                continue;
+            }
+            Piece::Placeholder(name) => name,
+        };
+        let (var, format) = match name.split_once(':') {
+            Some((v, f)) => (v, Some(f)),
+            None => (name.as_str(), None),
+        };
+        let part = match var {
+            "seq" => LinePart::Seq,
+            "battery" => LinePart::Battery,
+            "uptime" => LinePart::Uptime,
+            "ts" => LinePart::Ts,
+            "device_id" => LinePart::DeviceId,
+            "fw" => LinePart::Firmware,
+            s if s.starts_with("sensor.") => {
+                let sname = &s["sensor.".len()..];
+                let idx = sensors
+                    .iter()
+                    .position(|x| x.name == sname)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = sensors.iter().map(|x| x.name.as_str()).collect();
+                        format!(
+                            "`{{{name}}}` names no sensor of this profile (sensors: {})",
+                            names.join(", ")
+                        )
+                    })?;
+                let decimals = match format {
+                    None => None,
+                    Some(f) => Some(
+                        f.strip_prefix('.')
+                            .and_then(|d| d.parse::<u8>().ok())
+                            .filter(|d| *d <= 9)
+                            .ok_or_else(|| {
+                                format!("`{{{name}}}`: decimals must look like `:.2` (0-9)")
+                            })?,
+                    ),
+                };
+                LinePart::Sensor(idx as u16, decimals)
+            }
+            other => {
+                return Err(format!(
+                    "`{{{other}}}` is not a placeholder: use {{sensor.<name>}}, {{sensor.<name>:.N}}, {{seq}}, {{battery}}, {{uptime}}, {{ts}}, {{device_id}} or {{fw}}"
+                ));
+            }
+        };
+        if format.is_some() && !matches!(part, LinePart::Sensor(..)) {
+            return Err(format!("`{{{name}}}`: only sensor values take decimals"));
+        }
+        parts.push(part);
     }
     if parts.is_empty() {
         return Err("must not be empty".into());

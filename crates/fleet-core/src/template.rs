@@ -41,6 +41,62 @@ pub struct TemplateVars<'a> {
     pub device_id: &'a [u8],
 }
 
+/// A piece of text with placeholders: literal text (`{{` and `}}` already unescaped) or the
+/// inside of one `{...}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Placeholder(String),
+}
+
+/// Splits `text` into literal text and `{placeholder}`s; `{{` and `}}` are literal braces.
+/// The error names an unclosed `{` or a lone `}`.
+pub fn split_placeholders(text: &str) -> Result<Vec<Piece>, String> {
+    let mut out = Vec::new();
+    let mut lit = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                lit.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                lit.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                let mut closed = false;
+                for c in chars.by_ref() {
+                    if c == '}' {
+                        closed = true;
+                        break;
+                    }
+                    name.push(c);
+                }
+                if !closed {
+                    return Err(format!("unclosed `{{` in `{text}`"));
+                }
+                if !lit.is_empty() {
+                    out.push(Piece::Text(std::mem::take(&mut lit)));
+                }
+                out.push(Piece::Placeholder(name));
+            }
+            '}' => {
+                return Err(format!(
+                    "unmatched `}}` in `{text}` (write `}}}}` for a literal brace)"
+                ));
+            }
+            c => lit.push(c),
+        }
+    }
+    if !lit.is_empty() {
+        out.push(Piece::Text(lit));
+    }
+    Ok(out)
+}
+
 impl Template {
     /// A template of fixed text only.
     pub fn literal(text: &str) -> Template {
@@ -52,83 +108,50 @@ impl Template {
     /// Parses a template; `allowed` lists the placeholders this field may use.
     pub fn parse(text: &str, allowed: &[Var]) -> Result<Template, String> {
         let mut segs = Vec::new();
-        let mut lit = String::new();
-        let mut chars = text.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '{' if chars.peek() == Some(&'{') => {
-                    chars.next();
-                    lit.push('{');
+        for piece in split_placeholders(text)? {
+            let name = match piece {
+                Piece::Text(t) => {
+                    segs.push(Seg::Lit(t));
+                    continue;
                 }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                    lit.push('}');
+                Piece::Placeholder(name) => name,
+            };
+            let (var_name, width) = match name.split_once(':') {
+                Some((v, w)) => {
+                    let width = w
+                        .strip_prefix('0')
+                        .and_then(|d| d.parse::<usize>().ok())
+                        .filter(|n| (1..=20).contains(n))
+                        .ok_or_else(|| format!("`{{{name}}}`: width must look like `:06`"))?;
+                    (v, width)
                 }
-                '{' => {
-                    let mut name = String::new();
-                    let mut closed = false;
-                    for c in chars.by_ref() {
-                        if c == '}' {
-                            closed = true;
-                            break;
-                        }
-                        name.push(c);
-                    }
-                    if !closed {
-                        return Err(format!("unclosed `{{` in `{text}`"));
-                    }
-                    let (var_name, width) = match name.split_once(':') {
-                        Some((v, w)) => {
-                            let width = w
-                                .strip_prefix('0')
-                                .and_then(|d| d.parse::<usize>().ok())
-                                .filter(|n| (1..=20).contains(n))
-                                .ok_or_else(|| {
-                                    format!("`{{{name}}}`: width must look like `:06`")
-                                })?;
-                            (v, width)
-                        }
-                        None => (name.as_str(), 0),
-                    };
-                    let var = match var_name {
-                        "id" => Var::Id,
-                        "index" => Var::Index,
-                        "cohort" => Var::Cohort,
-                        "profile" => Var::Profile,
-                        "device_id" => Var::DeviceId,
-                        other => {
-                            return Err(format!(
-                                "unknown placeholder `{{{other}}}` (allowed: {})",
-                                names(allowed)
-                            ));
-                        }
-                    };
-                    if !allowed.contains(&var) {
-                        return Err(format!(
-                            "placeholder `{{{var_name}}}` is not allowed here (allowed: {})",
-                            names(allowed)
-                        ));
-                    }
-                    if width > 0 && !matches!(var, Var::Id | Var::Index) {
-                        return Err(format!(
-                            "`{{{name}}}`: only {{id}} and {{index}} take a width"
-                        ));
-                    }
-                    if !lit.is_empty() {
-                        segs.push(Seg::Lit(std::mem::take(&mut lit)));
-                    }
-                    segs.push(Seg::Var(var, width));
-                }
-                '}' => {
+                None => (name.as_str(), 0),
+            };
+            let var = match var_name {
+                "id" => Var::Id,
+                "index" => Var::Index,
+                "cohort" => Var::Cohort,
+                "profile" => Var::Profile,
+                "device_id" => Var::DeviceId,
+                other => {
                     return Err(format!(
-                        "unmatched `}}` in `{text}` (write `}}}}` for a literal brace)"
+                        "unknown placeholder `{{{other}}}` (allowed: {})",
+                        names(allowed)
                     ));
                 }
-                c => lit.push(c),
+            };
+            if !allowed.contains(&var) {
+                return Err(format!(
+                    "placeholder `{{{var_name}}}` is not allowed here (allowed: {})",
+                    names(allowed)
+                ));
             }
-        }
-        if !lit.is_empty() {
-            segs.push(Seg::Lit(lit));
+            if width > 0 && !matches!(var, Var::Id | Var::Index) {
+                return Err(format!(
+                    "`{{{name}}}`: only {{id}} and {{index}} take a width"
+                ));
+            }
+            segs.push(Seg::Var(var, width));
         }
         Ok(Template { segs })
     }

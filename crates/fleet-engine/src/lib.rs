@@ -12,6 +12,7 @@ pub mod process;
 pub mod query;
 pub mod run;
 pub mod scheduler;
+pub mod service;
 pub mod shard;
 mod virtual_clock;
 mod wall_clock;
@@ -20,6 +21,7 @@ pub use adapter::{Adapter, IdleAdapter, NetInput, SendOutcome};
 pub use plan::RunPlan;
 pub use query::{Query, QueryCx, QueryError, QueryInboxes, QueryRouter};
 pub use run::{EngineError, RunOptions, RunOutcome, SATURATION_LAG_US, run_virtual, run_wall};
+pub use service::ServiceThread;
 pub use virtual_clock::NoAdapter;
 pub use wall_clock::{ADAPTER_TICK, INBOX_CAPACITY, MAX_EVENTS_PER_TURN, MAX_STEPS_PER_TURN};
 

@@ -13,10 +13,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use fleet_core::scenario::{ModbusServe, Parity};
 use fleet_core::{DeviceId, Fleet};
-use fleet_engine::QueryRouter;
+use fleet_engine::{QueryRouter, ServiceThread};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 
 use crate::frame::{self, RtuDecoder, RtuEvent};
 use crate::pdu;
@@ -182,18 +182,12 @@ pub struct ModbusServers {
     pub map_file: PathBuf,
     /// PTY links made in the run folder: removed at the end (they would point at nothing).
     links: Vec<PathBuf>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    service: ServiceThread,
 }
 
 impl ModbusServers {
     pub fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.service.stop();
         for link in self.links.drain(..) {
             let _ = std::fs::remove_file(link);
         }
@@ -231,10 +225,7 @@ pub fn start(
     std::fs::create_dir_all(run_dir).map_err(|e| file_err(run_dir, e))?;
     // Serial streams register with a reactor when they open: open them inside the runtime
     // that will serve them (its thread starts below).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ServeError::Thread)?;
+    let rt = ServiceThread::runtime().map_err(ServeError::Thread)?;
     let guard = rt.enter();
     let mut listeners = Vec::new();
     let mut tcp = Vec::new();
@@ -304,50 +295,42 @@ pub fn start(
     std::fs::write(&map_file, map_text(plan, fleet, &tcp, &rtu))
         .map_err(|e| file_err(&map_file, e))?;
 
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let plan = plan.clone();
-    let thread = std::thread::Builder::new()
-        .name("modbus".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                for (l, p) in listeners.into_iter().zip(&plan.tcp) {
-                    match TcpListener::from_std(l) {
-                        Ok(l) => {
-                            let units: Arc<[DeviceId]> = p.units.clone().into();
-                            let limit = Arc::new(Semaphore::new(plan.max_connections as usize));
-                            tokio::spawn(serve_tcp(l, units, router.clone(), limit));
-                        }
-                        Err(e) => tracing::error!("modbus: listener: {e}"),
-                    }
+    let service = ServiceThread::spawn("modbus", rt, move || {
+        for (l, p) in listeners.into_iter().zip(&plan.tcp) {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    let units: Arc<[DeviceId]> = p.units.clone().into();
+                    let limit = Arc::new(Semaphore::new(plan.max_connections as usize));
+                    tokio::spawn(serve_tcp(l, units, router.clone(), limit));
                 }
-                for (line, b) in lines.into_iter().zip(&plan.rtu) {
-                    let units: Arc<[DeviceId]> = b.units.clone().into();
-                    let gap = frame_gap(b.baud, b.parity, b.stop_bits);
-                    let router = router.clone();
-                    match line {
-                        Line::Pty { master, _slave } => {
-                            tokio::spawn(async move {
-                                let _keep = _slave;
-                                serve_rtu(master, units, router, gap).await;
-                            });
-                        }
-                        Line::Real(stream) => {
-                            tokio::spawn(serve_rtu(stream, units, router, gap));
-                        }
-                    }
+                Err(e) => tracing::error!("modbus: listener: {e}"),
+            }
+        }
+        for (line, b) in lines.into_iter().zip(&plan.rtu) {
+            let units: Arc<[DeviceId]> = b.units.clone().into();
+            let gap = frame_gap(b.baud, b.parity, b.stop_bits);
+            let router = router.clone();
+            match line {
+                Line::Pty { master, _slave } => {
+                    tokio::spawn(async move {
+                        let _keep = _slave;
+                        serve_rtu(master, units, router, gap).await;
+                    });
                 }
-                let _ = stop_rx.await;
-            });
-            // Dropping the runtime closes every listener, connection and line.
-        })
-        .map_err(ServeError::Thread)?;
+                Line::Real(stream) => {
+                    tokio::spawn(serve_rtu(stream, units, router, gap));
+                }
+            }
+        }
+    })
+    .map_err(ServeError::Thread)?;
     Ok(ModbusServers {
         tcp,
         rtu,
         map_file,
         links,
-        stop: Some(stop_tx),
-        thread: Some(thread),
+        service,
     })
 }
 

@@ -75,6 +75,23 @@ async fn flush(router: &QueryRouter, id: DeviceId, c: &mut SerialCounters) {
         .await;
 }
 
+/// Sends `bytes` on the line: impairments, pacing, then the counters into the shard.
+async fn send(
+    line: &mut Line,
+    pacer: &mut Pacer,
+    bytes: &mut Vec<u8>,
+    dev: &PortDevice,
+    rng: &mut Pcg32,
+    c: &mut SerialCounters,
+    router: &QueryRouter,
+) -> io::Result<()> {
+    impair(bytes, &dev.spec.impairments, rng, c);
+    c.bytes_out += bytes.len() as u64;
+    pacer.write(line, bytes, c).await?;
+    flush(router, dev.id, c).await;
+    Ok(())
+}
+
 /// Why a persona stopped using its line.
 enum Stop {
     /// The port is pulled for this long (the line's own MTBF).
@@ -421,12 +438,9 @@ async fn nmea_loop(
             }
         }
         c.lines_out += count_lines(&buf);
-        impair(&mut buf, &dev.spec.impairments, rng, c);
-        c.bytes_out += buf.len() as u64;
-        if let Err(e) = pacer.write(line, &buf, c).await {
+        if let Err(e) = send(line, &mut pacer, &mut buf, dev, rng, c, router).await {
             return Stop::Failed(e);
         }
-        flush(router, dev.id, c).await;
     }
 }
 
@@ -523,12 +537,9 @@ async fn at_loop(
                     }
                 }
                 c.lines_out += count_lines(&out);
-                impair(&mut out, &dev.spec.impairments, rng, c);
-                c.bytes_out += out.len() as u64;
-                if let Err(e) = pacer.write(line, &out, c).await {
+                if let Err(e) = send(line, &mut pacer, &mut out, dev, rng, c, router).await {
                     return Stop::Failed(e);
                 }
-                flush(router, dev.id, c).await;
             }
             _ = tick.tick() => {
                 let Some((view, _)) = look(router, dev.id, c).await else { return Stop::Done };
@@ -551,12 +562,9 @@ async fn at_loop(
                     let n = count_lines(&out);
                     c.lines_out += n;
                     c.unsolicited += n.div_ceil(2).max(1);
-                    impair(&mut out, &dev.spec.impairments, rng, c);
-                    c.bytes_out += out.len() as u64;
-                    if let Err(e) = pacer.write(line, &out, c).await {
+                    if let Err(e) = send(line, &mut pacer, &mut out, dev, rng, c, router).await {
                         return Stop::Failed(e);
                     }
-                    flush(router, dev.id, c).await;
                 }
             }
         }
@@ -626,12 +634,9 @@ async fn lines_loop(
         out.clear();
         render_line(spec, dev, &view, now, &mut out);
         c.lines_out += 1;
-        impair(&mut out, &dev.spec.impairments, rng, c);
-        c.bytes_out += out.len() as u64;
-        if let Err(e) = pacer.write(line, &out, c).await {
+        if let Err(e) = send(line, &mut pacer, &mut out, dev, rng, c, router).await {
             return Stop::Failed(e);
         }
-        flush(router, dev.id, c).await;
     }
 }
 

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use fleet_core::serial::Persona;
 use fleet_core::template::TemplateVars;
 use fleet_core::{DeviceId, Fleet};
-use fleet_engine::QueryRouter;
-use tokio::sync::oneshot;
+use fleet_engine::{QueryRouter, ServiceThread};
 
 use crate::line::{Line, Place, pty_link};
 use crate::persona::{PortDevice, run_port};
@@ -157,18 +156,12 @@ pub struct SerialServers {
     /// (device id, path a user opens, persona, baud) per port.
     pub ports: Vec<(String, PathBuf, &'static str, u32)>,
     links: Vec<PathBuf>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    service: ServiceThread,
 }
 
 impl SerialServers {
     pub fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.service.stop();
         for l in self.links.drain(..) {
             let _ = std::fs::remove_file(l);
         }
@@ -194,10 +187,7 @@ pub fn start(
     };
     let dir = run_dir.join("serial");
     std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(SerialError::Thread)?;
+    let rt = ServiceThread::runtime().map_err(SerialError::Thread)?;
     let guard = rt.enter();
     let mut lines = Vec::with_capacity(plan.ports.len());
     let mut links = Vec::new();
@@ -243,24 +233,17 @@ pub fn start(
         );
     }
     std::fs::write(&map_file, text).map_err(|e| file_err(&map_file, e))?;
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let devices = plan.ports.clone();
-    let thread = std::thread::Builder::new()
-        .name("serial".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                for (dev, line) in devices.into_iter().zip(lines) {
-                    tokio::spawn(run_port(dev, router.clone(), Some(line)));
-                }
-                let _ = stop_rx.await;
-            });
-        })
-        .map_err(SerialError::Thread)?;
+    let service = ServiceThread::spawn("serial", rt, move || {
+        for (dev, line) in devices.into_iter().zip(lines) {
+            tokio::spawn(run_port(dev, router.clone(), Some(line)));
+        }
+    })
+    .map_err(SerialError::Thread)?;
     Ok(SerialServers {
         map_file,
         ports,
         links,
-        stop: Some(stop_tx),
-        thread: Some(thread),
+        service,
     })
 }
