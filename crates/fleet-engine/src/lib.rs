@@ -20,7 +20,9 @@ mod wall_clock;
 pub use adapter::{Adapter, IdleAdapter, NetInput, SendOutcome};
 pub use plan::RunPlan;
 pub use query::{Query, QueryCx, QueryError, QueryInboxes, QueryRouter};
-pub use run::{EngineError, RunOptions, RunOutcome, SATURATION_LAG_US, run_virtual, run_wall};
+pub use run::{
+    BackgroundRun, EngineError, RunOptions, RunOutcome, SATURATION_LAG_US, run_virtual, run_wall,
+};
 pub use service::ServiceThread;
 pub use virtual_clock::NoAdapter;
 pub use wall_clock::{ADAPTER_TICK, INBOX_CAPACITY, MAX_EVENTS_PER_TURN, MAX_STEPS_PER_TURN};

@@ -241,3 +241,58 @@ fn collect(
         interrupted: stop.load(Ordering::Relaxed),
     })
 }
+
+/// A wall-clock run on a thread of its own whose devices speak no session protocol (they are
+/// reached through queries: Modbus slaves, serial ports). For embedding and for tests: `finish`
+/// stops it and returns the outcome; dropping it stops it too.
+pub struct BackgroundRun {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<RunOutcome, EngineError>>>,
+}
+
+impl BackgroundRun {
+    pub fn start(plan: Arc<RunPlan>, opts: RunOptions) -> BackgroundRun {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            run_wall(
+                plan,
+                |_| crate::adapter::IdleAdapter::default(),
+                &opts,
+                flag,
+                |_| {},
+            )
+        });
+        BackgroundRun {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Ends the run (as Ctrl-C would) and waits for its outcome.
+    pub fn finish(mut self) -> Result<RunOutcome, EngineError> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => Err(EngineError::Shard {
+                shard: 0,
+                message: "the run's thread panicked".into(),
+            }),
+        }
+    }
+}
+
+impl Drop for BackgroundRun {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for BackgroundRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackgroundRun")
+    }
+}

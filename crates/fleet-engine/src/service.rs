@@ -5,6 +5,7 @@
 //! every socket closed) by `stop` or on drop.
 
 use std::io;
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 
 use tokio::runtime::Runtime;
@@ -14,6 +15,9 @@ use tokio::sync::oneshot;
 pub struct ServiceThread {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// Files the service made for others to find (PTY links), removed once it has stopped:
+    /// they would point at nothing.
+    cleanup: Vec<PathBuf>,
 }
 
 impl ServiceThread {
@@ -29,6 +33,7 @@ impl ServiceThread {
     pub fn spawn(
         name: &str,
         rt: Runtime,
+        cleanup: Vec<PathBuf>,
         start: impl FnOnce() + Send + 'static,
     ) -> io::Result<ServiceThread> {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -44,6 +49,7 @@ impl ServiceThread {
         Ok(ServiceThread {
             stop: Some(stop_tx),
             thread: Some(thread),
+            cleanup,
         })
     }
 
@@ -54,6 +60,9 @@ impl ServiceThread {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        for path in self.cleanup.drain(..) {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

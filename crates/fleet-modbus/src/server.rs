@@ -180,23 +180,13 @@ pub struct ModbusServers {
     pub rtu: Vec<PathBuf>,
     /// The map file: one line per device.
     pub map_file: PathBuf,
-    /// PTY links made in the run folder: removed at the end (they would point at nothing).
-    links: Vec<PathBuf>,
+    /// The thread serving them; it removes the PTY links when it stops.
     service: ServiceThread,
 }
 
 impl ModbusServers {
     pub fn stop(&mut self) {
         self.service.stop();
-        for link in self.links.drain(..) {
-            let _ = std::fs::remove_file(link);
-        }
-    }
-}
-
-impl Drop for ModbusServers {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -296,7 +286,7 @@ pub fn start(
         .map_err(|e| file_err(&map_file, e))?;
 
     let plan = plan.clone();
-    let service = ServiceThread::spawn("modbus", rt, move || {
+    let service = ServiceThread::spawn("modbus", rt, links, move || {
         for (l, p) in listeners.into_iter().zip(&plan.tcp) {
             match TcpListener::from_std(l) {
                 Ok(l) => {
@@ -329,7 +319,6 @@ pub fn start(
         tcp,
         rtu,
         map_file,
-        links,
         service,
     })
 }

@@ -7,12 +7,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fleet_core::DeviceId;
 use fleet_core::load::{FsSource, load_fleet};
-use fleet_engine::{IdleAdapter, QueryRouter, RunOptions, RunOutcome, RunPlan};
+use fleet_engine::{BackgroundRun, QueryRouter, RunOptions, RunOutcome, RunPlan};
 use fleet_modbus::{ModbusPlan, ModbusServers};
 use tokio_modbus::prelude::*;
 
@@ -201,8 +200,7 @@ struct Plant {
     _dir: tempfile::TempDir,
     servers: ModbusServers,
     router: QueryRouter,
-    stop: Arc<AtomicBool>,
-    run: Option<std::thread::JoinHandle<RunOutcome>>,
+    run: Option<BackgroundRun>,
     /// device_id -> (transport, address, port, unit)
     map: HashMap<String, (String, String, String, u8)>,
 }
@@ -251,21 +249,15 @@ impl Plant {
                 ),
             );
         }
-        let stop = Arc::new(AtomicBool::new(false));
         let opts = RunOptions {
             queries: Some(inboxes),
             ..RunOptions::default()
         };
-        let stop2 = stop.clone();
-        let run = std::thread::spawn(move || {
-            fleet_engine::run_wall(plan, |_| IdleAdapter::default(), &opts, stop2, |_| {})
-                .expect("run completes")
-        });
+        let run = BackgroundRun::start(plan, opts);
         Plant {
             _dir: dir,
             servers,
             router,
-            stop,
             run: Some(run),
             map,
         }
@@ -279,24 +271,14 @@ impl Plant {
 
     /// Ends the run and returns its outcome (the counters).
     fn finish(mut self) -> RunOutcome {
-        self.stop.store(true, Ordering::Relaxed);
         let out = self
             .run
             .take()
             .expect("running")
-            .join()
-            .expect("run thread");
+            .finish()
+            .expect("run completes");
         self.servers.stop();
         out
-    }
-}
-
-impl Drop for Plant {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(r) = self.run.take() {
-            let _ = r.join();
-        }
     }
 }
 

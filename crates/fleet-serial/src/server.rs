@@ -155,22 +155,13 @@ pub struct SerialServers {
     pub map_file: PathBuf,
     /// (device id, path a user opens, persona, baud) per port.
     pub ports: Vec<(String, PathBuf, &'static str, u32)>,
-    links: Vec<PathBuf>,
+    /// The thread serving them; it removes the PTY links when it stops.
     service: ServiceThread,
 }
 
 impl SerialServers {
     pub fn stop(&mut self) {
         self.service.stop();
-        for l in self.links.drain(..) {
-            let _ = std::fs::remove_file(l);
-        }
-    }
-}
-
-impl Drop for SerialServers {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -234,7 +225,7 @@ pub fn start(
     }
     std::fs::write(&map_file, text).map_err(|e| file_err(&map_file, e))?;
     let devices = plan.ports.clone();
-    let service = ServiceThread::spawn("serial", rt, move || {
+    let service = ServiceThread::spawn("serial", rt, links, move || {
         for (dev, line) in devices.into_iter().zip(lines) {
             tokio::spawn(run_port(dev, router.clone(), Some(line)));
         }
@@ -243,7 +234,6 @@ pub fn start(
     Ok(SerialServers {
         map_file,
         ports,
-        links,
         service,
     })
 }

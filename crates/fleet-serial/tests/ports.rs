@@ -6,11 +6,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet_core::load::{FsSource, load_fleet};
-use fleet_engine::{IdleAdapter, QueryRouter, RunOptions, RunOutcome, RunPlan};
+use fleet_engine::{BackgroundRun, QueryRouter, RunOptions, RunOutcome, RunPlan};
 use fleet_serial::nmea;
 use fleet_serial::{SerialPlan, SerialServers};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -60,8 +59,7 @@ struct Rig {
     rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
     servers: SerialServers,
-    stop: Arc<AtomicBool>,
-    run: Option<std::thread::JoinHandle<RunOutcome>>,
+    run: Option<BackgroundRun>,
     /// device_id -> path
     ports: HashMap<String, PathBuf>,
 }
@@ -98,21 +96,15 @@ impl Rig {
                 (f[0].to_string(), PathBuf::from(f[3]))
             })
             .collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
         let opts = RunOptions {
             queries: Some(inboxes),
             ..RunOptions::default()
         };
-        let run = std::thread::spawn(move || {
-            fleet_engine::run_wall(plan, |_| IdleAdapter::default(), &opts, stop2, |_| {})
-                .expect("run completes")
-        });
+        let run = BackgroundRun::start(plan, opts);
         Rig {
             rt: rt(),
             _dir: dir,
             servers,
-            stop,
             run: Some(run),
             ports,
         }
@@ -128,24 +120,14 @@ impl Rig {
     }
 
     fn finish(mut self) -> RunOutcome {
-        self.stop.store(true, Ordering::Relaxed);
         let out = self
             .run
             .take()
             .expect("running")
-            .join()
-            .expect("run thread");
+            .finish()
+            .expect("run completes");
         self.servers.stop();
         out
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(r) = self.run.take() {
-            let _ = r.join();
-        }
     }
 }
 
