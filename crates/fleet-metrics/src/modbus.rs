@@ -116,13 +116,15 @@ mod tests {
         a.count_request(0x03);
         a.count_request(0x03);
         a.count_request(0x2B);
+        a.count_request(0x08); // diagnostics: not one of ours, counted as `other`
         a.count_exception(0x02);
         a.count_exception(0x40);
         let mut t = ModbusCounters::default();
         t.add(&a);
         t.add(&a);
-        assert_eq!(t.requests, 6);
+        assert_eq!(t.requests, 8);
         assert_eq!(t.by_function[2], 4);
+        assert_eq!(t.by_function[FUNCTIONS.len() - 1], 2, "0x2B has a slot of its own");
         assert_eq!(t.by_function[FUNCTIONS.len()], 2);
         assert_eq!(t.exceptions[2], 2);
         assert_eq!(t.exceptions[EXCEPTION_SLOTS - 1], 2);
