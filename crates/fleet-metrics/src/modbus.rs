@@ -124,7 +124,11 @@ mod tests {
         t.add(&a);
         assert_eq!(t.requests, 8);
         assert_eq!(t.by_function[2], 4);
-        assert_eq!(t.by_function[FUNCTIONS.len() - 1], 2, "0x2B has a slot of its own");
+        assert_eq!(
+            t.by_function[FUNCTIONS.len() - 1],
+            2,
+            "0x2B has a slot of its own"
+        );
         assert_eq!(t.by_function[FUNCTIONS.len()], 2);
         assert_eq!(t.exceptions[2], 2);
         assert_eq!(t.exceptions[EXCEPTION_SLOTS - 1], 2);
