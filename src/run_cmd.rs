@@ -162,8 +162,8 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
         settings.broker_urls.is_empty(),
     )
     .map_err(Failure::Usage)?;
-    let modbus_plan = fleet_modbus::ModbusPlan::new(&fleet, &settings.modbus)
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let modbus_plan =
+        fleet_modbus::ModbusPlan::new(&fleet).map_err(|e| Failure::Usage(e.to_string()))?;
     let serial_devices: u32 = fleet
         .cohorts
         .iter()

@@ -140,19 +140,21 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
         us(cl.max),
         n(cl.count)
     );
-    let mb = &r.modbus;
+    let mb = &r.modbus.counters;
     if mb.requests > 0 || mb.connections > 0 || mb.malformed_frames > 0 {
         let exceptions: Vec<String> = mb
-            .exceptions_by_code
+            .exceptions
             .iter()
-            .map(|(code, v)| format!("0x{code} {}", n(*v)))
+            .enumerate()
+            .filter(|(_, v)| **v > 0)
+            .map(|(code, v)| format!("0x{code:02X} {}", n(*v)))
             .collect();
         let _ = writeln!(
             o,
             "modbus       requests {}  answered {}  exceptions {}{}  silent {}  writes {}  unknown unit {}  bad frames {}",
             n(mb.requests),
             n(mb.responses),
-            n(mb.exceptions),
+            n(r.modbus.exceptions),
             if exceptions.is_empty() {
                 String::new()
             } else {
@@ -163,7 +165,7 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
             n(mb.unknown_unit),
             n(mb.malformed_frames)
         );
-        let sv = &mb.service_us;
+        let sv = &r.modbus.service_us;
         let _ = writeln!(
             o,
             "             service time  p50 {}  p99 {}  max {}  (n={}; injected: {} delayed, {} dropped, {} bad CRC, {} truncated, {} swapped)",

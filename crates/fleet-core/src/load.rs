@@ -139,6 +139,16 @@ pub struct Cohort {
     pub modbus_faults: crate::modbus::ModbusFaults,
 }
 
+/// Where a cohort's Modbus register map is served (`Fleet::modbus_home`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModbusHome {
+    Tcp,
+    /// The scenario's `[[modbus.rtu]]` line with this index.
+    Bus(usize),
+    /// Each device's own serial port (fleet-serial).
+    SerialPort,
+}
+
 /// A scenario resolved with everything it names: what the engine runs.
 #[derive(Clone, Debug)]
 pub struct Fleet {
@@ -156,6 +166,38 @@ impl Fleet {
     pub fn cohort_of(&self, id: DeviceId) -> &Cohort {
         let i = self.cohorts.partition_point(|c| c.first_device <= id.0);
         &self.cohorts[i.saturating_sub(1)]
+    }
+
+    /// Where a cohort's register map is served, if it has one: on a `[[modbus.rtu]]` line of
+    /// the scenario (its index), on a serial port of each device's own (a `modbus_rtu`
+    /// persona), or over Modbus TCP.
+    pub fn modbus_home(&self, c: &Cohort) -> Option<ModbusHome> {
+        c.profile.modbus.as_ref()?;
+        if let Some(i) = self
+            .settings
+            .modbus
+            .rtu
+            .iter()
+            .position(|b| b.cohort == c.name)
+        {
+            return Some(ModbusHome::Bus(i));
+        }
+        let own_port = c
+            .profile
+            .serial
+            .as_ref()
+            .is_some_and(|s| matches!(s.persona, crate::serial::Persona::ModbusRtu));
+        Some(if own_port {
+            ModbusHome::SerialPort
+        } else {
+            ModbusHome::Tcp
+        })
+    }
+
+    /// Whether each device of the cohort gets a serial port of its own (a `[serial]` persona,
+    /// unless the cohort sits on a shared Modbus RTU line).
+    pub fn has_serial_ports(&self, c: &Cohort) -> bool {
+        c.profile.serial.is_some() && !matches!(self.modbus_home(c), Some(ModbusHome::Bus(_)))
     }
 
     /// Scales cohort counts in proportion so they add up to `total` (largest remainder).

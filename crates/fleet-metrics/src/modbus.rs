@@ -1,7 +1,9 @@
 //! Modbus slave counters: requests by function code, exceptions by code, injected faults and
 //! frames that made no request. Cumulative per shard, summed across shards like `Counters`.
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Serialize, Serializer};
 
 /// Function codes counted one by one; anything else is counted as `other`.
 pub const FUNCTIONS: [(u8, &str); 10] = [
@@ -24,11 +26,15 @@ pub const EXCEPTION_SLOTS: usize = 12;
 pub struct ModbusCounters {
     /// Requests that reached a device (one of ours, unicast or broadcast).
     pub requests: u64,
-    /// By function code, in `FUNCTIONS` order; the last slot is every other code.
+    /// By function code, in `FUNCTIONS` order; the last slot is every other code. Serialized
+    /// as `requests_by_function`: {"read_coils": n, ..., "other": n}.
+    #[serde(rename = "requests_by_function", serialize_with = "by_name")]
     pub by_function: [u64; FUNCTIONS.len() + 1],
     /// Normal responses sent.
     pub responses: u64,
     /// Exception responses sent, by code (index = code; the last slot is any higher code).
+    /// Serialized as `exceptions_by_code`: {"02": n, "0B": n}, codes that were sent only.
+    #[serde(rename = "exceptions_by_code", serialize_with = "by_code")]
     pub exceptions: [u64; EXCEPTION_SLOTS],
     /// Exceptions that were injected faults (also counted in `exceptions`).
     pub injected_exceptions: u64,
@@ -54,6 +60,26 @@ pub struct ModbusCounters {
     pub malformed_frames: u64,
     /// Connections accepted (TCP) or lines opened (RTU).
     pub connections: u64,
+}
+
+fn by_name<S: Serializer>(v: &[u64; FUNCTIONS.len() + 1], s: S) -> Result<S::Ok, S::Error> {
+    let mut m: BTreeMap<&str, u64> = FUNCTIONS
+        .iter()
+        .zip(v)
+        .map(|((_, n), c)| (*n, *c))
+        .collect();
+    m.insert("other", v[FUNCTIONS.len()]);
+    m.serialize(s)
+}
+
+fn by_code<S: Serializer>(v: &[u64; EXCEPTION_SLOTS], s: S) -> Result<S::Ok, S::Error> {
+    let m: BTreeMap<String, u64> = v
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(code, n)| (format!("{code:02X}"), *n))
+        .collect();
+    m.serialize(s)
 }
 
 impl ModbusCounters {

@@ -127,68 +127,23 @@ pub struct GeneratorSection {
     pub steps_per_s: f64,
 }
 
+/// The Modbus counters (requests by function, exceptions by code, every fault), the
+/// exceptions' total, and the service time.
 #[derive(Clone, Debug, Serialize)]
 pub struct ModbusSection {
-    pub requests: u64,
-    pub requests_by_function: BTreeMap<&'static str, u64>,
-    pub responses: u64,
+    #[serde(flatten)]
+    pub counters: crate::modbus::ModbusCounters,
+    /// Exception responses in all (`exceptions_by_code` summed).
     pub exceptions: u64,
-    /// By code, as two hex digits ("02", "0B"); only codes that were sent.
-    pub exceptions_by_code: BTreeMap<String, u64>,
-    /// Answers replaced by an exception a fault injected (counted in `exceptions` too).
-    pub injected_exceptions: u64,
-    /// Requests not answered: injected silence, or the device was not serving.
-    pub silent: u64,
-    pub not_serving: u64,
-    pub dropped_connections: u64,
-    pub bad_crc: u64,
-    pub truncated: u64,
-    pub swapped_words: u64,
-    pub delayed: u64,
-    pub broadcasts: u64,
-    pub writes: u64,
-    pub unknown_unit: u64,
-    pub malformed_frames: u64,
-    pub connections: u64,
     /// Request arrival to answer (injected delay included), microseconds.
     pub service_us: Percentiles,
 }
 
 impl ModbusSection {
     fn from_snapshot(s: &FleetSnapshot) -> ModbusSection {
-        let m = &s.modbus;
-        let mut by_function: BTreeMap<&'static str, u64> = crate::modbus::FUNCTIONS
-            .iter()
-            .zip(m.by_function)
-            .map(|((_, name), n)| (*name, n))
-            .collect();
-        by_function.insert("other", m.by_function[crate::modbus::FUNCTIONS.len()]);
-        let exceptions_by_code = m
-            .exceptions
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(code, n)| (format!("{code:02X}"), *n))
-            .collect();
         ModbusSection {
-            requests: m.requests,
-            requests_by_function: by_function,
-            responses: m.responses,
-            exceptions: m.exceptions_total(),
-            exceptions_by_code,
-            injected_exceptions: m.injected_exceptions,
-            silent: m.silent,
-            not_serving: m.not_serving,
-            dropped_connections: m.dropped_connections,
-            bad_crc: m.bad_crc,
-            truncated: m.truncated,
-            swapped_words: m.swapped_words,
-            delayed: m.delayed,
-            broadcasts: m.broadcasts,
-            writes: m.writes,
-            unknown_unit: m.unknown_unit,
-            malformed_frames: m.malformed_frames,
-            connections: m.connections,
+            counters: s.modbus,
+            exceptions: s.modbus.exceptions_total(),
             service_us: s.modbus_service,
         }
     }

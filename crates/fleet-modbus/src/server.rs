@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fleet_core::scenario::{ModbusServe, Parity};
+use fleet_core::load::ModbusHome;
+use fleet_core::scenario::Parity;
 use fleet_core::{DeviceId, Fleet};
 use fleet_engine::{QueryRouter, ServiceThread};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -85,28 +86,24 @@ pub enum ServeError {
 impl ModbusPlan {
     /// Spreads the fleet's Modbus devices: cohorts on a `[[modbus.rtu]]` line go to serial
     /// lines, the others to TCP ports of `units_per_port` devices each, in device order.
-    pub fn new(fleet: &Fleet, serve: &ModbusServe) -> Result<ModbusPlan, ServeError> {
+    pub fn new(fleet: &Fleet) -> Result<ModbusPlan, ServeError> {
+        let serve = &fleet.settings.modbus;
         let mut plan = ModbusPlan {
             max_connections: serve.max_connections,
             ..ModbusPlan::default()
         };
         let mut tcp_units: Vec<DeviceId> = Vec::new();
         for cohort in &fleet.cohorts {
-            if cohort.profile.modbus.is_none() || cohort.count == 0 {
+            if cohort.count == 0 {
                 continue;
             }
-            let on_bus = serve.rtu.iter().any(|b| b.cohort == cohort.name);
-            let own_port = cohort
-                .profile
-                .serial
-                .as_ref()
-                .is_some_and(|s| matches!(s.persona, fleet_core::serial::Persona::ModbusRtu));
-            if own_port && !on_bus {
-                continue; // a Modbus RTU slave on a serial port of its own (fleet-serial)
-            }
             let ids = (cohort.first_device..cohort.first_device + cohort.count).map(DeviceId);
-            match serve.rtu.iter().find(|b| b.cohort == cohort.name) {
-                Some(bus) => {
+            match fleet.modbus_home(cohort) {
+                None | Some(ModbusHome::SerialPort) => {} // no map, or served by fleet-serial
+                Some(ModbusHome::Bus(i)) => {
+                    let Some(bus) = serve.rtu.get(i) else {
+                        continue;
+                    };
                     let per = u32::from(bus.per_bus.max(1));
                     if let Some(port) = &bus.port
                         && cohort.count > per
@@ -130,7 +127,7 @@ impl ModbusPlan {
                         });
                     }
                 }
-                None => tcp_units.extend(ids),
+                Some(ModbusHome::Tcp) => tcp_units.extend(ids),
             }
         }
         let per = usize::from(serve.units_per_port.clamp(1, 247));

@@ -230,7 +230,7 @@ impl Plant {
         let sc = dir.path().join("scenario.toml");
         std::fs::write(&sc, scenario).expect("write scenario");
         let fleet = Arc::new(load_fleet(&FsSource, &sc).expect("valid scenario"));
-        let modbus = ModbusPlan::new(&fleet, &fleet.settings.modbus).expect("plan");
+        let modbus = ModbusPlan::new(&fleet).expect("plan");
         let plan = Arc::new(RunPlan::new(fleet.clone(), 2, 1_700_000_000_000));
         let (router, inboxes) = QueryRouter::new(&plan);
         let servers = fleet_modbus::start(&modbus, &fleet, router.clone(), dir.path())

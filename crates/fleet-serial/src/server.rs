@@ -53,12 +53,14 @@ impl SerialPlan {
         let s = &fleet.settings;
         let mut ports = Vec::new();
         for cohort in &fleet.cohorts {
-            let Some(spec) = &cohort.profile.serial else {
+            let Some(spec) = cohort
+                .profile
+                .serial
+                .as_ref()
+                .filter(|_| fleet.has_serial_ports(cohort))
+            else {
                 continue;
             };
-            if s.modbus.rtu.iter().any(|b| b.cohort == cohort.name) {
-                continue;
-            }
             let cfg = s.serial.iter().find(|p| p.cohort == cohort.name);
             if let Some(port) = cfg.and_then(|c| c.port.as_ref())
                 && cohort.count != 1
