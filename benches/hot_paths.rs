@@ -44,6 +44,7 @@ fn ctx(cohort: &Cohort) -> DeviceCtx<'_> {
         cohort,
         epoch_ms: EPOCH_MS,
         end: SimTime::NEVER,
+        real_network: false,
     }
 }
 

@@ -38,6 +38,17 @@ pub enum LogFormat {
 pub enum Command {
     /// Run a scenario (the built-in demo when none is given).
     Run(Box<RunArgs>),
+    /// Rehearse a firmware rollout: run a scenario with fleetsim as the orchestrator.
+    #[command(
+        long_about = "Rehearse a firmware rollout: run a scenario with fleetsim as the orchestrator.\n\n\
+The rollout given here replaces the scenario's own [[rollouts]] (--keep-scenario-rollouts keeps them). \
+Its report (and the summary) says when the rollout halted, how many devices were updated after the \
+abort threshold was truly crossed, the final version distribution, and which devices are bricked or stuck. \
+docs/ota.md explains every option.\n\n\
+Example: fleetsim rollout scenarios/rollout-week.toml --target 3.5.0 --waves 1,10,50,100 --wave-soak 2h\n\
+Example: fleetsim rollout scenarios/rollout-week.toml --target 3.6.0 --rate-base 100 --rate-max 5000 --abort-failure-percent 5"
+    )]
+    Rollout(Box<RolloutArgs>),
     /// Check scenario, profile and firmware files and explain every problem.
     #[command(
         long_about = "Check scenario, device profile and firmware model files and explain every problem.\n\n\
@@ -183,4 +194,95 @@ pub struct RunArgs {
 
 fn parse_duration_arg(s: &str) -> Result<fleet_core::SimDuration, String> {
     fleet_core::time::parse_duration(s)
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// The version to roll out (a version of the targeted cohorts' firmware model).
+    ///
+    /// Example: --target 3.5.0
+    #[arg(long, value_name = "VERSION")]
+    pub target: String,
+
+    /// The rollout's name (the job id devices see).
+    #[arg(long, value_name = "NAME", default_value = "rollout")]
+    pub name: String,
+
+    /// Target these cohorts (repeat); default: every cohort that can take the version.
+    #[arg(long = "cohort", value_name = "NAME")]
+    pub cohorts: Vec<String>,
+
+    /// The share of the targeted devices, in (0, 1].
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    pub fraction: f64,
+
+    /// When the rollout starts, from the start of the run.
+    #[arg(long, value_name = "D", default_value = "0s")]
+    pub at: String,
+
+    /// Waves as cumulative percentages of the targets.
+    ///
+    /// Example: --waves 1,10,50,100
+    #[arg(long, value_name = "P,P,...", value_delimiter = ',')]
+    pub waves: Vec<f64>,
+
+    /// Gated waves: the next wave starts this long after the previous one finished.
+    #[arg(long, value_name = "D")]
+    pub wave_soak: Option<String>,
+
+    /// Timed waves: a wave every D, finished or not.
+    #[arg(long, value_name = "D", conflicts_with = "wave_soak")]
+    pub wave_interval: Option<String>,
+
+    /// Exponential rate instead of waves: devices notified per minute at first...
+    #[arg(long, value_name = "N", conflicts_with = "waves")]
+    pub rate_base: Option<f64>,
+
+    /// ... multiplied by this factor (1.1 to 5) ...
+    #[arg(long, value_name = "F", default_value_t = 2.0)]
+    pub rate_factor: f64,
+
+    /// ... up to this many per minute ...
+    #[arg(long, value_name = "N")]
+    pub rate_max: Option<f64>,
+
+    /// ... each time this many more devices were notified (or, with
+    /// --rate-increase-on-success, succeeded).
+    #[arg(long, value_name = "N")]
+    pub rate_increase_after: Option<u32>,
+
+    #[arg(long)]
+    pub rate_increase_on_success: bool,
+
+    /// A device not finished this long after it was notified has timed out.
+    #[arg(long, value_name = "D", default_value = "1h")]
+    pub timeout: String,
+
+    /// How often the orchestrator evaluates.
+    #[arg(long, value_name = "D", default_value = "1m")]
+    pub evaluate_every: String,
+
+    /// Abort when this percentage of the executed devices failed ...
+    #[arg(long, value_name = "P")]
+    pub abort_failure_percent: Option<f64>,
+
+    /// ... once at least this many executed ...
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub abort_min_executed: u32,
+
+    /// ... counting these outcomes (failed, rejected, timed_out).
+    #[arg(
+        long,
+        value_name = "KIND,...",
+        value_delimiter = ',',
+        default_value = "failed,rejected,timed_out"
+    )]
+    pub abort_on: Vec<String>,
+
+    /// Keep the scenario's own [[rollouts]] as well.
+    #[arg(long)]
+    pub keep_scenario_rollouts: bool,
 }

@@ -101,7 +101,15 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Run(args) => match run_cmd::run(*args) {
+        Command::Run(args) => finish(run_cmd::run(*args, None)),
+        Command::Rollout(args) => finish(run_cmd::rollout(*args)),
+    }
+}
+
+/// The exit code of a run, with its problems on stderr.
+fn finish(result: Result<bool, Failure>) -> ExitCode {
+    {
+        match result {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(Failure::Config(errors)) => {
@@ -123,6 +131,6 @@ fn main() -> ExitCode {
                 eprintln!("fleetsim: {e:#}");
                 ExitCode::from(3)
             }
-        },
+        }
     }
 }

@@ -63,8 +63,19 @@ impl Progress {
         } else {
             String::new()
         };
+        let ota = if s.ota.jobs_received > 0 {
+            let updating: u64 = s.ota_stages[1..fleet_metrics::ota::OTA_STAGE_COUNT - 1]
+                .iter()
+                .sum();
+            format!(
+                "  ota {} updating, {} ok, {} failed, {} bricked",
+                updating, s.ota.succeeded, s.ota.failed, s.ota.bricked
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "online {}/{}  offline {}  published {} ({:.0}/s)  acked {}  failed {}  p50 {} p99 {}  lag max {}{modbus}{serial}",
+            "online {}/{}  offline {}  published {} ({:.0}/s)  acked {}  failed {}  p50 {} p99 {}  lag max {}{modbus}{serial}{ota}",
             s.state(DeviceState::Online),
             self.devices,
             s.state(DeviceState::Offline) + s.state(DeviceState::Connecting),

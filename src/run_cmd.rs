@@ -13,7 +13,7 @@ use fleet_engine::{RunOptions, RunPlan, SATURATION_LAG_US, process};
 use fleet_metrics::{ProcessStats, RunInfo, RunReport};
 use fleet_mqtt::{MqttAdapter, MqttConfig, Version};
 
-use crate::cli::{ClockArg, MqttVersionArg, RunArgs};
+use crate::cli::{ClockArg, MqttVersionArg, RolloutArgs, RunArgs};
 use crate::progress::Progress;
 use crate::{Failure, builtin, preflight, summary};
 
@@ -100,6 +100,28 @@ fn apply_overrides(fleet: &mut Fleet, args: &RunArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// rumqttd (the embedded broker) refuses subscriptions to topics that start with `$`, which
+/// AWS IoT Jobs devices need: say so before the run instead of letting every device fail.
+fn check_embedded_broker_topics(fleet: &Fleet) -> Result<(), Failure> {
+    let s = &fleet.settings;
+    if !s.broker_urls.is_empty() || s.clock != Clock::Wall {
+        return Ok(());
+    }
+    for c in fleet.cohorts.iter().filter(|c| c.mqtt) {
+        if let Some(o) = &c.profile.ota
+            && o.protocol == fleet_core::profile::OtaProtocol::AwsJobs
+            && o.aws_topic_prefix.starts_with('$')
+        {
+            return Err(Failure::Usage(format!(
+                "cohort {:?} speaks AWS IoT Jobs on {}/things/..., and the embedded broker (rumqttd) refuses subscriptions to topics that start with $: \
+                 run against mosquitto, EMQX or AWS IoT with --broker mqtt://HOST:PORT, or set [ota] aws_topic_prefix (e.g. \"aws\") in {}",
+                c.name, o.aws_topic_prefix, c.profile.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn run_id() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -129,9 +151,61 @@ fn ensure_writable(path: &Path, what: &str) -> Result<(), Failure> {
         .map_err(|e| Failure::Usage(format!("{what} {}: cannot write: {e}", path.display())))
 }
 
-pub fn run(args: RunArgs) -> Result<bool, Failure> {
+/// `fleetsim rollout`: the scenario with this rollout (and, if asked, its own).
+pub fn rollout(args: RolloutArgs) -> Result<bool, Failure> {
+    use fleet_core::rollout::{AbortRaw, RateRaw, RolloutRaw};
+    let raw = RolloutRaw {
+        name: args.name.clone(),
+        at: args.at.clone(),
+        target_version: args.target.clone(),
+        cohorts: args.cohorts.clone(),
+        fraction: args.fraction,
+        timeout: args.timeout.clone(),
+        evaluate_every: args.evaluate_every.clone(),
+        waves: (!args.waves.is_empty()).then(|| args.waves.clone()),
+        wave_soak: args.wave_soak.clone(),
+        wave_interval: args.wave_interval.clone(),
+        rate: args.rate_base.map(|base| RateRaw {
+            base_per_minute: base,
+            increment_factor: args.rate_factor,
+            max_per_minute: args.rate_max.unwrap_or(base),
+            notified_to_increase: args
+                .rate_increase_after
+                .filter(|_| !args.rate_increase_on_success),
+            succeeded_to_increase: args
+                .rate_increase_after
+                .filter(|_| args.rate_increase_on_success),
+        }),
+        abort: args.abort_failure_percent.map(|p| AbortRaw {
+            failure_percent: p,
+            min_executed: args.abort_min_executed,
+            failure_types: args.abort_on.clone(),
+        }),
+    };
+    let mut c = fleet_core::error::Checker::new("fleetsim rollout");
+    let spec = raw.validate(&mut c, "rollout");
+    if !c.errors.is_empty() {
+        return Err(Failure::Config(c.errors));
+    }
+    run(args.run, Some((spec, args.keep_scenario_rollouts)))
+}
+
+pub fn run(
+    args: RunArgs,
+    extra_rollout: Option<(fleet_core::rollout::RolloutSpec, bool)>,
+) -> Result<bool, Failure> {
     let mut fleet = load(&args)?;
     apply_overrides(&mut fleet, &args)?;
+    if let Some((spec, keep)) = extra_rollout {
+        if !keep {
+            fleet.settings.rollouts.clear();
+            fleet.rollouts.clear();
+        }
+        fleet
+            .add_rollout(spec, "fleetsim rollout")
+            .map_err(Failure::Config)?;
+    }
+    check_embedded_broker_topics(&fleet)?;
     if let Some(p) = &args.report {
         ensure_writable(p, "--report")?;
     }
@@ -203,6 +277,7 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
         args.progress_every.to_std(),
     );
 
+    let version_labels = fleet.version_labels().0;
     let (outcome, broker_desc) = match settings.clock {
         Clock::Virtual => {
             let epoch_ms = settings
@@ -309,6 +384,7 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
                     0 => fleet_mqtt::adapter::DEFAULT_MAX_CONNECTING,
                     n => n as usize,
                 },
+                max_downloads: settings.ota_max_downloads as usize,
             });
             let plan_for_adapters = plan.clone();
             let out = fleet_engine::run_wall(
@@ -361,6 +437,10 @@ pub fn run(args: RunArgs) -> Result<bool, Failure> {
         stats,
         SATURATION_LAG_US,
         &settings.slos,
+        fleet_metrics::OtaInputs {
+            version_labels,
+            rollouts: outcome.rollouts.clone(),
+        },
     );
     if let Some(path) = &args.report {
         write_report(path, &report).map_err(Failure::Runtime)?;

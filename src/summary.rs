@@ -201,6 +201,7 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
             n(se.open_errors)
         );
     }
+    render_ota(&mut o, r);
     let g = &r.generator;
     let _ = writeln!(
         o,
@@ -259,6 +260,93 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
     }
     let _ = writeln!(o);
     o
+}
+
+/// Firmware updates and rollouts (nothing when no device had a job).
+fn render_ota(o: &mut String, r: &RunReport) {
+    let ota = &r.ota;
+    let c = &ota.counters;
+    if c.jobs_received > 0 || !r.rollouts.is_empty() {
+        let f = &c.failures_by_stage;
+        let _ = writeln!(
+            o,
+            "ota          jobs {}  started {}  succeeded {}  failed {} (download {}, verify {}, install {}, boot {}, trial {}; {} rolled back)  rejected {}  bricked {}  reports lost {}",
+            n(c.jobs_received),
+            n(c.accepted),
+            n(c.succeeded),
+            n(c.failed),
+            n(f.download),
+            n(f.verify),
+            n(f.install),
+            n(f.boot),
+            n(f.trial),
+            n(c.rolled_back),
+            n(c.rejected),
+            n(c.bricked),
+            n(c.reports_lost)
+        );
+        if c.http.requests > 0 {
+            let _ = writeln!(
+                o,
+                "             http  requests {}  bytes {}  resumed {}  errors {}",
+                n(c.http.requests),
+                n(c.http.bytes),
+                n(c.http.resumes),
+                n(c.http.errors)
+            );
+        }
+        let versions: Vec<String> = ota
+            .versions
+            .iter()
+            .map(|(v, k)| format!("{v}: {}", n(*k)))
+            .collect();
+        let _ = writeln!(o, "             versions at end  {}", versions.join(", "));
+    }
+    for ro in &r.rollouts {
+        let c = &ro.reported;
+        let secs = |v: Option<f64>| v.map(|s| format!("{s:.0} s")).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            o,
+            "rollout      {} -> {}: {}  targets {}  notified {}  succeeded {}  failed {}  rejected {}  timed out {}  in progress {}  waves {}  started {}  finished {}",
+            ro.name,
+            ro.target_version,
+            ro.state,
+            n(ro.targets),
+            n(c.notified),
+            n(c.succeeded),
+            n(c.failed),
+            n(c.rejected),
+            n(c.timed_out),
+            n(ro.in_progress),
+            ro.waves.len(),
+            secs(ro.started_at_s),
+            secs(ro.finished_at_s)
+        );
+        if let Some(a) = &ro.abort {
+            let _ = writeln!(
+                o,
+                "             abort when {}: threshold truly crossed at {}, aborted at {} (time to halt {}); after the crossing {} notified, {} updated, {} failed",
+                a.criteria,
+                secs(a.threshold_crossed_at_s),
+                secs(a.aborted_at_s),
+                secs(a.time_to_halt_s),
+                n(a.overshoot.notified),
+                n(a.overshoot.updated),
+                n(a.overshoot.failed)
+            );
+        }
+        let t = &ro.truth;
+        let _ = writeln!(
+            o,
+            "             truth: succeeded {}  failed {} ({} rolled back)  bricked {}  stuck {}  final reports lost {}",
+            n(t.succeeded),
+            n(t.failed),
+            n(t.rolled_back),
+            n(t.bricked),
+            n(t.stuck),
+            n(t.reports_lost)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Every default and limit of the file formats, in one place, named.
 
+use crate::dist::DistSpec;
 use crate::profile::Backoff;
 use crate::time::SimDuration;
 
@@ -113,4 +114,39 @@ pub(crate) fn pty() -> String {
 }
 pub(crate) fn baud() -> u32 {
     9600
+}
+
+/// OTA: a quick cycle unless the firmware model says otherwise.
+pub(crate) fn ota_verify_s() -> DistSpec {
+    DistSpec::Constant { value: 2.0 }
+}
+pub(crate) fn ota_install_s() -> DistSpec {
+    DistSpec::Constant { value: 10.0 }
+}
+pub(crate) fn ota_trial_s() -> DistSpec {
+    DistSpec::Constant { value: 30.0 }
+}
+pub(crate) fn ota_max_boot_attempts() -> u8 {
+    3
+}
+pub(crate) fn ota_download_attempts() -> u8 {
+    5
+}
+pub(crate) fn ota_stall_timeout() -> String {
+    "5m".into()
+}
+/// Link bandwidth when a profile names none: 1 Mbit/s.
+pub const BANDWIDTH_KBPS: f64 = 1_000.0;
+/// OTA status reports while downloading: every 25 %.
+pub(crate) fn ota_progress_step() -> u8 {
+    25
+}
+/// Retry of a failed HTTP download attempt: after this long times the attempt number.
+pub const OTA_DOWNLOAD_RETRY: SimDuration = SimDuration::from_secs(5);
+/// AWS IoT Jobs: how often a rejected update is re-sent before the device gives up.
+pub const OTA_MAX_UPDATE_RETRIES: u8 = 3;
+/// HTTP downloads in progress at once, whole process, unless the scenario says otherwise.
+pub const OTA_MAX_DOWNLOADS: u32 = 64;
+pub(crate) fn ota_max_downloads() -> u32 {
+    OTA_MAX_DOWNLOADS
 }

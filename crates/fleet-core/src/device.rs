@@ -21,6 +21,11 @@ use crate::sensor::SensorState;
 use crate::template::TemplateVars;
 use crate::time::{SimDuration, SimTime};
 
+#[path = "device_ota.rs"]
+mod ota_cycle;
+pub use ota_cycle::OtaInput;
+use ota_cycle::OtaJob;
+
 /// Where a device is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceState {
@@ -85,6 +90,10 @@ pub enum Input<'a> {
     ModbusFault { fault: ForcedFault, until: SimTime },
     /// The device's serial port is unplugged until `until`.
     Unplug { until: SimTime },
+    /// A message arrived on one of the device's subscriptions (commands, OTA jobs).
+    Message { topic: &'a [u8], payload: &'a [u8] },
+    /// The update cycle: a rollout's job or cancellation, download progress.
+    Ota(OtaInput<'a>),
 }
 
 /// Which of the device's topics a publish goes to.
@@ -93,6 +102,9 @@ pub enum TopicKind {
     Telemetry,
     Response,
     Status,
+    /// An update's status or job request: the topic is the first `topic_len` bytes of the
+    /// payload range (AWS IoT Jobs topics carry the job id).
+    Ota,
 }
 
 /// A message to send. Its payload is `Effects::payload[payload]`.
@@ -110,6 +122,16 @@ pub struct Publish {
     /// Sent from the offline buffer after a reconnect (latency includes the time offline).
     pub from_buffer: bool,
     pub payload: Range<u32>,
+    /// `TopicKind::Ota`: the payload range starts with this many bytes of topic.
+    pub topic_len: u32,
+}
+
+impl Publish {
+    /// (topic, payload) of the bytes of `payload`: the topic is empty unless the publish
+    /// carries its own (`TopicKind::Ota`).
+    pub fn split<'b>(&self, bytes: &'b [u8]) -> (&'b [u8], &'b [u8]) {
+        bytes.split_at((self.topic_len as usize).min(bytes.len()))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -121,6 +143,12 @@ pub enum Effect {
     DropLink,
     /// Leave cleanly with DISCONNECT (reboot, end of run).
     Disconnect,
+    /// Fetch the update's image over HTTP from `offset` (the URL is `Device::ota_download_url`).
+    Download {
+        offset: u64,
+    },
+    /// Stop the HTTP fetch under way (the link went down; the device resumes later).
+    CancelDownload,
 }
 
 /// What the device reports about itself, for the event log and the counters.
@@ -192,6 +220,55 @@ pub enum Event {
     Unplugged {
         until: SimTime,
     },
+    /// A job arrived (before it is checked).
+    OtaJobReceived {
+        rollout: Option<u16>,
+    },
+    /// A job was accepted and its download begins.
+    OtaStarted {
+        rollout: Option<u16>,
+    },
+    OtaStage {
+        stage: crate::ota::OtaStage,
+    },
+    /// How the job ended, when it is decided (the truth, reported or not).
+    OtaOutcome {
+        outcome: crate::ota::Outcome,
+        rollout: Option<u16>,
+    },
+    /// A status report of a rollout's job left the device (`outcome` None: the first
+    /// IN_PROGRESS report); it reaches the orchestrator after `delay` unless `lost`.
+    OtaReported {
+        rollout: u16,
+        outcome: Option<crate::ota::Outcome>,
+        lost: bool,
+        delay: SimDuration,
+    },
+    OtaStatusSent,
+    OtaReportLost,
+    OtaDownloadPaused,
+    OtaDownloadRestarted,
+    OtaDownloadStalled,
+    OtaDownloadFailed {
+        retryable: bool,
+    },
+    OtaRebootMidDownload,
+    OtaPowerLoss,
+    OtaBootFailed {
+        attempt: u8,
+    },
+    OtaRolledBack,
+    OtaCancelled {
+        rollout: Option<u16>,
+    },
+    OtaCancelRefused,
+    OtaBadMessage,
+    /// AWS IoT Jobs: an update was rejected / re-sent; start-next or get was rejected; a job
+    /// the backend no longer knows was dropped.
+    OtaUpdateRejected,
+    OtaUpdateRetried,
+    OtaRequestRejected,
+    OtaAbandoned,
 }
 
 /// Output buffers, owned by the engine and reused for every step.
@@ -221,6 +298,8 @@ pub struct DeviceCtx<'a> {
     pub epoch_ms: u64,
     /// No reports are made at or after this time.
     pub end: SimTime,
+    /// Real sockets (wall clock): an update may download its image over HTTP.
+    pub real_network: bool,
 }
 
 impl DeviceCtx<'_> {
@@ -268,10 +347,20 @@ pub struct Device {
     offline: VecDeque<Buffered>,
     /// Only for devices with a register map.
     modbus: Option<Box<ModbusState>>,
+    /// Firmware version in slot A and B (indexes into the model), and the slot that runs.
+    fw_slots: [u16; 2],
+    fw_active: u8,
+    /// AWS IoT Jobs client tokens so far.
+    ota_tokens: u32,
+    /// Draws of the update cycle (faults, stage durations, bandwidth).
+    ota_rng: rand_pcg::Pcg32,
+    ota: Option<Box<OtaJob>>,
 }
 
 /// Stream selector of the Modbus fault draws.
 const STREAM_MODBUS: u64 = 0x6d6f_6462; // "modb"
+/// Stream selector of the update cycle's draws.
+const STREAM_OTA: u64 = 0x6f74_6131; // "ota1"
 
 /// What a device with a peripheral (a Modbus register map, a serial persona) keeps.
 #[derive(Clone, Debug)]
@@ -357,6 +446,11 @@ impl Device {
         });
         Device {
             modbus,
+            fw_slots: [cohort.firmware_version; 2],
+            fw_active: 0,
+            ota_tokens: 0,
+            ota_rng: seed.device_stream(id, STREAM_OTA),
+            ota: None,
             id,
             cohort: cohort.id,
             state: DeviceState::Off,
@@ -436,6 +530,7 @@ impl Device {
                     self.next_drop = self.draw_next_drop(now, ctx);
                     self.publish_status(now, true, ctx, fx);
                     self.flush_offline(ctx, fx);
+                    self.ota_connected(now, ctx, fx);
                 }
             }
             Input::ConnectFailed => {
@@ -456,6 +551,12 @@ impl Device {
                 }
             }
             Input::Command(payload) => self.on_command(now, payload, ctx, fx),
+            Input::Message { topic, payload } => {
+                if !self.on_ota_message(now, topic, payload, ctx, fx) {
+                    self.on_command(now, payload, ctx, fx);
+                }
+            }
+            Input::Ota(input) => self.on_ota(now, input, ctx, fx),
             Input::Outage { until } => {
                 self.link_down_until = self.link_down_until.max(until);
                 fx.events.push(Event::Outage { until });
@@ -499,6 +600,12 @@ impl Device {
                 return;
             }
         }
+        if self.state == DeviceState::Dead {
+            return;
+        }
+        if self.ota.is_some() {
+            self.ota_sync(now, ctx, fx);
+        }
         self.refresh_wake(ctx);
     }
 
@@ -534,6 +641,9 @@ impl Device {
         if self.next_report >= ctx.end {
             self.next_report = SimTime::NEVER;
         }
+        if self.ota_deadline() <= now {
+            self.ota_wake(now, ctx, fx);
+        }
         if self.next_drop <= now {
             self.next_drop = SimTime::NEVER;
             if self.state == DeviceState::Online {
@@ -547,6 +657,7 @@ impl Device {
             }
         }
         if self.reboot_at <= now {
+            self.ota_before_reboot(now, ctx, fx);
             self.reboot_at = SimTime::NEVER;
             fx.events.push(Event::Reboot);
             if ctx.cohort.mqtt
@@ -560,6 +671,9 @@ impl Device {
             self.retry_at = SimTime::NEVER;
             match self.state {
                 DeviceState::Booting => {
+                    if self.ota_booted(now, ctx, fx) {
+                        return;
+                    }
                     fx.events.push(Event::Booted);
                     self.try_connect(now, ctx, fx);
                 }
@@ -575,7 +689,7 @@ impl Device {
             m.up_since = now;
         }
         self.next_drop = SimTime::NEVER;
-        let version = &ctx.cohort.firmware.versions[usize::from(ctx.cohort.firmware_version)];
+        let version = &ctx.cohort.firmware.versions[usize::from(self.running_version_index())];
         self.retry_at = now + SimDuration::from_secs_f64(version.boot_s.sample(&mut self.rng.link));
         self.attempt = 0;
     }
@@ -739,6 +853,7 @@ impl Device {
             TopicKind::Telemetry => (profile.reporting.qos, profile.reporting.retain),
             TopicKind::Response => (profile.command_qos, false),
             TopicKind::Status => (Qos::AtLeastOnce, true),
+            TopicKind::Ota => (Qos::AtLeastOnce, false),
         };
         let link = &ctx.cohort.link;
         let mut delay =
@@ -763,6 +878,39 @@ impl Device {
             delay,
             from_buffer,
             payload: start as u32..end as u32,
+            topic_len: 0,
+        }));
+    }
+
+    /// Appends a publish of `fx.payload[start..]` whose first `topic_len` bytes are its topic
+    /// (an update's status or job request), drawing the link's latency and loss.
+    fn push_publish_topic(
+        &mut self,
+        at: SimTime,
+        start: usize,
+        topic_len: usize,
+        qos: Qos,
+        ctx: &DeviceCtx,
+        fx: &mut Effects,
+    ) {
+        let link = &ctx.cohort.link;
+        let mut delay =
+            SimDuration::from_secs_f64(link.latency_ms.sample(&mut self.rng.link) / 1000.0);
+        if link.loss > 0.0 && self.rng.link.random::<f64>() < link.loss {
+            fx.events.push(Event::Retransmit { seq: 0 });
+            delay = delay + RETRANSMIT_DELAY;
+        }
+        let end = fx.payload.len();
+        fx.list.push(Effect::Publish(Publish {
+            topic: TopicKind::Ota,
+            qos,
+            retain: false,
+            seq: 0,
+            scheduled: at,
+            delay,
+            from_buffer: false,
+            payload: start as u32..end as u32,
+            topic_len: topic_len as u32,
         }));
     }
 
@@ -856,8 +1004,15 @@ impl Device {
         out.extend_from_slice(b",\"ts\":");
         push_u64(out, ctx.epoch_ms + at.as_millis());
         out.extend_from_slice(b",\"fw\":");
-        let version = &ctx.cohort.firmware.versions[usize::from(ctx.cohort.firmware_version)];
+        let version = &ctx.cohort.firmware.versions[usize::from(self.running_version_index())];
         push_json_str(out, version.version.as_bytes());
+        if profile.ota.is_some() {
+            out.extend_from_slice(b",\"slot\":\"");
+            out.extend_from_slice(self.active_slot().as_bytes());
+            out.extend_from_slice(b"\",\"ota\":\"");
+            out.extend_from_slice(self.ota_stage().as_str().as_bytes());
+            out.push(b'"');
+        }
         out.extend_from_slice(b",\"battery\":");
         match self.battery_percent(ctx) {
             Some(p) => push_fixed(out, p, 1),
@@ -1001,7 +1156,7 @@ impl Device {
         let (Some(map), Some(m)) = (&ctx.cohort.profile.modbus, &self.modbus) else {
             return Err(crate::modbus::exception::GATEWAY_TARGET_FAILED);
         };
-        let version = &ctx.cohort.firmware.versions[usize::from(ctx.cohort.firmware_version)];
+        let version = &ctx.cohort.firmware.versions[usize::from(self.running_version_index())];
         let flag = |f: Flag| -> bool {
             match f {
                 Flag::Up => self.modbus_serving(now),
@@ -1146,7 +1301,8 @@ impl Device {
                 .next_report
                 .min(self.next_drop)
                 .min(self.retry_at)
-                .min(self.reboot_at),
+                .min(self.reboot_at)
+                .min(self.ota_deadline()),
         };
     }
 
@@ -1177,7 +1333,7 @@ pub fn encode_status(dev: &Device, online: bool, now: SimTime, ctx: &DeviceCtx, 
     out.extend_from_slice(b",\"ts\":");
     push_u64(out, ctx.epoch_ms + now.as_millis());
     out.extend_from_slice(b",\"fw\":");
-    let version = &ctx.cohort.firmware.versions[usize::from(ctx.cohort.firmware_version)];
+    let version = &ctx.cohort.firmware.versions[usize::from(dev.running_version_index())];
     push_json_str(out, version.version.as_bytes());
     out.push(b'}');
 }

@@ -155,9 +155,64 @@ pub struct Fleet {
     pub scenario_path: String,
     pub settings: ScenarioSettings,
     pub cohorts: Vec<Cohort>,
+    /// The scenario's rollouts with their cohorts resolved (same order as `settings.rollouts`).
+    pub rollouts: Vec<RolloutTargets>,
+}
+
+/// Which cohorts a rollout reaches.
+#[derive(Clone, Debug)]
+pub struct RolloutTargets {
+    pub cohorts: Vec<CohortId>,
 }
 
 impl Fleet {
+    /// Adds a rollout (`fleetsim rollout`) after loading; errors name `key`.
+    pub fn add_rollout(
+        &mut self,
+        spec: crate::rollout::RolloutSpec,
+        origin: &str,
+    ) -> Result<(), ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let mut settings = self.settings.clone();
+        settings.rollouts.push(spec);
+        let all = resolve_rollouts(origin, &settings, &self.cohorts, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        self.settings = settings;
+        self.rollouts = all;
+        Ok(())
+    }
+}
+
+impl Fleet {
+    /// Every firmware version of the fleet's models ("model version"), and for each cohort the
+    /// index of its model's first version in that list.
+    pub fn version_labels(&self) -> (Vec<String>, Vec<u32>) {
+        let mut labels: Vec<String> = Vec::new();
+        let mut seen: Vec<(*const FirmwareModel, u32)> = Vec::new();
+        let mut base = Vec::with_capacity(self.cohorts.len());
+        for c in &self.cohorts {
+            let ptr = Arc::as_ptr(&c.firmware);
+            let b = match seen.iter().find(|(p, _)| *p == ptr) {
+                Some((_, b)) => *b,
+                None => {
+                    let b = labels.len() as u32;
+                    labels.extend(
+                        c.firmware
+                            .versions
+                            .iter()
+                            .map(|v| format!("{} {}", c.firmware.name, v.version)),
+                    );
+                    seen.push((ptr, b));
+                    b
+                }
+            };
+            base.push(b);
+        }
+        (labels, base)
+    }
+
     pub fn total_devices(&self) -> u32 {
         self.cohorts.iter().map(|c| c.count).sum()
     }
@@ -278,9 +333,29 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
                 }
             })
             .clone();
-        let Some((profile, profile_path)) = loaded else {
+        let Some((mut profile, profile_path)) = loaded else {
             continue;
         };
+        if let Some(protocol) = c.ota_protocol {
+            match &profile.ota {
+                Some(o) if o.protocol != protocol => {
+                    let mut p = (*profile).clone();
+                    if let Some(o) = &mut p.ota {
+                        o.protocol = protocol;
+                    }
+                    profile = Arc::new(p);
+                }
+                Some(_) => {}
+                None => errors.push(ConfigError::without_value(
+                    &file,
+                    format!("{key}.ota_protocol"),
+                    format!(
+                        "the cohort's profile ({}) has no [ota] table",
+                        profile_path.display()
+                    ),
+                )),
+            }
+        }
         let model_path = relative_to(&profile_path, &profile.firmware_model);
         if !models.contains_key(&model_path)
             && let Err(e) = source.read(&model_path)
@@ -403,6 +478,10 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
         });
     }
     check_distinct_device_ids(&file, &raw, &cohorts, &mut errors);
+    let rollouts = match &settings {
+        Some(s) => resolve_rollouts(&file, s, &cohorts, &mut errors),
+        None => Vec::new(),
+    };
     check_modbus_targets(&file, &raw, &cohorts, &mut errors);
     if next_id > u64::from(MAX_DEVICES) {
         errors.push(ConfigError::new(
@@ -428,6 +507,7 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
         scenario_path: file,
         settings,
         cohorts,
+        rollouts,
     };
     fleet.renumber();
     Ok(fleet)
@@ -612,4 +692,66 @@ pub fn validate_file(source: &dyn FileSource, path: &Path) -> Result<FileKind, C
         }
         FileKind::Firmware => load_firmware(source, path).map(|_| kind),
     }
+}
+
+/// Resolves each rollout's cohorts: named ones must have `[ota]` and the target version;
+/// without names, every cohort that does.
+fn resolve_rollouts(
+    file: &str,
+    settings: &ScenarioSettings,
+    cohorts: &[Cohort],
+    errors: &mut ConfigErrors,
+) -> Vec<RolloutTargets> {
+    settings
+        .rollouts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let key = format!("rollouts[{i}]");
+            let fits = |c: &Cohort| {
+                c.profile.ota.is_some() && c.firmware.version_index(&r.target_version).is_some()
+            };
+            let chosen: Vec<CohortId> = if r.cohorts.is_empty() {
+                cohorts.iter().filter(|c| fits(c)).map(|c| c.id).collect()
+            } else {
+                let mut v = Vec::new();
+                for name in &r.cohorts {
+                    let Some(c) = cohorts.iter().find(|c| &c.name == name) else {
+                        continue; // reported by the scenario's own checks
+                    };
+                    if c.profile.ota.is_none() {
+                        errors.push(ConfigError::new(
+                            file,
+                            format!("{key}.cohorts"),
+                            format!("{name:?}"),
+                            format!("the cohort's profile ({}) has no [ota] table: its devices take no updates", c.profile.name),
+                        ));
+                    } else if c.firmware.version_index(&r.target_version).is_none() {
+                        errors.push(ConfigError::new(
+                            file,
+                            format!("{key}.target_version"),
+                            format!("{:?}", r.target_version),
+                            format!(
+                                "is not a version of firmware model {} of cohort {name:?} (versions: {})",
+                                c.firmware.name,
+                                c.firmware.version_list()
+                            ),
+                        ));
+                    } else {
+                        v.push(c.id);
+                    }
+                }
+                v
+            };
+            if chosen.is_empty() && r.cohorts.is_empty() {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("{key}.target_version"),
+                    format!("{:?}", r.target_version),
+                    "no cohort can take it: none has a profile with [ota] and a firmware model with this version",
+                ));
+            }
+            RolloutTargets { cohorts: chosen }
+        })
+        .collect()
 }

@@ -37,6 +37,93 @@ pub struct ProfileFile {
     pub modbus: Option<crate::modbus::ModbusRaw>,
     /// The device talks on a serial line (a GPS receiver, a modem, a Modbus RTU slave, lines).
     pub serial: Option<crate::serial::SerialRaw>,
+    /// The device takes firmware updates (AWS IoT Jobs or the generic JSON job protocol).
+    pub ota: Option<OtaRaw>,
+}
+
+/// How a device is told about updates and reports on them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtaProtocol {
+    /// `{"job_id", "version", ...}` on a job topic, status on a status topic (docs/ota.md).
+    #[default]
+    Generic,
+    /// AWS IoT Jobs over MQTT: `$aws/things/{thing}/jobs/...`.
+    AwsJobs,
+}
+
+impl OtaProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtaProtocol::Generic => "generic",
+            OtaProtocol::AwsJobs => "aws_jobs",
+        }
+    }
+}
+
+/// Where the image comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownloadMode {
+    /// HTTP GET when the job document has a `url` and the run is on the wall clock; simulated
+    /// (image size over the link's bandwidth) otherwise.
+    #[default]
+    Auto,
+    /// Always simulated, even when the job has a URL.
+    Simulated,
+    /// Always a real HTTP GET: a job without a `url` is rejected.
+    Http,
+}
+
+/// `[ota]` of a profile.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtaRaw {
+    #[serde(default)]
+    pub protocol: OtaProtocol,
+    /// AWS IoT thing name (default "{device_id}").
+    pub thing_name: Option<String>,
+    /// First level of the AWS IoT Jobs topics (default "$aws").
+    pub aws_topic_prefix: Option<String>,
+    /// Generic protocol: where jobs arrive (default "fleetsim/{profile}/{device_id}/ota/job").
+    pub job_topic: Option<String>,
+    /// Generic protocol and rollouts run by fleetsim: where the device reports (default
+    /// "fleetsim/{profile}/{device_id}/ota/status").
+    pub status_topic: Option<String>,
+    #[serde(default)]
+    pub download: DownloadMode,
+    /// A status report each time the download passes another step of this many percent.
+    #[serde(default = "defaults::ota_progress_step")]
+    pub progress_step_percent: u8,
+    /// Jobs arriving while the battery is below this are rejected.
+    #[serde(default)]
+    pub min_battery_percent: f64,
+    /// Accept jobs for an older version than the running one.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// AWS IoT Jobs: send `expectedVersion` with every update (and recover from VersionMismatch).
+    #[serde(default = "defaults::yes")]
+    pub expected_version: bool,
+    /// A download interrupted by a link drop or a reboot continues where it stopped (HTTP Range);
+    /// false: it starts over.
+    #[serde(default = "defaults::yes")]
+    pub resume: bool,
+}
+
+/// `[ota]`, validated.
+#[derive(Clone, Debug)]
+pub struct OtaSpec {
+    pub protocol: OtaProtocol,
+    pub thing_name: Template,
+    pub aws_topic_prefix: String,
+    pub job_topic: Template,
+    pub status_topic: Template,
+    pub download: DownloadMode,
+    pub progress_step_percent: u8,
+    pub min_battery_percent: f64,
+    pub allow_downgrade: bool,
+    pub expected_version: bool,
+    pub resume: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -183,6 +270,8 @@ pub struct LinkRaw {
     pub mttr_s: Option<DistSpec>,
     pub connect_timeout: Option<String>,
     pub reconnect: Option<BackoffRaw>,
+    /// Download bandwidth of an OTA image, kbit/s.
+    pub bandwidth_kbps: Option<DistSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -365,6 +454,7 @@ pub struct LinkSpec {
     pub mttr_s: Dist,
     pub connect_timeout: SimDuration,
     pub reconnect: Backoff,
+    pub bandwidth_kbps: Dist,
 }
 
 #[derive(Clone, Debug)]
@@ -406,6 +496,7 @@ pub struct Profile {
     pub command_qos: Qos,
     pub modbus: Option<crate::modbus::RegisterMap>,
     pub serial: Option<crate::serial::SerialSpec>,
+    pub ota: Option<OtaSpec>,
 }
 
 const DEVICE_ID_VARS: &[Var] = &[Var::Id, Var::Index, Var::Cohort, Var::Profile];
@@ -643,7 +734,9 @@ impl ProfileFile {
                 "is false and there is no [modbus] or [serial] table: the device would have no way to be seen",
             );
         }
+        let ota = self.ota.as_ref().map(|o| validate_ota(&mut c, o));
         let profile = Profile {
+            ota,
             name: self.name.clone(),
             description: self.description.clone(),
             identity,
@@ -922,6 +1015,66 @@ fn validate_battery(c: &mut Checker, b: &BatteryRaw) -> BatterySpec {
     }
 }
 
+fn validate_ota(c: &mut Checker, o: &OtaRaw) -> OtaSpec {
+    let t = |c: &mut Checker, key: &str, given: &Option<String>, default: &str| {
+        template(
+            c,
+            key,
+            given.as_deref().unwrap_or(default),
+            TOPIC_VARS,
+            true,
+        )
+    };
+    c.check(
+        (1..=100).contains(&o.progress_step_percent),
+        "ota.progress_step_percent",
+        o.progress_step_percent,
+        "must be between 1 and 100",
+    );
+    c.check(
+        (0.0..=100.0).contains(&o.min_battery_percent),
+        "ota.min_battery_percent",
+        o.min_battery_percent,
+        "must be a percentage in [0, 100]",
+    );
+    let aws_topic_prefix = o
+        .aws_topic_prefix
+        .clone()
+        .unwrap_or_else(|| crate::ota::AWS_TOPIC_PREFIX.to_string());
+    c.check(
+        !aws_topic_prefix.is_empty()
+            && !aws_topic_prefix.contains(['+', '#'])
+            && !aws_topic_prefix.starts_with('/')
+            && !aws_topic_prefix.ends_with('/'),
+        "ota.aws_topic_prefix",
+        format!("{aws_topic_prefix:?}"),
+        "must be a topic level like \"$aws\" (no + or #, no leading or trailing /)",
+    );
+    OtaSpec {
+        protocol: o.protocol,
+        aws_topic_prefix,
+        thing_name: t(c, "ota.thing_name", &o.thing_name, "{device_id}"),
+        job_topic: t(
+            c,
+            "ota.job_topic",
+            &o.job_topic,
+            "fleetsim/{profile}/{device_id}/ota/job",
+        ),
+        status_topic: t(
+            c,
+            "ota.status_topic",
+            &o.status_topic,
+            "fleetsim/{profile}/{device_id}/ota/status",
+        ),
+        download: o.download,
+        progress_step_percent: o.progress_step_percent,
+        min_battery_percent: o.min_battery_percent,
+        allow_downgrade: o.allow_downgrade,
+        expected_version: o.expected_version,
+        resume: o.resume,
+    }
+}
+
 /// Validates a (possibly merged) link model; `key` is the section's key path for messages.
 pub fn validate_link(c: &mut Checker, key: &str, l: &LinkRaw) -> LinkSpec {
     let latency_ms = match &l.latency_ms {
@@ -942,6 +1095,10 @@ pub fn validate_link(c: &mut Checker, key: &str, l: &LinkRaw) -> LinkSpec {
     let mttr_s = match &l.mttr_s {
         Some(spec) => Dist::validate(spec, &format!("{key}.mttr_s"), c),
         None => Dist::Constant(defaults::MTTR_S),
+    };
+    let bandwidth_kbps = match &l.bandwidth_kbps {
+        Some(spec) => Dist::validate(spec, &format!("{key}.bandwidth_kbps"), c),
+        None => Dist::Constant(defaults::BANDWIDTH_KBPS),
     };
     let connect_timeout = match &l.connect_timeout {
         Some(t) => positive_duration(c, &format!("{key}.connect_timeout"), t),
@@ -986,6 +1143,7 @@ pub fn validate_link(c: &mut Checker, key: &str, l: &LinkRaw) -> LinkSpec {
         mttr_s,
         connect_timeout,
         reconnect,
+        bandwidth_kbps,
     }
 }
 
@@ -1002,6 +1160,10 @@ impl LinkRaw {
                 .clone()
                 .or_else(|| self.connect_timeout.clone()),
             reconnect: over.reconnect.clone().or_else(|| self.reconnect.clone()),
+            bandwidth_kbps: over
+                .bandwidth_kbps
+                .clone()
+                .or_else(|| self.bandwidth_kbps.clone()),
         }
     }
 }

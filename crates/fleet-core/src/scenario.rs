@@ -48,6 +48,29 @@ pub struct ScenarioFile {
     /// a table here names a real port.
     #[serde(default)]
     pub serial: Vec<SerialPortRaw>,
+    /// Firmware rollouts fleetsim runs itself (docs/ota.md).
+    #[serde(default)]
+    pub rollouts: Vec<crate::rollout::RolloutRaw>,
+    /// Settings of firmware updates for the whole run.
+    #[serde(default)]
+    pub ota: OtaRunRaw,
+}
+
+/// `[ota]` of a scenario.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtaRunRaw {
+    /// HTTP image downloads in progress at once, whole process.
+    #[serde(default = "defaults::ota_max_downloads")]
+    pub max_downloads: u32,
+}
+
+impl Default for OtaRunRaw {
+    fn default() -> Self {
+        OtaRunRaw {
+            max_downloads: defaults::OTA_MAX_DOWNLOADS,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -188,6 +211,8 @@ pub struct CohortRaw {
     pub mqtt: Option<bool>,
     /// Overrides fields of the profile's Modbus faults (`[modbus.faults]`).
     pub modbus_faults: Option<crate::modbus::ModbusFaultsRaw>,
+    /// Overrides the profile's `ota.protocol`.
+    pub ota_protocol: Option<crate::profile::OtaProtocol>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -397,6 +422,8 @@ pub struct ScenarioSettings {
     pub sim_broker_service_us: Dist,
     pub modbus: ModbusServe,
     pub serial: Vec<SerialPortCfg>,
+    pub rollouts: Vec<crate::rollout::RolloutSpec>,
+    pub ota_max_downloads: u32,
 }
 
 /// `mqtt://host:port` (port defaults to 1883).
@@ -771,7 +798,46 @@ impl ScenarioFile {
                 baud: p.baud,
             });
         }
+        let rollouts: Vec<_> = self
+            .rollouts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let key = format!("rollouts[{i}]");
+                for name in &r.cohorts {
+                    if !self.cohorts.iter().any(|co| &co.name == name) {
+                        c.fail(
+                            &format!("{key}.cohorts"),
+                            format!("{name:?}"),
+                            "must name a cohort of this scenario",
+                        );
+                    }
+                }
+                if self.rollouts[..i].iter().any(|o| o.name == r.name) {
+                    c.fail(
+                        &format!("{key}.name"),
+                        format!("{:?}", r.name),
+                        "is used by an earlier rollout",
+                    );
+                }
+                r.validate(&mut c, &key)
+            })
+            .collect();
+        c.check(
+            self.rollouts.len() <= usize::from(u16::MAX),
+            "rollouts",
+            self.rollouts.len(),
+            "at most 65535 rollouts",
+        );
+        c.check(
+            self.ota.max_downloads >= 1,
+            "ota.max_downloads",
+            self.ota.max_downloads,
+            "must be at least 1",
+        );
         c.errors.into_result(ScenarioSettings {
+            rollouts,
+            ota_max_downloads: self.ota.max_downloads,
             name: self.name.clone(),
             description: self.description.clone(),
             seed: self.seed,

@@ -30,6 +30,14 @@ pub const METRIC_NAMES: &[&str] = &[
     "serial.command_errors",
     "serial.overruns",
     "serial.open_errors",
+    "ota.jobs_received",
+    "ota.succeeded",
+    "ota.failed",
+    "ota.rejected",
+    "ota.bricked",
+    "ota.rolled_back",
+    "ota.reports_lost",
+    "ota.rollouts_aborted",
 ];
 
 pub fn metric_is_known(name: &str) -> bool {

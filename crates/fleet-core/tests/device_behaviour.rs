@@ -86,6 +86,7 @@ impl Rig {
             cohort: &self.fleet.cohorts[0],
             epoch_ms: 0,
             end: SimTime::NEVER,
+            real_network: false,
         };
         self.fx.clear();
         self.device.handle(now, input, &ctx, &mut self.fx);
@@ -476,6 +477,7 @@ impl Rig {
             cohort: &self.fleet.cohorts[0],
             epoch_ms: 0,
             end: SimTime::NEVER,
+            real_network: false,
         }
     }
 
@@ -521,6 +523,7 @@ fn a_modbus_master_reads_what_the_latest_telemetry_said() {
             cohort: &r.fleet.cohorts[0],
             epoch_ms: 0,
             end: SimTime::NEVER,
+            real_network: false,
         };
         let now = r.device.wake_at();
         r.device.handle(now, Input::Wake, &ctx, &mut r.fx);
@@ -599,6 +602,7 @@ fn a_scheduled_fault_holds_until_its_end_and_draws_are_reproducible() {
         cohort: &r.fleet.cohorts[0],
         epoch_ms: 0,
         end: SimTime::NEVER,
+        real_network: false,
     };
     assert_eq!(r.device.modbus_faults(secs(15), &ctx).exception, Some(6));
     assert_eq!(r.device.modbus_faults(secs(25), &ctx).exception, None);
@@ -613,6 +617,7 @@ fn a_scheduled_fault_holds_until_its_end_and_draws_are_reproducible() {
             cohort: &r.fleet.cohorts[0],
             epoch_ms: 0,
             end: SimTime::NEVER,
+            real_network: false,
         };
         (0..200)
             .map(|i| d.modbus_faults(secs(i), &ctx))
@@ -633,6 +638,7 @@ fn writing_the_interval_register_re_times_the_reports() {
         cohort: &r.fleet.cohorts[0],
         epoch_ms: 0,
         end: SimTime::NEVER,
+        real_network: false,
     };
     let mut fx = Effects::default();
     let now = secs(31);
@@ -672,7 +678,9 @@ proptest! {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/modbus-plant.toml");
         let fleet = fleet_core::load::load_fleet(&fleet_core::load::FsSource, &path).expect("plant");
         let cohort = &fleet.cohorts[0];
-        let ctx = DeviceCtx { cohort, epoch_ms: 0, end: SimTime::NEVER };
+        let ctx = DeviceCtx { cohort, epoch_ms: 0, end: SimTime::NEVER,
+        real_network: false,
+    };
         let mut d = Device::new(RunSeed(1), DeviceId(0), cohort);
         d.power_on_at(SimTime::ZERO);
         let mut fx = Effects::default();

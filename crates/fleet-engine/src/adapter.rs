@@ -21,8 +21,24 @@ pub enum NetInput {
         scheduled: SimTime,
         from_buffer: bool,
     },
-    /// A command arrived for the device.
-    Command(Bytes),
+    /// A message arrived on one of the device's subscriptions (a command, an OTA job).
+    Message { topic: Bytes, payload: Bytes },
+    /// HTTP image download: progress, done (with the image's sha256, lowercase hex), failed.
+    DownloadProgress { bytes: u64, total: Option<u64> },
+    /// `fetched`: bytes this attempt received; `resumed`: it asked for a range.
+    DownloadDone {
+        bytes: u64,
+        sha256: String,
+        fetched: u64,
+        resumed: bool,
+    },
+    DownloadFailed {
+        bytes: u64,
+        retryable: bool,
+        reason: String,
+        fetched: u64,
+        resumed: bool,
+    },
     /// An inbound packet could not be decoded (the adapter has closed the session).
     Malformed,
 }
@@ -58,6 +74,13 @@ pub trait Adapter {
         payload: &[u8],
     ) -> SendOutcome;
 
+    /// Fetch device `dev`'s update image from `url`, from `offset`; progress and the outcome
+    /// come back as `DownloadProgress` / `DownloadDone` / `DownloadFailed`.
+    fn download(&mut self, dev: u32, url: &str, offset: u64);
+
+    /// Stop device `dev`'s download (what it got so far is kept for a resume).
+    fn cancel_download(&mut self, dev: u32);
+
     /// End the session: cleanly (DISCONNECT) or abruptly (the link died; the broker sends the
     /// will). Returns the number of QoS >= 1 telemetry messages that were still unacknowledged.
     fn close(&mut self, dev: u32, clean: bool) -> u32;
@@ -85,6 +108,7 @@ pub trait Adapter {
 #[derive(Debug, Default)]
 pub struct IdleAdapter {
     failed: Vec<u32>,
+    downloads: Vec<u32>,
 }
 
 impl Adapter for IdleAdapter {
@@ -96,11 +120,27 @@ impl Adapter for IdleAdapter {
     fn publish(&mut self, _: u32, _: &Device, _: &DeviceCtx, _: &Publish, _: &[u8]) -> SendOutcome {
         SendOutcome::Failed
     }
+    fn download(&mut self, dev: u32, _: &str, _: u64) {
+        self.downloads.push(dev);
+    }
+    fn cancel_download(&mut self, _: u32) {}
     fn close(&mut self, _: u32, _: bool) -> u32 {
         0
     }
     fn on_event(&mut self, _: (), _: SimTime, _: &mut Vec<(u32, NetInput)>) {}
     fn tick(&mut self, _: SimTime, out: &mut Vec<(u32, NetInput)>) {
+        out.extend(self.downloads.drain(..).map(|dev| {
+            (
+                dev,
+                NetInput::DownloadFailed {
+                    bytes: 0,
+                    retryable: false,
+                    reason: "no HTTP client without MQTT".into(),
+                    fetched: 0,
+                    resumed: false,
+                },
+            )
+        }));
         out.extend(self.failed.drain(..).map(|dev| {
             (
                 dev,

@@ -33,6 +33,7 @@ impl EventLog {
     }
 
     pub fn event(&mut self, id: DeviceId, t: SimTime, e: &Event) -> io::Result<()> {
+        use fleet_core::ota::Outcome;
         use std::io::Write as _;
         self.start(id, t);
         let l = &mut self.line;
@@ -73,6 +74,45 @@ impl EventLog {
             Event::ModbusFault { until } => {
                 write!(l, "modbus_fault until_us={}", until.as_micros())
             }
+            Event::OtaJobReceived { rollout } => write!(l, "ota_job rollout={rollout:?}"),
+            Event::OtaStarted { .. } => write!(l, "ota_started"),
+            Event::OtaStage { stage } => write!(l, "ota_stage {}", stage.as_str()),
+            Event::OtaOutcome { outcome, .. } => match outcome {
+                Outcome::Failed(s) => write!(l, "ota_outcome failed stage={}", s.as_str()),
+                Outcome::Rejected(r) => write!(l, "ota_outcome rejected reason={}", r.as_str()),
+                Outcome::Succeeded => write!(l, "ota_outcome succeeded"),
+                Outcome::Bricked => write!(l, "ota_outcome bricked"),
+            },
+            Event::OtaReported {
+                outcome,
+                lost,
+                delay,
+                ..
+            } => write!(
+                l,
+                "ota_reported final={} lost={lost} delay_us={}",
+                outcome.is_some(),
+                delay.as_micros()
+            ),
+            Event::OtaStatusSent => write!(l, "ota_status_sent"),
+            Event::OtaReportLost => write!(l, "ota_report_lost"),
+            Event::OtaDownloadPaused => write!(l, "ota_download_paused"),
+            Event::OtaDownloadRestarted => write!(l, "ota_download_restarted"),
+            Event::OtaDownloadStalled => write!(l, "ota_download_stalled"),
+            Event::OtaDownloadFailed { retryable } => {
+                write!(l, "ota_download_failed retryable={retryable}")
+            }
+            Event::OtaRebootMidDownload => write!(l, "ota_reboot_mid_download"),
+            Event::OtaPowerLoss => write!(l, "ota_power_loss"),
+            Event::OtaBootFailed { attempt } => write!(l, "ota_boot_failed attempt={attempt}"),
+            Event::OtaRolledBack => write!(l, "ota_rolled_back"),
+            Event::OtaCancelled { .. } => write!(l, "ota_cancelled"),
+            Event::OtaCancelRefused => write!(l, "ota_cancel_refused"),
+            Event::OtaBadMessage => write!(l, "ota_bad_message"),
+            Event::OtaUpdateRejected => write!(l, "ota_update_rejected"),
+            Event::OtaUpdateRetried => write!(l, "ota_update_retried"),
+            Event::OtaRequestRejected => write!(l, "ota_request_rejected"),
+            Event::OtaAbandoned => write!(l, "ota_abandoned"),
         };
         self.finish()
     }

@@ -10,6 +10,7 @@ pub mod event_log;
 pub mod plan;
 pub mod process;
 pub mod query;
+pub mod rollout;
 pub mod run;
 pub mod scheduler;
 pub mod service;

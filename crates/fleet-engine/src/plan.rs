@@ -27,6 +27,11 @@ pub struct RunPlan {
     pub devices: Range<u32>,
     /// Power-on times, indexed by device id - devices.start.
     start_times: Arc<[SimTime]>,
+    /// The orchestrator of the scenario's rollouts (None without rollouts).
+    pub rollouts: Option<Arc<crate::rollout::RolloutHub>>,
+    /// Firmware versions of the fleet (`Fleet::version_labels`) and each cohort's first index.
+    pub version_labels: Arc<[String]>,
+    pub version_base: Arc<[u32]>,
 }
 
 impl RunPlan {
@@ -34,10 +39,17 @@ impl RunPlan {
         let s = &fleet.settings;
         let total = fleet.total_devices();
         let start_times = ramp_times(RunSeed(s.seed), s.ramp_mode, s.ramp_per_second, total).into();
+        let shards = shards.max(1);
+        let rollouts =
+            crate::rollout::RolloutHub::new(&fleet, RunSeed(s.seed), shards).map(Arc::new);
+        let (labels, base) = fleet.version_labels();
         RunPlan {
+            rollouts,
+            version_labels: labels.into(),
+            version_base: base.into(),
             seed: RunSeed(s.seed),
             clock: s.clock,
-            shards: shards.max(1),
+            shards,
             end: SimTime::ZERO + s.duration,
             drain: s.drain,
             epoch_ms,
@@ -58,6 +70,13 @@ impl RunPlan {
             .saturating_add(u32::from(k))
             .min(self.devices.end);
         (start..self.devices.end).step_by(usize::from(self.shards))
+    }
+
+    /// The local index of device `id` in shard `k`, if that shard owns it.
+    pub fn local_index(&self, k: u16, id: u32) -> Option<u32> {
+        let rel = id.checked_sub(self.devices.start)?;
+        let n = u32::from(self.shards);
+        (id < self.devices.end && rel % n == u32::from(k)).then_some(rel / n)
     }
 
     /// How many devices shard `k` owns.

@@ -94,6 +94,8 @@ pub struct RunOutcome {
     pub last: FleetSnapshot,
     pub elapsed: Duration,
     pub interrupted: bool,
+    /// The scenario's rollouts, as the orchestrator saw them and as they truly went.
+    pub rollouts: Vec<fleet_metrics::RolloutReport>,
 }
 
 /// Runs `plan` on the virtual clock against the simulated broker.
@@ -144,7 +146,9 @@ where
     let mut collector = Collector::new(usize::from(shards), u64::from(plan.total_devices()));
     // Shard threads log inside the caller's span (the run id).
     let span = tracing::Span::current();
-    let outcome = std::thread::scope(|scope| {
+    let hub = plan.rollouts.clone();
+    let end = plan.end;
+    let mut outcome = std::thread::scope(|scope| {
         for k in 0..shards {
             let span = span.clone();
             let ctl = ShardControl {
@@ -179,6 +183,9 @@ where
             path: path.display().to_string(),
             source,
         })?;
+    }
+    if let Some(h) = hub {
+        outcome.rollouts = h.reports(end);
     }
     Ok(outcome)
 }
@@ -239,6 +246,7 @@ fn collect(
         last,
         elapsed: start.elapsed(),
         interrupted: stop.load(Ordering::Relaxed),
+        rollouts: Vec::new(),
     })
 }
 

@@ -21,7 +21,10 @@ use crate::adapter::{Adapter, NetInput, SendOutcome};
 use crate::event_log::EventLog;
 use crate::plan::RunPlan;
 use crate::query::{Query, QueryCx};
+use crate::rollout::{Decision, Obs, ObsKind};
 use crate::scheduler::{Due, Entry, Scheduler};
+use fleet_core::device::OtaInput;
+use fleet_core::ota::{JobSource, Outcome};
 
 /// Salt for picking the devices a fleet event touches (mixed with the event's index).
 const FLEET_EVENT_SALT: u64 = 0x6576_656e_7400_0000;
@@ -66,6 +69,8 @@ pub struct Shard {
     step_delay: SimDuration,
     sim_in_flight: u64,
     inputs: Vec<(u32, NetInput)>,
+    /// What devices did for the rollout orchestrator since the last tick.
+    pub obs: Vec<Obs>,
 }
 
 fn ctx<'a>(plan: &'a RunPlan, device: &Device) -> DeviceCtx<'a> {
@@ -73,6 +78,70 @@ fn ctx<'a>(plan: &'a RunPlan, device: &Device) -> DeviceCtx<'a> {
         cohort: &plan.fleet.cohorts[usize::from(device.cohort.0)],
         epoch_ms: plan.epoch_ms,
         end: plan.end,
+        real_network: plan.clock == fleet_core::scenario::Clock::Wall,
+    }
+}
+
+fn count_ota(c: &mut fleet_metrics::OtaCounters, e: &Event) {
+    match e {
+        Event::OtaJobReceived { .. } => c.jobs_received += 1,
+        Event::OtaStarted { .. } => c.accepted += 1,
+        Event::OtaOutcome { outcome, .. } => match outcome {
+            Outcome::Succeeded => c.succeeded += 1,
+            Outcome::Failed(s) => {
+                c.failed += 1;
+                c.failures_by_stage.bump(*s);
+                if s.rolled_back() {
+                    c.rolled_back += 1;
+                }
+            }
+            Outcome::Rejected(_) => c.rejected += 1,
+            Outcome::Bricked => c.bricked += 1,
+        },
+        Event::OtaStatusSent => c.status_reports += 1,
+        Event::OtaReportLost => c.reports_lost += 1,
+        Event::OtaDownloadPaused => c.download_pauses += 1,
+        Event::OtaDownloadRestarted => c.download_restarts += 1,
+        Event::OtaDownloadStalled => c.download_stalls += 1,
+        Event::OtaDownloadFailed { .. } => c.download_failures += 1,
+        Event::OtaRebootMidDownload => c.reboots_mid_download += 1,
+        Event::OtaPowerLoss => c.power_losses += 1,
+        Event::OtaBootFailed { .. } => c.boot_failures += 1,
+        Event::OtaCancelled { .. } => c.cancelled += 1,
+        Event::OtaCancelRefused => c.cancel_refused += 1,
+        Event::OtaBadMessage => c.bad_messages += 1,
+        Event::OtaUpdateRejected => c.update_rejections += 1,
+        Event::OtaUpdateRetried => c.update_retries += 1,
+        Event::OtaRequestRejected => c.request_rejections += 1,
+        Event::OtaAbandoned => c.abandoned += 1,
+        _ => {}
+    }
+}
+
+/// The orchestrator's view of an event of a rollout's job (None for anything else).
+fn observation(e: &Event, now: SimTime) -> Option<(u16, SimTime, ObsKind)> {
+    match *e {
+        Event::OtaStarted { rollout: Some(r) } => Some((r, now, ObsKind::TruthStarted)),
+        Event::OtaOutcome {
+            outcome,
+            rollout: Some(r),
+        } => Some((r, now, ObsKind::Truth(outcome.into()))),
+        Event::OtaReported {
+            rollout,
+            outcome,
+            lost: false,
+            delay,
+        } => Some((
+            rollout,
+            now + delay,
+            ObsKind::Reported(outcome.map(Into::into)),
+        )),
+        Event::OtaReported {
+            rollout,
+            lost: true,
+            ..
+        } => Some((rollout, now, ObsKind::ReportLost)),
+        _ => None,
     }
 }
 
@@ -104,6 +173,7 @@ fn topic_name(t: TopicKind) -> &'static str {
         TopicKind::Telemetry => "telemetry",
         TopicKind::Response => "response",
         TopicKind::Status => "status",
+        TopicKind::Ota => "ota",
     }
 }
 
@@ -136,6 +206,7 @@ impl Shard {
             step_delay: SimDuration::ZERO,
             sim_in_flight: 0,
             inputs: Vec::new(),
+            obs: Vec::new(),
             devices,
             plan,
         })
@@ -226,6 +297,48 @@ impl Shard {
                 }
             }
             Due::FleetEvent { index } => self.fleet_event(index, now, net),
+            Due::OtaNotify { rollout } => {
+                let plan = self.plan.clone();
+                let Some(hub) = &plan.rollouts else { return };
+                let Some(p) = hub.plans.get(usize::from(rollout)) else {
+                    return;
+                };
+                let input = Input::Ota(OtaInput::Job {
+                    doc: &p.doc,
+                    source: JobSource::Rollout(rollout),
+                });
+                self.step(dev, now, input, net);
+            }
+        }
+    }
+
+    /// Carries out the orchestrator's decision taken at `d.at` for this shard's devices.
+    pub fn apply_decision<A: Adapter>(&mut self, d: &Decision, now: SimTime, net: &mut Net<A>) {
+        let plan = self.plan.clone();
+        let Some(hub) = &plan.rollouts else { return };
+        for (rollout, ranks, window) in &d.notify {
+            let Some(p) = hub.plans.get(usize::from(*rollout)) else {
+                continue;
+            };
+            let n = f64::from(ranks.end - ranks.start);
+            for r in ranks.clone() {
+                let Some(&id) = p.order.get(r as usize) else {
+                    continue;
+                };
+                if let Some(local) = plan.local_index(self.id, id) {
+                    let at = d.at + window.mul_f64(f64::from(r - ranks.start) / n);
+                    self.sched
+                        .push(at.max(now), local, Due::OtaNotify { rollout: *rollout });
+                }
+            }
+        }
+        for (rollout, ids) in &d.cancel {
+            for id in ids {
+                if let Some(local) = plan.local_index(self.id, *id) {
+                    let input = Input::Ota(OtaInput::Cancel { rollout: *rollout });
+                    self.step(local, now, input, net);
+                }
+            }
         }
     }
 
@@ -325,7 +438,66 @@ impl Shard {
                 scheduled,
                 from_buffer,
             } => self.acked(dev, now, scheduled, from_buffer),
-            NetInput::Command(payload) => self.step(dev, now, Input::Command(&payload), net),
+            NetInput::Message { topic, payload } => self.step(
+                dev,
+                now,
+                Input::Message {
+                    topic: &topic,
+                    payload: &payload,
+                },
+                net,
+            ),
+            NetInput::DownloadProgress { bytes, total } => self.step(
+                dev,
+                now,
+                Input::Ota(OtaInput::DownloadProgress { bytes, total }),
+                net,
+            ),
+            NetInput::DownloadDone {
+                bytes,
+                sha256,
+                fetched,
+                resumed,
+            } => {
+                let h = &mut self.metrics.ota.http;
+                h.requests += 1;
+                h.bytes += fetched;
+                h.resumes += u64::from(resumed);
+                self.step(
+                    dev,
+                    now,
+                    Input::Ota(OtaInput::DownloadDone {
+                        bytes,
+                        sha256: &sha256,
+                    }),
+                    net,
+                )
+            }
+            NetInput::DownloadFailed {
+                bytes,
+                retryable,
+                reason,
+                fetched,
+                resumed,
+            } => {
+                let h = &mut self.metrics.ota.http;
+                h.requests += 1;
+                h.bytes += fetched;
+                h.resumes += u64::from(resumed);
+                h.errors += 1;
+                self.log_line(
+                    dev,
+                    now,
+                    format_args!("download_error retryable={retryable} reason={reason:?}"),
+                    None,
+                );
+                self.step(
+                    dev,
+                    now,
+                    Input::Ota(OtaInput::DownloadFailed { bytes, retryable }),
+                    net,
+                )
+            }
             NetInput::Malformed => self.metrics.counters.malformed_packets += 1,
         }
     }
@@ -408,6 +580,15 @@ impl Shard {
         let id = self.devices[i].id;
         for e in &fx.events {
             count(&mut self.metrics.counters, e);
+            count_ota(&mut self.metrics.ota, e);
+            if let Some((rollout, at, kind)) = observation(e, now) {
+                self.obs.push(Obs {
+                    at,
+                    device: id.0,
+                    kind,
+                    rollout,
+                });
+            }
             if let Some(log) = &mut self.log
                 && let Err(err) = log.event(id, now, e)
             {
@@ -420,6 +601,19 @@ impl Shard {
                 Effect::Publish(p) => self.publish(dev, now, p, fx.payload_of(p), net),
                 Effect::DropLink => self.close(dev, now, false, net),
                 Effect::Disconnect => self.close(dev, now, true, net),
+                Effect::Download { offset } => {
+                    if let Net::Real(adapter) = net {
+                        let d = &self.devices[i];
+                        if let Some(url) = d.ota_download_url() {
+                            adapter.download(dev, url, *offset);
+                        }
+                    }
+                }
+                Effect::CancelDownload => {
+                    if let Net::Real(adapter) = net {
+                        adapter.cancel_download(dev);
+                    }
+                }
             }
         }
         self.fx = fx;
@@ -622,10 +816,28 @@ impl Shard {
     pub fn report<A: Adapter>(&mut self, now: SimTime, done: bool, net: &Net<A>) -> ShardReport {
         let mut states = [0u64; fleet_metrics::STATE_COUNT];
         let mut buffered = 0u64;
+        let mut stages = [0u64; fleet_metrics::ota::OTA_STAGE_COUNT];
+        let mut versions = vec![0u64; self.plan.version_labels.len()];
         for d in &self.devices {
             states[d.state().index()] += 1;
             buffered += d.buffered() as u64;
+            let stage = d.ota_stage();
+            stages[stage.index()] += 1;
+            if stage == fleet_core::ota::OtaStage::Bricked {
+                continue; // what a bricked device runs, nobody can tell
+            }
+            let base = self
+                .plan
+                .version_base
+                .get(usize::from(d.cohort.0))
+                .copied()
+                .unwrap_or(0);
+            if let Some(v) = versions.get_mut((base + u32::from(d.running_version())) as usize) {
+                *v += 1;
+            }
         }
+        self.metrics.ota_stages = stages;
+        self.metrics.versions = versions;
         self.metrics.states = states;
         self.metrics.buffered = buffered;
         self.metrics.in_flight = self.in_flight(net);

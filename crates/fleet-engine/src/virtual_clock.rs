@@ -27,6 +27,12 @@ impl Adapter for NoAdapter {
     fn publish(&mut self, _: u32, _: &Device, _: &DeviceCtx, _: &Publish, _: &[u8]) -> SendOutcome {
         match *self {}
     }
+    fn download(&mut self, _: u32, _: &str, _: u64) {
+        match *self {}
+    }
+    fn cancel_download(&mut self, _: u32) {
+        match *self {}
+    }
     fn close(&mut self, _: u32, _: bool) -> u32 {
         match *self {}
     }
@@ -57,12 +63,33 @@ pub(crate) fn run_virtual(mut shard: Shard, ctl: &ShardControl) -> std::io::Resu
     // Everyone stops at the same simulated instant, so the event log does not depend on how
     // devices are spread over shards.
     let stop_at = end + shard.plan.drain;
+    let hub = shard.plan.rollouts.clone();
+    // Rollout ticks: every shard meets the others there before it runs anything later.
+    let mut next_tick = hub.as_ref().map_or(SimTime::NEVER, |h| h.first_tick);
+    let mut tick_n = 0usize;
     let mut ended = false;
     let mut last_report = Instant::now();
     let mut since_check = 0u32;
     let mut now = SimTime::ZERO;
     let mut interrupted = false;
-    while let Some(t) = shard.sched.peek_time() {
+    loop {
+        let t = shard.sched.peek_time().unwrap_or(SimTime::NEVER);
+        if let Some(h) = &hub
+            && next_tick < stop_at
+            && next_tick <= t
+        {
+            if !ended && next_tick >= end {
+                ended = true;
+                ctl.send_ended(shard.report(end, false, &net));
+            }
+            h.submit(next_tick, &mut shard.obs);
+            let Some(d) = h.wait(tick_n) else { break };
+            tick_n += 1;
+            now = next_tick;
+            shard.apply_decision(&d, now, &mut net);
+            next_tick = d.next_at;
+            continue;
+        }
         if t >= stop_at {
             break;
         }
@@ -93,6 +120,9 @@ pub(crate) fn run_virtual(mut shard: Shard, ctl: &ShardControl) -> std::io::Resu
         ctl.send_ended(shard.report(stop_time.min(end), false, &net));
     }
     shard.shutdown_devices(stop_time, &mut net);
+    if let Some(h) = &hub {
+        h.leave(&mut shard.obs);
+    }
     let result = shard.finish_log();
     ctl.send(ShardMsg::Report(shard.report(stop_time, true, &net)));
     result

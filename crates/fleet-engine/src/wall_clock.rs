@@ -80,9 +80,26 @@ pub(crate) fn run_wall<A: Adapter>(
         let mut phase = Phase::Running;
         let mut next_tick = SimTime::ZERO + SimDuration::from_secs(1);
         let mut next_adapter_tick = SimTime::ZERO + ADAPTER_TICK;
+        let hub = shard.plan.rollouts.clone();
+        // Rollout ticks: hand in at the tick, pick the decision up when it is ready.
+        let mut next_rollout = hub.as_ref().map_or(SimTime::NEVER, |h| h.first_tick);
+        let mut rollout_n = 0usize;
+        let mut awaiting = false;
         loop {
             let now = now_since(start);
             let mut net = Net::Real(&mut adapter);
+            if let Some(h) = &hub {
+                if !awaiting && now >= next_rollout {
+                    h.submit(next_rollout, &mut shard.obs);
+                    awaiting = true;
+                }
+                if awaiting && let Some(d) = h.try_get(rollout_n) {
+                    rollout_n += 1;
+                    awaiting = false;
+                    next_rollout = d.next_at;
+                    shard.apply_decision(&d, now, &mut net);
+                }
+            }
             let mut steps = 0;
             while steps < MAX_STEPS_PER_TURN {
                 let Some(entry) = shard.sched.pop_due(now) else {
@@ -141,7 +158,12 @@ pub(crate) fn run_wall<A: Adapter>(
                 .peek_time()
                 .unwrap_or(SimTime::NEVER)
                 .min(next_tick)
-                .min(next_adapter_tick);
+                .min(next_adapter_tick)
+                .min(if awaiting {
+                    now + SimDuration::from_millis(5)
+                } else {
+                    next_rollout
+                });
             let cap = if blocked {
                 BLOCKED_WRITE_RETRY
             } else {
@@ -188,6 +210,9 @@ pub(crate) fn run_wall<A: Adapter>(
                 let Ok(q) = qrx.try_recv() else { break };
                 shard.run_query(q, now, &mut net);
             }
+        }
+        if let Some(h) = &hub {
+            h.leave(&mut shard.obs);
         }
         let net: Net<A> = Net::Real(&mut adapter);
         let result = shard.finish_log();

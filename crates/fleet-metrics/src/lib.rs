@@ -9,6 +9,7 @@
 mod counters;
 mod histogram;
 pub mod modbus;
+pub mod ota;
 mod report;
 pub mod serial;
 mod snapshot;
@@ -16,6 +17,7 @@ mod snapshot;
 pub use counters::Counters;
 pub use histogram::{LATENCY_MAX_US, LatencyHistogram, Percentiles};
 pub use modbus::ModbusCounters;
-pub use report::{ProcessStats, RunInfo, RunReport, SloResult, evaluate_slos};
+pub use ota::{OtaCounters, RolloutReport};
+pub use report::{OtaInputs, ProcessStats, RunInfo, RunReport, SloResult, evaluate_slos};
 pub use serial::SerialCounters;
 pub use snapshot::{Collector, FleetSnapshot, STATE_COUNT, ShardLoad, ShardMetrics, ShardReport};

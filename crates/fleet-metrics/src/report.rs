@@ -149,6 +149,26 @@ impl ModbusSection {
     }
 }
 
+/// Firmware updates: what the devices did, the update stages and versions at the end.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OtaSection {
+    #[serde(flatten)]
+    pub counters: crate::ota::OtaCounters,
+    /// Devices per update stage at the end of the run.
+    pub states: BTreeMap<&'static str, u64>,
+    /// Devices per firmware version at the end of the run ("model version" -> count).
+    pub versions: BTreeMap<String, u64>,
+    /// Rollouts that aborted.
+    pub rollouts_aborted: u64,
+}
+
+/// What the report needs beyond the snapshots: the fleet's version labels and the rollouts.
+#[derive(Clone, Debug, Default)]
+pub struct OtaInputs {
+    pub version_labels: Vec<String>,
+    pub rollouts: Vec<crate::ota::RolloutReport>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
     pub run: RunInfo,
@@ -160,6 +180,9 @@ pub struct RunReport {
     pub generator: GeneratorSection,
     pub modbus: ModbusSection,
     pub serial: crate::serial::SerialCounters,
+    pub ota: OtaSection,
+    /// Rollouts fleetsim ran itself (`[[rollouts]]`, `fleetsim rollout`).
+    pub rollouts: Vec<crate::ota::RolloutReport>,
     pub process: ProcessStats,
     pub slo: Vec<SloResult>,
     pub ok: bool,
@@ -175,7 +198,20 @@ impl RunReport {
         process: ProcessStats,
         saturation_threshold_us: u64,
         slos: &[SloSpec],
+        ota: OtaInputs,
     ) -> RunReport {
+        let mut versions = BTreeMap::new();
+        for (label, n) in ota.version_labels.iter().zip(&last.versions) {
+            if *n > 0 {
+                *versions.entry(label.clone()).or_insert(0) += n;
+            }
+        }
+        let ota_section = OtaSection {
+            counters: last.ota,
+            states: crate::ota::stage_map(&last.ota_stages),
+            versions,
+            rollouts_aborted: ota.rollouts.iter().filter(|r| r.state == "aborted").count() as u64,
+        };
         let t = &last.totals;
         let by_state = DeviceState::ALL
             .iter()
@@ -254,6 +290,8 @@ impl RunReport {
             },
             modbus: ModbusSection::from_snapshot(last),
             serial: last.serial,
+            ota: ota_section,
+            rollouts: ota.rollouts,
             process,
             run,
             slo: Vec::new(),
@@ -337,6 +375,7 @@ mod tests {
             ProcessStats::default(),
             1_000_000,
             slos,
+            OtaInputs::default(),
         )
     }
 

@@ -4,6 +4,7 @@ use serde::Serialize;
 use crate::counters::Counters;
 use crate::histogram::{LatencyHistogram, Percentiles};
 use crate::modbus::ModbusCounters;
+use crate::ota::{OTA_STAGE_COUNT, OtaCounters};
 use crate::serial::SerialCounters;
 
 /// Number of device states (`DeviceState::ALL`).
@@ -25,6 +26,12 @@ pub struct ShardMetrics {
     pub modbus_service_us: LatencyHistogram,
     /// Serial ports (cumulative).
     pub serial: SerialCounters,
+    /// Firmware updates (cumulative).
+    pub ota: OtaCounters,
+    /// Gauges: devices per update stage, and per firmware version (index into the fleet's
+    /// version labels, `Fleet::version_labels`).
+    pub ota_stages: [u64; OTA_STAGE_COUNT],
+    pub versions: Vec<u64>,
     pub max_lag_us: u64,
     /// Devices that have had a session at least once, and when the last of them got its first.
     pub first_connects: u64,
@@ -109,6 +116,10 @@ pub struct FleetSnapshot {
     pub modbus_service: Percentiles,
     pub modbus_requests_per_s: f64,
     pub serial: SerialCounters,
+    pub ota: OtaCounters,
+    pub ota_stages: [u64; OTA_STAGE_COUNT],
+    /// Devices per firmware version (labels: `Fleet::version_labels`).
+    pub versions: Vec<u64>,
     pub lag_interval_p99_us: u64,
     pub lag_p99_us: u64,
     pub max_lag_us: u64,
@@ -136,6 +147,9 @@ struct ShardState {
     counters: Counters,
     modbus: ModbusCounters,
     serial: SerialCounters,
+    ota: OtaCounters,
+    ota_stages: [u64; OTA_STAGE_COUNT],
+    versions: Vec<u64>,
     states: [u64; STATE_COUNT],
     in_flight: u64,
     buffered: u64,
@@ -197,6 +211,9 @@ impl Collector {
                 counters: m.counters,
                 modbus: m.modbus,
                 serial: m.serial,
+                ota: m.ota,
+                ota_stages: m.ota_stages,
+                versions: m.versions.clone(),
                 states: m.states,
                 in_flight: m.in_flight,
                 buffered: m.buffered,
@@ -262,6 +279,16 @@ impl Collector {
             snap.totals.add(&s.counters);
             snap.modbus.add(&s.modbus);
             snap.serial.add(&s.serial);
+            snap.ota.add(&s.ota);
+            for (a, b) in snap.ota_stages.iter_mut().zip(s.ota_stages) {
+                *a += b;
+            }
+            if snap.versions.len() < s.versions.len() {
+                snap.versions.resize(s.versions.len(), 0);
+            }
+            for (a, b) in snap.versions.iter_mut().zip(&s.versions) {
+                *a += b;
+            }
             for (a, b) in snap.states.iter_mut().zip(s.states) {
                 *a += b;
             }

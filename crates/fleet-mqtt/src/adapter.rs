@@ -52,6 +52,8 @@ pub struct MqttConfig {
     pub tcp_nodelay: bool,
     /// Connection attempts in progress at once, for the whole process.
     pub max_connecting: usize,
+    /// HTTP image downloads in progress at once, for the whole process.
+    pub max_downloads: usize,
 }
 
 /// What the adapter's tasks tell the shard.
@@ -79,6 +81,13 @@ pub enum MqttEvent {
         reason: &'static str,
         malformed: bool,
     },
+    DownloadProgress {
+        dev: u32,
+        epoch: u32,
+        bytes: u64,
+        total: Option<u64>,
+    },
+    DownloadEnded(Box<crate::downloads::Finished>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -157,6 +166,7 @@ pub struct MqttAdapter {
     device_id: Vec<u8>,
     topic: Vec<u8>,
     packet: BytesMut,
+    downloads: crate::downloads::Downloads,
 }
 
 /// Run time in milliseconds (wraps after 49 days; compared with wrapping arithmetic).
@@ -193,6 +203,7 @@ impl MqttAdapter {
     pub fn new(cfg: Arc<MqttConfig>, devices: usize, shards: u16) -> MqttAdapter {
         let n = devices;
         let connecting = (cfg.max_connecting / usize::from(shards.max(1))).max(1);
+        let downloads = (cfg.max_downloads / usize::from(shards.max(1))).max(1);
         MqttAdapter {
             cfg,
             sessions: (0..n).map(|_| Session::default()).collect(),
@@ -206,6 +217,7 @@ impl MqttAdapter {
             device_id: Vec::with_capacity(32),
             topic: Vec::with_capacity(96),
             packet: BytesMut::with_capacity(1024),
+            downloads: crate::downloads::Downloads::new(downloads),
         }
     }
 
@@ -216,6 +228,7 @@ impl MqttAdapter {
             TopicKind::Telemetry => Some(&identity.telemetry_topic),
             TopicKind::Response => identity.response_topic.as_ref(),
             TopicKind::Status => identity.status_topic.as_ref(),
+            TopicKind::Ota => None,
         };
         let Some(template) = template else {
             return false;
@@ -304,7 +317,12 @@ impl MqttAdapter {
                 codec::write_ack(&mut self.packet, codec::PUBCOMP, pkid);
                 self.send_packet(dev, now);
             }
-            Inbound::Publish { qos, pkid, payload } => {
+            Inbound::Publish {
+                qos,
+                pkid,
+                topic,
+                payload,
+            } => {
                 if qos > 0 {
                     self.packet.clear();
                     codec::write_ack(
@@ -318,7 +336,7 @@ impl MqttAdapter {
                     );
                     self.send_packet(dev, now);
                 }
-                out.push((dev, NetInput::Command(payload)));
+                out.push((dev, NetInput::Message { topic, payload }));
             }
             Inbound::SubAck { .. } | Inbound::PingResp => {}
             Inbound::Disconnect => self.lost(dev, "DISCONNECT from broker", out),
@@ -388,16 +406,41 @@ impl Adapter for MqttAdapter {
                 password: None,
             },
         );
-        let subscribe = match &profile.identity.command_topic {
-            Some(t) if profile.commands != fleet_core::profile::CommandSet::default() => {
-                let mut filter = Vec::with_capacity(64);
-                t.render_into(&ctx.vars(device.id, &self.device_id), &mut filter);
-                let mut sub = BytesMut::with_capacity(filter.len() + 8);
-                codec::write_subscribe(&mut sub, version, 1, &filter, profile.command_qos as u8);
-                Some(sub)
+        let mut filters: Vec<Vec<u8>> = Vec::new();
+        if let Some(t) = &profile.identity.command_topic
+            && profile.commands != fleet_core::profile::CommandSet::default()
+        {
+            let mut filter = Vec::with_capacity(64);
+            t.render_into(&ctx.vars(device.id, &self.device_id), &mut filter);
+            filters.push(filter);
+        }
+        if let Some(ota) = &profile.ota {
+            let vars = ctx.vars(device.id, &self.device_id);
+            match ota.protocol {
+                fleet_core::profile::OtaProtocol::AwsJobs => {
+                    let mut thing = Vec::with_capacity(32);
+                    ota.thing_name.render_into(&vars, &mut thing);
+                    filters.extend(fleet_core::ota::aws_filters(&ota.aws_topic_prefix, &thing));
+                }
+                fleet_core::profile::OtaProtocol::Generic => {
+                    let mut f = Vec::with_capacity(64);
+                    ota.job_topic.render_into(&vars, &mut f);
+                    filters.push(f);
+                }
             }
-            _ => None,
-        };
+        }
+        let subscribe = (!filters.is_empty()).then(|| {
+            let refs: Vec<&[u8]> = filters.iter().map(Vec::as_slice).collect();
+            let mut sub =
+                BytesMut::with_capacity(refs.iter().map(|f| f.len() + 4).sum::<usize>() + 8);
+            let qos = if profile.identity.command_topic.is_some() {
+                profile.command_qos as u8
+            } else {
+                1
+            };
+            codec::write_subscribe_many(&mut sub, version, 1, &refs, qos.max(1));
+            sub
+        });
 
         let s = &mut self.sessions[dev as usize];
         let (_, _) = s.reset();
@@ -477,9 +520,17 @@ impl Adapter for MqttAdapter {
         {
             return SendOutcome::Failed;
         }
-        if !self.render_topic(device, ctx, p.topic) {
-            return SendOutcome::Failed;
-        }
+        let payload = if p.topic == TopicKind::Ota {
+            let (topic, body) = p.split(payload);
+            self.topic.clear();
+            self.topic.extend_from_slice(topic);
+            body
+        } else {
+            if !self.render_topic(device, ctx, p.topic) {
+                return SendOutcome::Failed;
+            }
+            payload
+        };
         let s = &mut self.sessions[dev as usize];
         let pkid = if p.qos == Qos::AtMostOnce {
             0
@@ -593,10 +644,72 @@ impl Adapter for MqttAdapter {
                     self.lost(dev, reason, out);
                 }
             }
+            MqttEvent::DownloadProgress {
+                dev,
+                epoch,
+                bytes,
+                total,
+            } => {
+                if self.downloads.current(dev, epoch) {
+                    out.push((dev, NetInput::DownloadProgress { bytes, total }));
+                }
+            }
+            MqttEvent::DownloadEnded(mut f) => {
+                use crate::downloads::Ended;
+                // Read before `finished` takes the state back for a resume.
+                let (fetched, resumed, bytes) = (f.fetched, f.resumed, f.state.bytes);
+                if !self.downloads.finished(&mut f) {
+                    return;
+                }
+                match f.ended {
+                    Ended::Done => out.push((
+                        f.dev,
+                        NetInput::DownloadDone {
+                            bytes,
+                            sha256: f.state.sha256_hex(),
+                            fetched,
+                            resumed,
+                        },
+                    )),
+                    Ended::Failed(e) => out.push((
+                        f.dev,
+                        NetInput::DownloadFailed {
+                            bytes,
+                            retryable: e.is_retryable(),
+                            reason: e.message().to_string(),
+                            fetched,
+                            resumed,
+                        },
+                    )),
+                    Ended::Cancelled => {}
+                }
+            }
         }
     }
 
+    fn download(&mut self, dev: u32, url: &str, offset: u64) {
+        if let Some(events) = &self.events {
+            self.downloads.start(dev, url, offset, events);
+        }
+    }
+
+    fn cancel_download(&mut self, dev: u32) {
+        self.downloads.cancel(dev);
+    }
+
     fn tick(&mut self, now: SimTime, out: &mut Vec<(u32, NetInput)>) {
+        for (dev, reason) in self.downloads.refused.drain(..) {
+            out.push((
+                dev,
+                NetInput::DownloadFailed {
+                    bytes: 0,
+                    retryable: false,
+                    reason,
+                    fetched: 0,
+                    resumed: false,
+                },
+            ));
+        }
         let now_ms = millis(now);
         for dev in 0..self.sessions.len() as u32 {
             let s = &self.sessions[dev as usize];

@@ -132,16 +132,29 @@ pub fn write_connect(out: &mut BytesMut, o: &ConnectOptions) {
 }
 
 pub fn write_subscribe(out: &mut BytesMut, version: Version, pkid: u16, filter: &[u8], qos: u8) {
+    write_subscribe_many(out, version, pkid, &[filter], qos);
+}
+
+/// Appends a SUBSCRIBE of several filters at one QoS.
+pub fn write_subscribe_many(
+    out: &mut BytesMut,
+    version: Version,
+    pkid: u16,
+    filters: &[&[u8]],
+    qos: u8,
+) {
     let v5 = version == Version::V5;
-    let len = 2 + usize::from(v5) + 2 + filter.len() + 1;
+    let len = 2 + usize::from(v5) + filters.iter().map(|f| 2 + f.len() + 1).sum::<usize>();
     out.put_u8(0x82);
     put_varint(out, len);
     out.put_u16(pkid);
     if v5 {
         out.put_u8(0);
     }
-    put_str(out, filter);
-    out.put_u8(qos.min(2));
+    for f in filters {
+        put_str(out, f);
+        out.put_u8(qos.min(2));
+    }
 }
 
 /// Appends a PUBLISH. `pkid` is ignored for QoS 0.
@@ -208,6 +221,7 @@ pub enum Inbound {
     Publish {
         qos: u8,
         pkid: u16,
+        topic: Bytes,
         payload: Bytes,
     },
     SubAck {
@@ -258,6 +272,7 @@ fn map_v4(p: m4::v4::Packet) -> Inbound {
         Packet::Publish(p) => Inbound::Publish {
             qos: p.qos as u8,
             pkid: p.pkid,
+            topic: p.topic.into(),
             payload: p.payload,
         },
         Packet::SubAck(s) => Inbound::SubAck {
@@ -291,6 +306,7 @@ fn map_v5(p: m5::v5::Packet) -> Inbound {
         Packet::Publish(p) => Inbound::Publish {
             qos: p.qos as u8,
             pkid: p.pkid,
+            topic: p.topic,
             payload: p.payload,
         },
         Packet::SubAck(s) => Inbound::SubAck {

@@ -3,11 +3,14 @@
 //! - `codec`: packets, written by hand on the hot path, decoded with rumqttc's codecs;
 //! - `adapter`: one shard's sessions (one per device), driven by the shard loop;
 //! - `broker`: the embedded rumqttd broker used when a scenario names none;
-//! - `url`: broker URLs.
+//! - `url`: broker URLs;
+//! - `http`: a small HTTP/1.1 client that downloads firmware images from an artifact server.
 
 pub mod adapter;
 pub mod broker;
 pub mod codec;
+pub mod downloads;
+pub mod http;
 pub mod url;
 
 pub use adapter::{MqttAdapter, MqttConfig, MqttEvent};

@@ -1,0 +1,685 @@
+//! The rollout orchestrator: fleetsim playing the backend that rolls a firmware version out.
+//!
+//! Every `tick` (the shortest `evaluate_every` of the scenario's rollouts) each shard hands
+//! the orchestrator what its devices did since the last tick (reports with the time they reach
+//! the backend, and the truth: outcomes as they happened), and gets back which devices to
+//! notify next and which queued jobs to cancel. In virtual time the shards meet at every tick
+//! (a barrier), so a decision depends only on what happened before it, never on how devices are
+//! spread over shards: the same scenario and seed abort at the same instant with 1 or N shards.
+//! On the wall clock shards hand in and pick up decisions without waiting.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use fleet_core::ota::{FailStage, JobDoc, Outcome};
+use fleet_core::rollout::{Policy, RolloutSpec, Tally};
+use fleet_core::{DeviceId, Fleet, RunSeed, SimDuration, SimTime};
+use fleet_metrics::ota::{
+    AbortReport, Overshoot, RolloutCounts, RolloutReport, RolloutTruth, WaveReport,
+};
+
+const TARGET_SALT: u64 = 0x726f_6c6c_0000_0000; // "roll"
+const ORDER_SALT: u64 = 0x6f72_6465_7200_0000; // "order"
+
+/// A rollout's targets in notification order, fixed by the scenario and the seed.
+#[derive(Debug)]
+pub struct RolloutPlan {
+    pub spec: RolloutSpec,
+    pub doc: JobDoc,
+    pub cohort_names: Vec<String>,
+    /// Device ids by rank.
+    pub order: Vec<u32>,
+    /// Rank of each device id of the run (u32::MAX: not a target).
+    rank_of: Vec<u32>,
+}
+
+impl RolloutPlan {
+    pub fn build(fleet: &Fleet, seed: RunSeed) -> Vec<RolloutPlan> {
+        let total = fleet.total_devices();
+        fleet
+            .settings
+            .rollouts
+            .iter()
+            .zip(&fleet.rollouts)
+            .enumerate()
+            .map(|(i, (spec, targets))| {
+                let salt = TARGET_SALT ^ i as u64;
+                let order_salt = ORDER_SALT ^ i as u64;
+                let mut chosen: Vec<(f64, u32)> = Vec::new();
+                for c in fleet
+                    .cohorts
+                    .iter()
+                    .filter(|c| targets.cohorts.contains(&c.id))
+                {
+                    for id in c.first_device..c.first_device + c.count {
+                        let d = DeviceId(id);
+                        if spec.fraction >= 1.0 || seed.unit_draw(salt, d) < spec.fraction {
+                            chosen.push((seed.unit_draw(order_salt, d), id));
+                        }
+                    }
+                }
+                chosen.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                let order: Vec<u32> = chosen.into_iter().map(|(_, id)| id).collect();
+                let mut rank_of = vec![u32::MAX; total as usize];
+                for (r, id) in order.iter().enumerate() {
+                    rank_of[*id as usize] = r as u32;
+                }
+                RolloutPlan {
+                    doc: JobDoc {
+                        job_id: spec.name.clone(),
+                        version: spec.target_version.clone(),
+                        url: None,
+                        size: None,
+                        sha256: None,
+                    },
+                    cohort_names: targets
+                        .cohorts
+                        .iter()
+                        .map(|c| fleet.cohorts[usize::from(c.0)].name.clone())
+                        .collect(),
+                    spec: spec.clone(),
+                    order,
+                    rank_of,
+                }
+            })
+            .collect()
+    }
+
+    pub fn rank(&self, id: u32) -> Option<u32> {
+        self.rank_of
+            .get(id as usize)
+            .copied()
+            .filter(|r| *r != u32::MAX)
+    }
+}
+
+/// The evaluation period: the shortest `evaluate_every` (None without rollouts).
+pub fn tick_period(plans: &[RolloutPlan]) -> Option<SimDuration> {
+    plans.iter().map(|p| p.spec.evaluate_every).min()
+}
+
+/// What a device did that the orchestrator cares about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ObsKind {
+    /// Truth: the job started (download began).
+    TruthStarted,
+    /// Truth: how the job ended.
+    Truth(OutcomeKey),
+    /// A report reached the backend: None = the first IN_PROGRESS.
+    Reported(Option<OutcomeKey>),
+    /// Truth: the final report was lost on its way.
+    ReportLost,
+}
+
+/// `Outcome` with an order (for sorting observations deterministically).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OutcomeKey {
+    Succeeded,
+    Failed(u8),
+    Rejected,
+    Bricked,
+}
+
+impl From<Outcome> for OutcomeKey {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Succeeded => OutcomeKey::Succeeded,
+            Outcome::Failed(s) => OutcomeKey::Failed(s.index() as u8),
+            Outcome::Rejected(_) => OutcomeKey::Rejected,
+            Outcome::Bricked => OutcomeKey::Bricked,
+        }
+    }
+}
+
+/// One observation: `at` is when it happened (truth) or reaches the backend (reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Obs {
+    pub at: SimTime,
+    pub device: u32,
+    pub kind: ObsKind,
+    pub rollout: u16,
+}
+
+/// What shards do after a tick.
+#[derive(Debug, Default)]
+pub struct Decision {
+    pub at: SimTime,
+    /// (rollout, ranks, window): notify these ranks, spread over the window.
+    pub notify: Vec<(u16, Range<u32>, SimDuration)>,
+    /// (rollout, device ids): drop the queued job.
+    pub cancel: Vec<(u16, Vec<u32>)>,
+    /// The next tick (NEVER: no rollout needs one).
+    pub next_at: SimTime,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunState {
+    NotStarted,
+    Running,
+    Completed,
+    Aborted,
+}
+
+const STARTED: u8 = 1;
+const TERMINAL: u8 = 2;
+const TRUTH_DONE: u8 = 4;
+
+struct RolloutRun {
+    plan: Arc<RolloutPlan>,
+    policy: Policy,
+    state: RunState,
+    started_at: Option<SimTime>,
+    next_eval: SimTime,
+    finished_at: Option<SimTime>,
+    notified: u32,
+    notify_at: Vec<SimTime>,
+    flags: Vec<u8>,
+    tally: Tally,
+    truth: RolloutTruth,
+    truth_tally: Tally,
+    pending: BinaryHeap<Reverse<Obs>>,
+    timeouts: VecDeque<(SimTime, u32)>,
+    crossed_at: Option<SimTime>,
+    aborted_at: Option<SimTime>,
+    overshoot: Overshoot,
+    cancelled: u64,
+    waves: Vec<RolloutCounts>,
+}
+
+impl RolloutRun {
+    fn new(plan: Arc<RolloutPlan>) -> RolloutRun {
+        let n = plan.order.len();
+        RolloutRun {
+            policy: Policy::new(&plan.spec, n as u32),
+            state: RunState::NotStarted,
+            started_at: None,
+            next_eval: SimTime::ZERO + plan.spec.at,
+            finished_at: None,
+            notified: 0,
+            notify_at: vec![SimTime::NEVER; n],
+            flags: vec![0; n],
+            tally: Tally::default(),
+            truth: RolloutTruth::default(),
+            truth_tally: Tally::default(),
+            pending: BinaryHeap::new(),
+            timeouts: VecDeque::new(),
+            crossed_at: None,
+            aborted_at: None,
+            overshoot: Overshoot::default(),
+            cancelled: 0,
+            waves: Vec::new(),
+            plan,
+        }
+    }
+
+    fn active(&self) -> bool {
+        match self.state {
+            RunState::NotStarted | RunState::Running => true,
+            RunState::Completed => false,
+            RunState::Aborted => self.tally.executed() < u64::from(self.notified),
+        }
+    }
+
+    fn truth_event(&mut self, o: &Obs, rank: u32) {
+        let r = rank as usize;
+        match o.kind {
+            ObsKind::TruthStarted => {
+                if self.crossed_at.is_some_and(|c| o.at >= c) {
+                    self.overshoot.started += 1;
+                }
+            }
+            ObsKind::Truth(k) => {
+                if self.flags[r] & TRUTH_DONE != 0 {
+                    return;
+                }
+                self.flags[r] |= TRUTH_DONE;
+                let after = self.crossed_at.is_some_and(|c| o.at >= c);
+                match k {
+                    OutcomeKey::Succeeded => {
+                        self.truth.succeeded += 1;
+                        self.truth_tally.succeeded += 1;
+                        if after {
+                            self.overshoot.updated += 1;
+                        }
+                    }
+                    OutcomeKey::Failed(s) => {
+                        self.truth.failed += 1;
+                        self.truth_tally.failed += 1;
+                        if let Some(stage) = FailStage::ALL.get(usize::from(s)) {
+                            self.truth.failures_by_stage.bump(*stage);
+                            if stage.rolled_back() {
+                                self.truth.rolled_back += 1;
+                            }
+                        }
+                        if after {
+                            self.overshoot.failed += 1;
+                        }
+                    }
+                    OutcomeKey::Rejected => {
+                        self.truth.rejected += 1;
+                        self.truth_tally.rejected += 1;
+                    }
+                    OutcomeKey::Bricked => {
+                        self.truth.bricked += 1;
+                        self.truth_tally.failed += 1;
+                        if after {
+                            self.overshoot.failed += 1;
+                        }
+                    }
+                }
+                if self.crossed_at.is_none()
+                    && let Some(a) = &self.plan.spec.abort
+                    && a.crossed(&self.truth_tally)
+                {
+                    self.crossed_at = Some(o.at);
+                }
+            }
+            ObsKind::ReportLost => self.truth.reports_lost += 1,
+            ObsKind::Reported(_) => {}
+        }
+    }
+
+    fn reported(&mut self, o: &Obs, rank: u32) {
+        let r = rank as usize;
+        let wave = self.policy.wave_of(&self.plan.spec, rank);
+        if self.waves.len() <= wave {
+            self.waves.resize(wave + 1, RolloutCounts::default());
+        }
+        match o.kind {
+            ObsKind::Reported(None) if self.flags[r] & STARTED == 0 => {
+                self.flags[r] |= STARTED;
+                self.tally.started += 1;
+                self.waves[wave].started += 1;
+            }
+            ObsKind::Reported(Some(k)) => {
+                if self.flags[r] & TERMINAL != 0 {
+                    return; // late: it had timed out
+                }
+                self.flags[r] |= TERMINAL;
+                let (t, w) = (&mut self.tally, &mut self.waves[wave]);
+                match k {
+                    OutcomeKey::Succeeded => {
+                        t.succeeded += 1;
+                        w.succeeded += 1;
+                    }
+                    OutcomeKey::Failed(_) | OutcomeKey::Bricked => {
+                        t.failed += 1;
+                        w.failed += 1;
+                    }
+                    OutcomeKey::Rejected => {
+                        t.rejected += 1;
+                        w.rejected += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self, index: u16, now: SimTime, period: SimDuration, d: &mut Decision) {
+        while let Some(Reverse(o)) = self.pending.peek().copied() {
+            if o.at > now {
+                break;
+            }
+            self.pending.pop();
+            if let Some(rank) = self.plan.rank(o.device) {
+                self.reported(&o, rank);
+            }
+        }
+        while let Some(&(deadline, rank)) = self.timeouts.front() {
+            if deadline > now {
+                break;
+            }
+            self.timeouts.pop_front();
+            let r = rank as usize;
+            if self.flags[r] & TERMINAL == 0 {
+                self.flags[r] |= TERMINAL;
+                self.tally.timed_out += 1;
+                let wave = self.policy.wave_of(&self.plan.spec, rank);
+                if self.waves.len() <= wave {
+                    self.waves.resize(wave + 1, RolloutCounts::default());
+                }
+                self.waves[wave].timed_out += 1;
+            }
+        }
+        let spec = self.plan.spec.clone();
+        if self.state == RunState::NotStarted && now >= SimTime::ZERO + spec.at {
+            self.state = RunState::Running;
+            self.started_at = Some(now);
+            self.next_eval = now;
+        }
+        if self.state == RunState::Running
+            && let Some(a) = &spec.abort
+            && a.crossed(&self.tally)
+        {
+            self.state = RunState::Aborted;
+            self.aborted_at = Some(now);
+            let queued: Vec<u32> = (0..self.notified)
+                .filter(|r| self.flags[*r as usize] & (STARTED | TERMINAL) == 0)
+                .map(|r| self.plan.order[r as usize])
+                .collect();
+            self.cancelled = queued.len() as u64;
+            for r in 0..self.notified as usize {
+                if self.flags[r] & (STARTED | TERMINAL) == 0 {
+                    // Cancelled: it counts as executed so the rollout can finish.
+                    self.flags[r] |= TERMINAL;
+                }
+            }
+            if !queued.is_empty() {
+                d.cancel.push((index, queued));
+            }
+        }
+        if self.state == RunState::Running && now >= self.next_eval {
+            let start = self.started_at.unwrap_or(now);
+            let target = self.policy.tick(&spec, start, now, &self.tally);
+            if target > self.notified {
+                let (a, b) = (self.notified, target);
+                let n = f64::from(b - a);
+                for r in a..b {
+                    let at = now + period.mul_f64(f64::from(r - a) / n);
+                    self.notify_at[r as usize] = at;
+                    self.timeouts.push_back((at + spec.timeout, r));
+                }
+                d.notify.push((index, a..b, period));
+                self.notified = b;
+            }
+            while self.next_eval <= now {
+                self.next_eval += spec.evaluate_every;
+            }
+        }
+        let executed = self.tally.executed() + self.cancelled;
+        let total = self.plan.order.len() as u64;
+        if self.state == RunState::Running
+            && self.notified as usize == self.plan.order.len()
+            && executed >= total
+        {
+            self.state = RunState::Completed;
+            self.finished_at = Some(now);
+        }
+        if self.state == RunState::Aborted
+            && self.finished_at.is_none()
+            && executed >= u64::from(self.notified)
+        {
+            self.finished_at = Some(now);
+        }
+    }
+
+    fn report(&self) -> RolloutReport {
+        let spec = &self.plan.spec;
+        let secs = |t: SimTime| t.as_micros() as f64 / 1e6;
+        let notified_after = self
+            .crossed_at
+            .map(|c| {
+                self.notify_at
+                    .iter()
+                    .filter(|t| !t.is_never() && **t >= c)
+                    .count() as u64
+            })
+            .unwrap_or(0);
+        let mut truth = self.truth;
+        truth.stuck = (0..self.notified as usize)
+            .filter(|r| self.flags[*r] & TRUTH_DONE == 0)
+            .count() as u64;
+        let waves = self
+            .policy
+            .wave_starts
+            .iter()
+            .enumerate()
+            .map(|(k, at)| {
+                let lo = if k == 0 {
+                    0
+                } else {
+                    self.policy.wave_end(spec, k - 1)
+                };
+                let hi = self.policy.wave_end(spec, k).min(self.notified.max(lo));
+                let mut counts = self.waves.get(k).copied().unwrap_or_default();
+                counts.notified = u64::from(hi.saturating_sub(lo));
+                WaveReport {
+                    wave: k as u32 + 1,
+                    started_at_s: secs(*at),
+                    devices: u64::from(hi.saturating_sub(lo)),
+                    reported: counts,
+                }
+            })
+            .collect();
+        let state = match self.state {
+            RunState::NotStarted => "not_started",
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::Aborted => "aborted",
+        };
+        let total = self.plan.order.len() as u64;
+        RolloutReport {
+            name: spec.name.clone(),
+            target_version: spec.target_version.clone(),
+            cohorts: self.plan.cohort_names.clone(),
+            state: state.into(),
+            targets: total,
+            started_at_s: self.started_at.map(secs),
+            finished_at_s: self.finished_at.map(secs),
+            reported: RolloutCounts {
+                notified: u64::from(self.notified),
+                started: self.tally.started,
+                succeeded: self.tally.succeeded,
+                failed: self.tally.failed,
+                rejected: self.tally.rejected,
+                timed_out: self.tally.timed_out,
+            },
+            not_notified: total - u64::from(self.notified),
+            cancelled: self.cancelled,
+            in_progress: u64::from(self.notified)
+                .saturating_sub(self.tally.executed() + self.cancelled),
+            abort: spec.abort.as_ref().map(|a| AbortReport {
+                criteria: a.describe(),
+                aborted_at_s: self.aborted_at.map(secs),
+                threshold_crossed_at_s: self.crossed_at.map(secs),
+                time_to_halt_s: match (self.aborted_at, self.crossed_at) {
+                    (Some(a), Some(c)) => Some(secs(a) - secs(c)),
+                    _ => None,
+                },
+                overshoot: Overshoot {
+                    notified: notified_after,
+                    ..self.overshoot
+                },
+            }),
+            truth,
+            waves,
+        }
+    }
+}
+
+/// The orchestrator of all the scenario's rollouts.
+struct Orchestrator {
+    runs: Vec<RolloutRun>,
+    period: SimDuration,
+}
+
+impl Orchestrator {
+    fn ingest(&mut self, mut obs: Vec<Obs>) {
+        obs.sort_unstable();
+        for o in obs {
+            let Some(run) = self.runs.get_mut(usize::from(o.rollout)) else {
+                continue;
+            };
+            let Some(rank) = run.plan.rank(o.device) else {
+                continue;
+            };
+            match o.kind {
+                ObsKind::Reported(_) => run.pending.push(Reverse(o)),
+                _ => run.truth_event(&o, rank),
+            }
+        }
+    }
+
+    fn tick(&mut self, now: SimTime) -> Decision {
+        let mut d = Decision {
+            at: now,
+            ..Decision::default()
+        };
+        for (i, run) in self.runs.iter_mut().enumerate() {
+            run.tick(i as u16, now, self.period, &mut d);
+        }
+        d.next_at = if self.runs.iter().any(RolloutRun::active) {
+            now + self.period
+        } else {
+            SimTime::NEVER
+        };
+        d
+    }
+}
+
+struct HubState {
+    orch: Orchestrator,
+    /// Shards still taking part.
+    present: u16,
+    /// Shards that handed in for the tick being collected.
+    arrived: u16,
+    collecting: SimTime,
+    obs: Vec<Obs>,
+    decisions: Vec<Arc<Decision>>,
+    /// Observations handed in when leaving (after the last tick).
+    final_obs: Vec<Obs>,
+}
+
+/// Shared by the shards of a run (see the module's comment).
+pub struct RolloutHub {
+    pub plans: Arc<[Arc<RolloutPlan>]>,
+    pub period: SimDuration,
+    /// The first tick.
+    pub first_tick: SimTime,
+    state: Mutex<HubState>,
+    cv: Condvar,
+}
+
+impl std::fmt::Debug for RolloutHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RolloutHub")
+    }
+}
+
+impl RolloutHub {
+    /// None when the fleet has no rollouts.
+    pub fn new(fleet: &Fleet, seed: RunSeed, shards: u16) -> Option<RolloutHub> {
+        let plans: Vec<Arc<RolloutPlan>> = RolloutPlan::build(fleet, seed)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let period = plans.iter().map(|p| p.spec.evaluate_every).min()?;
+        let first_at = plans
+            .iter()
+            .map(|p| p.spec.at)
+            .min()
+            .unwrap_or(SimDuration::ZERO);
+        // Ticks fall on multiples of the period.
+        let k = first_at.as_micros().div_ceil(period.as_micros().max(1));
+        let first_tick = SimTime(k * period.as_micros());
+        let runs = plans.iter().cloned().map(RolloutRun::new).collect();
+        Some(RolloutHub {
+            plans: plans.into(),
+            period,
+            first_tick,
+            state: Mutex::new(HubState {
+                orch: Orchestrator { runs, period },
+                present: shards,
+                arrived: 0,
+                collecting: first_tick,
+                obs: Vec::new(),
+                decisions: Vec::new(),
+                final_obs: Vec::new(),
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands in what happened before the tick at `at`; the last shard to do so decides.
+    pub fn submit(&self, at: SimTime, obs: &mut Vec<Obs>) {
+        let mut s = self.lock();
+        s.obs.append(obs);
+        s.arrived += 1;
+        debug_assert_eq!(s.collecting, at);
+        Self::maybe_decide(&mut s);
+        self.cv.notify_all();
+    }
+
+    fn maybe_decide(s: &mut HubState) {
+        if s.present > 0 && s.arrived >= s.present {
+            let obs = std::mem::take(&mut s.obs);
+            s.orch.ingest(obs);
+            let d = s.orch.tick(s.collecting);
+            s.collecting = d.next_at;
+            s.arrived = 0;
+            s.decisions.push(Arc::new(d));
+        }
+    }
+
+    /// The decision of tick number `n` (0-based), waiting for it.
+    pub fn wait(&self, n: usize) -> Option<Arc<Decision>> {
+        let mut s = self.lock();
+        loop {
+            if let Some(d) = s.decisions.get(n) {
+                return Some(d.clone());
+            }
+            if s.present == 0 {
+                return None;
+            }
+            s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The decision of tick `n` if it is ready.
+    pub fn try_get(&self, n: usize) -> Option<Arc<Decision>> {
+        self.lock().decisions.get(n).cloned()
+    }
+
+    /// A shard stops taking part (its run is over); its last observations count for the report.
+    pub fn leave(&self, obs: &mut Vec<Obs>) {
+        let mut s = self.lock();
+        s.final_obs.append(obs);
+        s.present = s.present.saturating_sub(1);
+        Self::maybe_decide(&mut s);
+        self.cv.notify_all();
+    }
+
+    /// The rollouts' reports, once every shard has left.
+    pub fn reports(&self, end: SimTime) -> Vec<RolloutReport> {
+        let mut s = self.lock();
+        let mut obs = std::mem::take(&mut s.obs);
+        obs.append(&mut s.final_obs);
+        s.orch.ingest(obs);
+        // Reports that arrive by the end count; deadlines up to the end too.
+        for run in s.orch.runs.iter_mut() {
+            if run.state != RunState::NotStarted {
+                run.tick_final(end);
+            }
+        }
+        s.orch.runs.iter().map(RolloutRun::report).collect()
+    }
+}
+
+impl RolloutRun {
+    /// At the end: take the reports and timeouts due by `end`, notify nobody.
+    fn tick_final(&mut self, end: SimTime) {
+        while let Some(Reverse(o)) = self.pending.peek().copied() {
+            if o.at > end {
+                break;
+            }
+            self.pending.pop();
+            if let Some(rank) = self.plan.rank(o.device) {
+                self.reported(&o, rank);
+            }
+        }
+        if self.state == RunState::Running
+            && self.notified as usize == self.plan.order.len()
+            && self.tally.executed() >= self.plan.order.len() as u64
+        {
+            self.state = RunState::Completed;
+            self.finished_at.get_or_insert(end);
+        }
+    }
+}

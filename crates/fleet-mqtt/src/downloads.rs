@@ -1,0 +1,168 @@
+//! HTTP image downloads of one shard's devices: at most `max` at once (a semaphore shared by
+//! the shard), each in a task of its own that reports progress and hands its state back when
+//! it ends, so a cancelled or failed download resumes where it stopped (HTTP Range).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::adapter::MqttEvent;
+use crate::http::{DownloadSlots, DownloadState, FetchError, FetchOptions, fetch, parse_http_url};
+
+/// How a download attempt ended.
+#[derive(Debug)]
+pub enum Ended {
+    Done,
+    Failed(FetchError),
+    Cancelled,
+}
+
+/// What a finished attempt hands back.
+#[derive(Debug)]
+pub struct Finished {
+    pub dev: u32,
+    pub epoch: u32,
+    pub state: DownloadState,
+    pub ended: Ended,
+    /// Bytes this attempt received, and whether it asked for a range.
+    pub fetched: u64,
+    pub resumed: bool,
+}
+
+struct Slot {
+    epoch: u32,
+    /// None while a task holds it.
+    state: Option<DownloadState>,
+    cancel: Option<oneshot::Sender<()>>,
+}
+
+/// The downloads of one shard.
+pub struct Downloads {
+    slots: DownloadSlots,
+    opts: FetchOptions,
+    by_dev: HashMap<u32, Slot>,
+    /// Attempts that could not start (bad URL): reported on the next tick.
+    pub refused: Vec<(u32, String)>,
+}
+
+impl Downloads {
+    pub fn new(max: usize) -> Downloads {
+        Downloads {
+            slots: DownloadSlots::new(max.max(1)),
+            opts: FetchOptions {
+                idle_timeout: Duration::from_secs(30),
+                ..FetchOptions::default()
+            },
+            by_dev: HashMap::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// Downloads waiting for a slot or running.
+    pub fn active(&self) -> usize {
+        self.by_dev.values().filter(|s| s.state.is_none()).count()
+    }
+
+    /// Starts (or resumes from `offset`) device `dev`'s download of `url`.
+    pub fn start(&mut self, dev: u32, url: &str, offset: u64, events: &mpsc::Sender<MqttEvent>) {
+        let parsed = match parse_http_url(url) {
+            Ok(u) => u,
+            Err(e) => {
+                self.refused.push((dev, e));
+                return;
+            }
+        };
+        let slot = self.by_dev.entry(dev).or_insert(Slot {
+            epoch: 0,
+            state: Some(DownloadState::new()),
+            cancel: None,
+        });
+        if let Some(c) = slot.cancel.take() {
+            let _ = c.send(()); // an attempt still out is superseded
+        }
+        slot.epoch = slot.epoch.wrapping_add(1);
+        let mut state = slot.state.take().unwrap_or_default();
+        if offset == 0 || state.bytes != offset {
+            state.restart();
+        }
+        let (tx, mut rx) = oneshot::channel();
+        slot.cancel = Some(tx);
+        let epoch = slot.epoch;
+        let slots = self.slots.clone();
+        let opts = self.opts.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            let start_bytes = state.bytes;
+            let resumed = start_bytes > 0;
+            let ended = tokio::select! {
+                _ = &mut rx => Ended::Cancelled,
+                r = async {
+                    let Some(_permit) = slots.acquire().await else {
+                        return Err(FetchError::Retryable("shutting down".into()));
+                    };
+                    let progress_tx = events.clone();
+                    fetch(&parsed, &mut state, &opts, |bytes, total| {
+                        let _ = progress_tx.try_send(MqttEvent::DownloadProgress {
+                            dev,
+                            epoch,
+                            bytes,
+                            total,
+                        });
+                    })
+                    .await
+                } => match r {
+                    Ok(()) => Ended::Done,
+                    Err(e) => Ended::Failed(e),
+                },
+            };
+            let fetched = state.bytes.saturating_sub(start_bytes);
+            let _ = events
+                .send(MqttEvent::DownloadEnded(Box::new(Finished {
+                    dev,
+                    epoch,
+                    state,
+                    ended,
+                    fetched,
+                    resumed,
+                })))
+                .await;
+        });
+    }
+
+    /// Stops device `dev`'s attempt (its bytes are kept for a resume).
+    pub fn cancel(&mut self, dev: u32) {
+        if let Some(slot) = self.by_dev.get_mut(&dev)
+            && let Some(c) = slot.cancel.take()
+        {
+            let _ = c.send(());
+        }
+    }
+
+    /// Takes an attempt's state back; false if the attempt is stale.
+    pub fn finished(&mut self, f: &mut Finished) -> bool {
+        let Some(slot) = self.by_dev.get_mut(&f.dev) else {
+            return false;
+        };
+        if slot.epoch != f.epoch {
+            return false;
+        }
+        slot.cancel = None;
+        let state = std::mem::take(&mut f.state);
+        let done = matches!(f.ended, Ended::Done);
+        slot.state = Some(state);
+        if done {
+            // The image is with the device now.
+            let s = self.by_dev.remove(&f.dev).and_then(|s| s.state);
+            if let Some(s) = s {
+                f.state = s;
+            }
+        }
+        true
+    }
+
+    /// Whether progress of this attempt is current.
+    pub fn current(&self, dev: u32, epoch: u32) -> bool {
+        self.by_dev.get(&dev).is_some_and(|s| s.epoch == epoch)
+    }
+}
