@@ -28,13 +28,24 @@
 #    AT+CREG?, AT+COPS?, ERROR and +CME ERROR in both modes) and +CREG URCs over a scheduled
 #    outage; the weather station's lines; the meter read with pymodbus over RTU; a scheduled
 #    unplug (the link goes and comes back, reading again works); the report's serial counters.
+# G  OTA firmware jobs (scripts/ota_interop.py): scenarios/ota-lab.toml's 6 devices take jobs
+#    from an independent job server (paho-mqtt) that starts fleetsim once it is subscribed:
+#    AWS IoT Jobs over MQTT for lab-000..003 (notify-next, start-next, updates checked for
+#    expectedVersion and legal transitions) and the generic JSON protocol for lab-004/005. A good
+#    update (stages in order, download progress never going back, committed to slot B, telemetry
+#    on 1.1.0 afterwards), a bad release rolled back after its boot attempts, an update rejected
+#    with VersionMismatch (the server bumps the version behind the device's back) and sent again
+#    as it was, unknown versions rejected with a reason, a download from a Range-capable HTTP
+#    server that cuts the first transfer at 40 % (the device resumes with Range: bytes=N-), a
+#    wrong sha256 failing at verifying; the report's ota counters match what the server saw.
+#    (`python3 scripts/ota_interop.py --self-test` proves the checks against a fake fleet.)
 #
 # Needs root (or sudo) for apt-get when mosquitto, mosquitto_sub/pub, python3, (for E) mbpoll or
-# (for F) socat are missing, and pip for pymodbus + pyserial (E, F) and pynmea2 (F) when python3
-# lacks them.
+# (for F) socat are missing, and pip for pymodbus + pyserial (E, F), pynmea2 (F) and paho-mqtt
+# (G) when python3 lacks them.
 # Environment:
-#   INTEROP_ONLY=E,...      run only these tests (letters A-F, comma-separated; "modbus" = E,
-#                           "serial" = F)
+#   INTEROP_ONLY=E,...      run only these tests (letters A-G, comma-separated; "modbus" = E,
+#                           "serial" = F, "ota" = G)
 #   FLEETSIM=path           use this binary instead of `cargo build --release`
 #   INTEROP_STRICT=0        report known fleetsim bugs as KNOWN instead of failing (default 1: they fail)
 #   INTEROP_KEEP_TMP=1      keep the temp folder (broker logs, subscriber output, reports)
@@ -55,6 +66,7 @@ STRICT="${INTEROP_STRICT:-1}"
 ONLY=",${INTEROP_ONLY:-},"
 ONLY="${ONLY//,modbus,/,E,}"
 ONLY="${ONLY//,serial,/,F,}"
+ONLY="${ONLY//,ota,/,G,}"
 want() { [[ "$ONLY" == ",," || "$ONLY" == *",$1,"* ]]; } # want TEST: is test TEST selected?
 PASSED=0
 FAILED=0
@@ -110,8 +122,8 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-[[ "$ONLY" == ",," || "$ONLY" =~ ^,([A-F],)+$ ]] ||
-    die "INTEROP_ONLY=${INTEROP_ONLY:-}: want test letters A-F (or modbus, serial), comma-separated"
+[[ "$ONLY" == ",," || "$ONLY" =~ ^,([A-G],)+$ ]] ||
+    die "INTEROP_ONLY=${INTEROP_ONLY:-}: want test letters A-G (or modbus, serial, ota), comma-separated"
 
 # ---------------------------------------------------------------------------------------------
 # Tools
@@ -182,6 +194,16 @@ sys.exit((serial.__version__, pynmea2.__version__) != tuple(sys.argv[1:]))' \
 fi
 if want F; then
     log "socat: $(socat -V 2>/dev/null | grep -m1 'socat version' || echo '?'); pyserial, pynmea2, pymodbus: $(python3 -c 'import serial, pynmea2, pymodbus; print(serial.__version__, pynmea2.__version__, pymodbus.__version__)')"
+fi
+# Test G's job server: paho-mqtt, pinned (2.0 changed the callback API; the script uses
+# CallbackAPIVersion.VERSION2).
+PAHO_MQTT_VERSION=2.2.0
+if want G && ! python3 -c 'import sys, paho.mqtt; sys.exit(paho.mqtt.__version__ != sys.argv[1])' \
+    "$PAHO_MQTT_VERSION" 2>/dev/null; then
+    pip_install paho-mqtt "paho-mqtt==$PAHO_MQTT_VERSION"
+fi
+if want G; then
+    log "paho-mqtt: $(python3 -c 'import paho.mqtt; print(paho.mqtt.__version__)')"
 fi
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/fleetsim-interop.XXXXXX")"
@@ -343,6 +365,7 @@ py_checks() {
 }
 modbus_checks() { py_checks E modbus_interop.py "$@"; }
 serial_checks() { py_checks F serial_interop.py "$@"; }
+ota_checks() { py_checks G ota_interop.py "$@"; }
 
 # Tests A-D run scenarios/smoke.toml; each test sits in an `if want X` (INTEROP_ONLY), its
 # lines left as they were, not indented under it.
@@ -712,6 +735,27 @@ if [[ $RUN_RC -ne 0 ]]; then
 fi
 serial_checks 60 report --report "$TMP/F.json" --exit-code "$RUN_RC" --ports 6 --unplugs 2 \
     --min-commands 10 --min-command-errors 3 --run-dir "$F_DIR"
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want G; then
+G_DURATION=45
+G_SCENARIO="scenarios/ota-lab.toml"
+log "Test G: OTA firmware jobs against an independent job server (AWS IoT Jobs and generic, paho-mqtt) and a Range-capable HTTP server ($G_SCENARIO, ${G_DURATION}s)"
+if [[ ! -f "$G_SCENARIO" ]]; then
+    fail "G  $G_SCENARIO is missing"
+else
+start_broker G
+# The job server subscribes first and then starts fleetsim itself (so the devices' start-next
+# on connect finds it), queues the jobs once all 6 devices are online (the AWS devices and the
+# generic ones at once), waits for the run's end (bounded) and checks the report. Its MQTT
+# traffic, HTTP request log and summary, and fleetsim's output: $TMP/G-traffic.txt,
+# G-http.txt, G-server.json, G.out, G.err (INTEROP_KEEP_TMP=1 keeps them).
+ota_checks $((G_DURATION + 120)) live --port "$PORT" --report "$TMP/G.json" --log-dir "$TMP" --name G \
+    --run-timeout $((G_DURATION + 60)) -- "$FLEETSIM" run "$G_SCENARIO" --broker "mqtt://127.0.0.1:$PORT" \
+    --duration "${G_DURATION}s" --report "$TMP/G.json" --headless --run-dir "$TMP/G-run"
+stop_broker
+fi
 fi
 
 # cleanup (the EXIT trap) prints "N passed, M failed" and sets the exit code.
