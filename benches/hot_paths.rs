@@ -8,7 +8,10 @@
 //! - `encode_telemetry`: the telemetry JSON of each of the four shipped profiles;
 //! - `histogram_record`: `LatencyHistogram::record` with values spread from 50 us to 10 s;
 //! - `mqtt_codec`: `write_publish` (QoS 0 / 1, MQTT 3.1.1 / 5) and `read_packet` of a PUBACK;
-//! - `scheduler`: a steady-state pop + push (a device's next wake) on heaps of 10k and 100k entries;
+//! - `scheduler`: a steady-state pop + push (a device's next wake) on queues of 10k and 100k
+//!   entries 1-60 s ahead, and of 1,000,000 entries an hour ahead (hourly reports);
+//! - `ota`: a whole firmware update of one NB-IoT meter (job in, download at its bandwidth,
+//!   verify, install, reboot, trial, commit, every status report encoded), on the virtual clock;
 //! - `modbus_slave`: what the shard does for one Modbus request to a `power-meter` (parse the
 //!   PDU, draw the faults, read the registers, encode the answer) for a 2-register f32 read, the
 //!   whole 18-register input block, and a write of the interval; plus the TCP framing around it.
@@ -286,6 +289,82 @@ fn bench_scheduler(c: &mut Criterion) {
             });
         });
     }
+    // Hourly deadlines of a large fleet (the rollout rehearsals' NB-IoT meters): they wait in
+    // the calendar's second level, not in the far heap.
+    let n = 1_000_000u32;
+    let mut s = Scheduler::with_capacity(n as usize + 16);
+    for dev in 0..n {
+        s.push(SimTime(u64::from(dev) * 3_600), dev, Due::Wake);
+    }
+    g.bench_function("pop_push_1000k_hourly", |b| {
+        b.iter(|| {
+            let e = s.pop().expect("the queue never empties");
+            s.push(SimTime(e.at.0 + 3_600_000_000), e.dev, Due::Wake);
+            black_box(e.dev)
+        });
+    });
+    g.finish();
+}
+
+/// One whole update of an NB-IoT meter (no faults drawn: the firmware model's faults are
+/// zeroed), driven like the virtual clock drives it: wake at each deadline, connect at once.
+fn bench_ota(c: &mut Criterion) {
+    use fleet_core::ota::{JobDoc, JobSource, OtaStage};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/rollout-week.toml");
+    let mut fleet =
+        load_fleet(&FsSource, &path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    let mut model = (*fleet.cohorts[0].firmware).clone();
+    for v in &mut model.versions {
+        v.ota.faults = Default::default();
+    }
+    let mut link = fleet.cohorts[0].link.clone();
+    link.mtbf = None;
+    link.loss = 0.0;
+    fleet.cohorts[0].firmware = std::sync::Arc::new(model);
+    fleet.cohorts[0].link = link;
+    let cohort = &fleet.cohorts[0];
+    let dctx = ctx(cohort);
+    let mut fx = Effects::default();
+    let base = online_device(cohort, DeviceId(0), &mut fx);
+    let doc = JobDoc {
+        job_id: "fw-3.5.0".into(),
+        version: "3.5.0".into(),
+        url: None,
+        size: None,
+        sha256: None,
+    };
+    let mut g = c.benchmark_group("ota");
+    g.throughput(Throughput::Elements(1));
+    let run = |d: &mut Device, fx: &mut Effects| -> u32 {
+        let mut now = d.wake_at().min(SimTime(3_600_000_000));
+        fx.clear();
+        let job = fleet_core::device::OtaInput::Job {
+            doc: &doc,
+            source: JobSource::Rollout(0),
+        };
+        d.handle(now, Input::Ota(job), &dctx, fx);
+        let mut steps = 1u32;
+        while d.ota_stage() != OtaStage::Idle && steps < 10_000 {
+            now = d.wake_at();
+            fx.clear();
+            d.handle(now, Input::Wake, &dctx, fx);
+            if fx.list.contains(&Effect::Connect) {
+                d.handle(now, Input::Connected, &dctx, fx);
+            }
+            steps += 1;
+        }
+        assert_eq!(d.running_version(), 1, "the update committed 3.5.0");
+        steps
+    };
+    let steps = run(&mut base.clone(), &mut fx);
+    eprintln!("ota/update_cycle_nbiot_meter: {steps} device steps per update");
+    g.bench_function("update_cycle_nbiot_meter", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut d| black_box(run(&mut d, &mut fx)),
+            criterion::BatchSize::SmallInput,
+        );
+    });
     g.finish();
 }
 
@@ -347,6 +426,6 @@ fn bench_modbus_slave(c: &mut Criterion) {
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = bench_device_step, bench_encode_telemetry, bench_histogram, bench_mqtt_codec, bench_scheduler, bench_modbus_slave
+    targets = bench_device_step, bench_encode_telemetry, bench_histogram, bench_mqtt_codec, bench_scheduler, bench_ota, bench_modbus_slave
 }
 criterion_main!(hot_paths);

@@ -683,3 +683,32 @@ impl RolloutRun {
         }
     }
 }
+
+/// A shard's membership of the hub: leaving is certain, even when the shard's thread unwinds,
+/// so the other shards never wait at a tick for a shard that is gone.
+pub(crate) struct Membership {
+    hub: Option<Arc<RolloutHub>>,
+}
+
+impl Membership {
+    pub(crate) fn new(hub: Option<Arc<RolloutHub>>) -> Membership {
+        Membership { hub }
+    }
+
+    pub(crate) fn hub(&self) -> Option<&Arc<RolloutHub>> {
+        self.hub.as_ref()
+    }
+
+    /// Leaves with the shard's last observations.
+    pub(crate) fn leave(&mut self, obs: &mut Vec<Obs>) {
+        if let Some(h) = self.hub.take() {
+            h.leave(obs);
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.leave(&mut Vec::new());
+    }
+}

@@ -164,8 +164,17 @@ where
                 .spawn_scoped(scope, move || {
                     let _run = span.enter();
                     let _shard = tracing::info_span!("shard", shard = k).entered();
-                    let result = Shard::new(k, plan, log_part.as_deref())
-                        .and_then(|shard| drive(shard, &ctl));
+                    let hub = plan.rollouts.clone();
+                    let result = match Shard::new(k, plan, log_part.as_deref()) {
+                        Ok(shard) => drive(shard, &ctl),
+                        Err(e) => {
+                            // Never joined the rollout ticks: the others must not wait for it.
+                            if let Some(h) = hub {
+                                h.leave(&mut Vec::new());
+                            }
+                            Err(e)
+                        }
+                    };
                     if let Err(e) = result {
                         ctl.send(ShardMsg::Failed {
                             shard: k,

@@ -63,7 +63,8 @@ pub(crate) fn run_virtual(mut shard: Shard, ctl: &ShardControl) -> std::io::Resu
     // Everyone stops at the same simulated instant, so the event log does not depend on how
     // devices are spread over shards.
     let stop_at = end + shard.plan.drain;
-    let hub = shard.plan.rollouts.clone();
+    let mut member = crate::rollout::Membership::new(shard.plan.rollouts.clone());
+    let hub = member.hub().cloned();
     // Rollout ticks: every shard meets the others there before it runs anything later.
     let mut next_tick = hub.as_ref().map_or(SimTime::NEVER, |h| h.first_tick);
     let mut tick_n = 0usize;
@@ -120,9 +121,7 @@ pub(crate) fn run_virtual(mut shard: Shard, ctl: &ShardControl) -> std::io::Resu
         ctl.send_ended(shard.report(stop_time.min(end), false, &net));
     }
     shard.shutdown_devices(stop_time, &mut net);
-    if let Some(h) = &hub {
-        h.leave(&mut shard.obs);
-    }
+    member.leave(&mut shard.obs);
     let result = shard.finish_log();
     ctl.send(ShardMsg::Report(shard.report(stop_time, true, &net)));
     result

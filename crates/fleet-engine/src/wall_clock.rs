@@ -80,7 +80,8 @@ pub(crate) fn run_wall<A: Adapter>(
         let mut phase = Phase::Running;
         let mut next_tick = SimTime::ZERO + SimDuration::from_secs(1);
         let mut next_adapter_tick = SimTime::ZERO + ADAPTER_TICK;
-        let hub = shard.plan.rollouts.clone();
+        let mut member = crate::rollout::Membership::new(shard.plan.rollouts.clone());
+        let hub = member.hub().cloned();
         // Rollout ticks: hand in at the tick, pick the decision up when it is ready.
         let mut next_rollout = hub.as_ref().map_or(SimTime::NEVER, |h| h.first_tick);
         let mut rollout_n = 0usize;
@@ -211,9 +212,7 @@ pub(crate) fn run_wall<A: Adapter>(
                 shard.run_query(q, now, &mut net);
             }
         }
-        if let Some(h) = &hub {
-            h.leave(&mut shard.obs);
-        }
+        member.leave(&mut shard.obs);
         let net: Net<A> = Net::Real(&mut adapter);
         let result = shard.finish_log();
         ctl.send(ShardMsg::Report(shard.report(now, true, &net)));
