@@ -80,6 +80,9 @@ pub(super) struct OtaJob {
     last: Option<Sent>,
     retries: u8,
     awaiting_final_ack: bool,
+    /// The job was checked (version known, not a downgrade, battery): a rollout's job that
+    /// reaches an offline device waits unchecked until the device picks it up.
+    admitted: bool,
 }
 
 /// An input that concerns the update cycle.
@@ -459,12 +462,33 @@ impl Device {
             );
             return;
         }
-        let reject = |d: &mut Device, why, fx: &mut Effects| {
-            d.ota_reject_versioned(now, doc, source, why, version_number, ctx, fx);
-        };
         fx.events.push(Event::OtaJobReceived {
             rollout: source.rollout(),
         });
+        if self.state != DeviceState::Online {
+            // Nobody to report to yet: the device looks at the job when it picks it up.
+            let mut j = new_job(doc.clone(), source, self.running_version_index());
+            j.version_number = version_number;
+            j.admitted = false;
+            self.ota = Some(Box::new(j));
+            return;
+        }
+        self.ota_admit(now, doc, source, version_number, ctx, fx);
+    }
+
+    /// Checks a job and takes it (queued: `ota_sync` starts it), or rejects it with a reason.
+    fn ota_admit(
+        &mut self,
+        now: SimTime,
+        doc: &JobDoc,
+        source: JobSource,
+        version_number: Option<u64>,
+        ctx: &DeviceCtx,
+        fx: &mut Effects,
+    ) {
+        let reject = |d: &mut Device, why, fx: &mut Effects| {
+            d.ota_reject_versioned(now, doc, source, why, version_number, ctx, fx);
+        };
         let model = &ctx.cohort.firmware;
         let spec = ctx.cohort.profile.ota.as_ref();
         let running = self.running_version_index();
@@ -488,34 +512,11 @@ impl Device {
             return;
         }
         let image = u64::from(model.versions[usize::from(target)].image_size_kb) * 1024;
-        self.ota = Some(Box::new(OtaJob {
-            doc: doc.clone(),
-            source,
-            target,
-            stage: OtaStage::Queued,
-            until: SimTime::NEVER,
-            total: doc.size.filter(|_| http).unwrap_or(image).max(1),
-            done: 0,
-            rate: 1.0,
-            seg_start: SimTime::NEVER,
-            stalled_until: SimTime::ZERO,
-            next_pct: 0,
-            attempts: 0,
-            boot_attempts: 0,
-            plan: FaultPlan::default(),
-            http,
-            fetching: false,
-            http_ok: true,
-            outcome: None,
-            report_due: false,
-            version_number: None,
-            last: None,
-            retries: 0,
-            awaiting_final_ack: false,
-        }));
-        if let Some(j) = &mut self.ota {
-            j.version_number = version_number;
-        }
+        let mut j = new_job(doc.clone(), source, target);
+        j.total = doc.size.filter(|_| http).unwrap_or(image).max(1);
+        j.http = http;
+        j.version_number = version_number;
+        self.ota = Some(Box::new(j));
         if target == running {
             // Already there: nothing to download, the job succeeds at once.
             self.ota_finish(now, Outcome::Succeeded, ctx, fx);
@@ -561,31 +562,11 @@ impl Device {
         });
         // Report it without disturbing a job under way.
         let saved = self.ota.take();
-        self.ota = Some(Box::new(OtaJob {
-            doc: doc.clone(),
-            source,
-            target: self.running_version_index(),
-            stage: OtaStage::Idle,
-            until: SimTime::NEVER,
-            total: 1,
-            done: 0,
-            rate: 1.0,
-            seg_start: SimTime::NEVER,
-            stalled_until: SimTime::ZERO,
-            next_pct: 0,
-            attempts: 0,
-            boot_attempts: 0,
-            plan: FaultPlan::default(),
-            http: false,
-            fetching: false,
-            http_ok: true,
-            outcome: Some(outcome),
-            report_due: false,
-            version_number,
-            last: None,
-            retries: 0,
-            awaiting_final_ack: false,
-        }));
+        let mut j = new_job(doc.clone(), source, self.running_version_index());
+        j.stage = OtaStage::Idle;
+        j.outcome = Some(outcome);
+        j.version_number = version_number;
+        self.ota = Some(Box::new(j));
         self.ota_report_outcome(now, ctx, fx);
         // A rejection is not retried: its job ends with the report.
         self.ota = saved;
@@ -677,6 +658,19 @@ impl Device {
         let online = self.state == DeviceState::Online;
         let resume = ctx.cohort.profile.ota.as_ref().is_none_or(|s| s.resume);
         match j.stage {
+            OtaStage::Queued if online && !j.admitted => {
+                // A rollout's job that waited: look at it now.
+                let Some(j) = self.ota.take() else { return };
+                let (doc, source, version_number) = (j.doc, j.source, j.version_number);
+                self.ota_admit(now, &doc, source, version_number, ctx, fx);
+                if self
+                    .ota
+                    .as_ref()
+                    .is_some_and(|j| j.stage == OtaStage::Queued)
+                {
+                    self.ota_start(now, ctx, fx);
+                }
+            }
             OtaStage::Queued if online => self.ota_start(now, ctx, fx),
             OtaStage::Downloading => {
                 let paused = if j.http {
@@ -725,9 +719,17 @@ impl Device {
             }
             OtaStage::Installing => {
                 if j.plan.install_failure {
-                    // Power lost while writing: the old slot boots again.
-                    self.reboot_at = now;
+                    // Power lost while writing: the link dies with it (no DISCONNECT: the
+                    // broker sends the will) and the old slot boots again.
                     fx.events.push(Event::OtaPowerLoss);
+                    fx.events.push(Event::Reboot);
+                    if ctx.cohort.mqtt
+                        && matches!(self.state, DeviceState::Online | DeviceState::Connecting)
+                    {
+                        fx.list.push(Effect::DropLink);
+                    }
+                    self.boot(now, ctx);
+                    // Reported once the device is back (booting now: not online).
                     self.ota_finish(now, Outcome::Failed(FailStage::Install), ctx, fx);
                 } else {
                     let other = 1 - self.fw_active;
@@ -824,7 +826,7 @@ impl Device {
             .unwrap_or(25)
             .max(1);
         let Some(j) = &mut self.ota else { return };
-        let pct = ((j.done.min(j.total) * 100) / j.total) as u8;
+        let pct = percent(j.done, j.total);
         if pct < j.next_pct {
             return;
         }
@@ -911,8 +913,7 @@ impl Device {
             return;
         }
         j.report_due = false;
-        let progress = (j.stage == OtaStage::Downloading)
-            .then(|| ((j.done.min(j.total) * 100) / j.total) as u8);
+        let progress = (j.stage == OtaStage::Downloading).then(|| percent(j.done, j.total));
         let sent = Sent {
             status: "IN_PROGRESS",
             stage: j.stage.as_str(),
@@ -1126,6 +1127,41 @@ impl Device {
     }
 }
 
+/// A job as it arrives: queued, checked, nothing drawn yet.
+fn new_job(doc: JobDoc, source: JobSource, target: u16) -> OtaJob {
+    OtaJob {
+        doc,
+        source,
+        target,
+        stage: OtaStage::Queued,
+        until: SimTime::NEVER,
+        total: 1,
+        done: 0,
+        rate: 1.0,
+        seg_start: SimTime::NEVER,
+        stalled_until: SimTime::ZERO,
+        next_pct: 0,
+        attempts: 0,
+        boot_attempts: 0,
+        plan: FaultPlan::default(),
+        http: false,
+        fetching: false,
+        http_ok: true,
+        outcome: None,
+        report_due: false,
+        version_number: None,
+        last: None,
+        retries: 0,
+        awaiting_final_ack: false,
+        admitted: true,
+    }
+}
+
+/// `done` of `total` in whole percent (0..=100), without overflow for any size.
+fn percent(done: u64, total: u64) -> u8 {
+    (u128::from(done.min(total)) * 100 / u128::from(total.max(1))) as u8
+}
+
 fn secs(s: f64) -> SimDuration {
     SimDuration::from_secs_f64(s.max(0.0))
 }
@@ -1136,7 +1172,7 @@ fn advance(j: &mut OtaJob, now: SimTime) {
         return;
     }
     let got = (now.saturating_since(j.seg_start).as_secs_f64() * j.rate) as u64;
-    j.done = (j.done + got).min(j.total);
+    j.done = j.done.saturating_add(got).min(j.total);
     j.seg_start = now;
 }
 
@@ -1151,7 +1187,9 @@ fn download_point(j: &OtaJob) -> SimTime {
         target = target.min(at_frac(f).max(j.done));
     }
     if j.next_pct <= 100 {
-        let b = ((u64::from(j.next_pct) * j.total).div_ceil(100)).max(j.done);
+        let b = ((u128::from(j.next_pct) * u128::from(j.total)).div_ceil(100))
+            .min(u128::from(j.total)) as u64;
+        let b = b.max(j.done);
         target = target.min(b);
     }
     let left = target.saturating_sub(j.done) as f64;
