@@ -270,7 +270,8 @@ fn run(
                 return Ok(false);
             }
             let profile = &ctx.cohort.profile;
-            let fw = &ctx.cohort.firmware.versions[usize::from(ctx.cohort.firmware_version)];
+            // The version the device runs now (an update changes it).
+            let fw = &ctx.cohort.firmware.versions[usize::from(device.running_version())];
             let vendor = profile
                 .modbus
                 .as_ref()
