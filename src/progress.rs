@@ -74,8 +74,25 @@ impl Progress {
         } else {
             String::new()
         };
+        let rollouts: String = s
+            .rollouts
+            .iter()
+            .map(|r| {
+                format!(
+                    "  rollout {} {} wave {}/{} notified {} ok {} failed {} timed out {}",
+                    r.name,
+                    r.state,
+                    r.wave,
+                    r.waves,
+                    r.reported.notified,
+                    r.reported.succeeded,
+                    r.reported.failed,
+                    r.reported.timed_out
+                )
+            })
+            .collect();
         format!(
-            "online {}/{}  offline {}  published {} ({:.0}/s)  acked {}  failed {}  p50 {} p99 {}  lag max {}{modbus}{serial}{ota}",
+            "online {}/{}  offline {}  published {} ({:.0}/s)  acked {}  failed {}  p50 {} p99 {}  lag max {}{modbus}{serial}{ota}{rollouts}",
             s.state(DeviceState::Online),
             self.devices,
             s.state(DeviceState::Offline) + s.state(DeviceState::Connecting),

@@ -17,7 +17,7 @@ use fleet_core::ota::{FailStage, JobDoc, Outcome};
 use fleet_core::rollout::{Policy, RolloutSpec, Tally};
 use fleet_core::{DeviceId, Fleet, RunSeed, SimDuration, SimTime};
 use fleet_metrics::ota::{
-    AbortReport, Overshoot, RolloutCounts, RolloutReport, RolloutTruth, WaveReport,
+    AbortReport, Overshoot, RolloutCounts, RolloutLive, RolloutReport, RolloutTruth, WaveReport,
 };
 
 const TARGET_SALT: u64 = 0x726f_6c6c_0000_0000; // "roll"
@@ -211,6 +211,15 @@ impl RolloutRun {
             cancelled: 0,
             waves: Vec::new(),
             plan,
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self.state {
+            RunState::NotStarted => "not_started",
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::Aborted => "aborted",
         }
     }
 
@@ -444,12 +453,7 @@ impl RolloutRun {
                 }
             })
             .collect();
-        let state = match self.state {
-            RunState::NotStarted => "not_started",
-            RunState::Running => "running",
-            RunState::Completed => "completed",
-            RunState::Aborted => "aborted",
-        };
+        let state = self.state_name();
         let total = self.plan.order.len() as u64;
         RolloutReport {
             name: spec.name.clone(),
@@ -644,6 +648,38 @@ impl RolloutHub {
         s.present = s.present.saturating_sub(1);
         Self::maybe_decide(&mut s);
         self.cv.notify_all();
+    }
+
+    /// The rollouts as the orchestrator sees them now (no scan of the targets: cheap).
+    pub fn live(&self) -> Vec<fleet_metrics::ota::RolloutLive> {
+        let s = self.lock();
+        s.orch
+            .runs
+            .iter()
+            .map(|r| {
+                let spec = &r.plan.spec;
+                let waves = match &spec.pace {
+                    fleet_core::rollout::Pace::Waves { ends, .. } => ends.len() as u32,
+                    fleet_core::rollout::Pace::Rate { .. } => 1,
+                };
+                RolloutLive {
+                    name: spec.name.clone(),
+                    target_version: spec.target_version.clone(),
+                    state: r.state_name().into(),
+                    wave: r.policy.wave_starts.len() as u32,
+                    waves,
+                    targets: r.plan.order.len() as u64,
+                    reported: RolloutCounts {
+                        notified: u64::from(r.notified),
+                        started: r.tally.started,
+                        succeeded: r.tally.succeeded,
+                        failed: r.tally.failed,
+                        rejected: r.tally.rejected,
+                        timed_out: r.tally.timed_out,
+                    },
+                }
+            })
+            .collect()
     }
 
     /// The rollouts' reports, once every shard has left.

@@ -185,7 +185,15 @@ where
                 .map_err(EngineError::Spawn)?;
         }
         drop(tx);
-        collect(&rx, &mut collector, shards, start, &stop, &mut observe)
+        collect(
+            &rx,
+            &mut collector,
+            shards,
+            start,
+            &stop,
+            &mut observe,
+            plan.rollouts.as_deref(),
+        )
     })?;
     if let Some(path) = &opts.event_log {
         event_log::join_parts(path, shards).map_err(|source| EngineError::EventLog {
@@ -206,7 +214,13 @@ fn collect(
     start: Instant,
     stop: &AtomicBool,
     observe: &mut impl FnMut(&FleetSnapshot),
+    rollouts: Option<&crate::rollout::RolloutHub>,
 ) -> Result<RunOutcome, EngineError> {
+    let live = |snap: &mut FleetSnapshot| {
+        if let Some(h) = rollouts {
+            snap.rollouts = h.live();
+        }
+    };
     let mut done = 0u16;
     let mut at_end: Option<FleetSnapshot> = None;
     let mut failure: Option<EngineError> = None;
@@ -238,7 +252,8 @@ fn collect(
         }
         if Instant::now() >= next_snapshot {
             next_snapshot += REPORT_INTERVAL;
-            let snap = collector.snapshot(start.elapsed().as_secs_f64());
+            let mut snap = collector.snapshot(start.elapsed().as_secs_f64());
+            live(&mut snap);
             observe(&snap);
         }
         if done == shards {
@@ -248,7 +263,8 @@ fn collect(
     if let Some(e) = failure {
         return Err(e);
     }
-    let last = collector.snapshot(start.elapsed().as_secs_f64());
+    let mut last = collector.snapshot(start.elapsed().as_secs_f64());
+    live(&mut last);
     observe(&last);
     Ok(RunOutcome {
         at_end: at_end.unwrap_or_else(|| last.clone()),

@@ -235,3 +235,17 @@ pub struct RolloutReport {
     pub truth: RolloutTruth,
     pub waves: Vec<WaveReport>,
 }
+
+/// A rollout while it runs, for progress lines and live views (cheap to take every second).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RolloutLive {
+    pub name: String,
+    pub target_version: String,
+    pub state: String,
+    /// Waves started so far (1-based; 0 before the start).
+    pub wave: u32,
+    pub waves: u32,
+    pub targets: u64,
+    #[serde(flatten)]
+    pub reported: RolloutCounts,
+}

@@ -120,6 +120,8 @@ pub struct FleetSnapshot {
     pub ota_stages: [u64; OTA_STAGE_COUNT],
     /// Devices per firmware version (labels: `Fleet::version_labels`).
     pub versions: Vec<u64>,
+    /// Rollouts fleetsim runs, as the orchestrator sees them now.
+    pub rollouts: Vec<crate::ota::RolloutLive>,
     pub lag_interval_p99_us: u64,
     pub lag_p99_us: u64,
     pub max_lag_us: u64,
