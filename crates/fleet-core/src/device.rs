@@ -355,6 +355,8 @@ pub struct Device {
     /// Draws of the update cycle (faults, stage durations, bandwidth).
     ota_rng: rand_pcg::Pcg32,
     ota: Option<Box<OtaJob>>,
+    /// A rollout's job that arrived while another job was under way: it starts after it.
+    ota_next: Option<Box<(crate::ota::JobDoc, crate::ota::JobSource)>>,
 }
 
 /// Stream selector of the Modbus fault draws.
@@ -451,6 +453,7 @@ impl Device {
             ota_tokens: 0,
             ota_rng: seed.device_stream(id, STREAM_OTA),
             ota: None,
+            ota_next: None,
             id,
             cohort: cohort.id,
             state: DeviceState::Off,
@@ -603,7 +606,7 @@ impl Device {
         if self.state == DeviceState::Dead {
             return;
         }
-        if self.ota.is_some() {
+        if self.ota.is_some() || self.ota_next.is_some() {
             self.ota_sync(now, ctx, fx);
         }
         self.refresh_wake(ctx);

@@ -137,7 +137,8 @@ impl Device {
         self.ota.as_ref().and_then(|j| j.doc.size)
     }
 
-    pub(super) fn ota_deadline(&self) -> SimTime {
+    /// The update cycle's next deadline (NEVER without one); part of `wake_at`.
+    pub fn ota_deadline(&self) -> SimTime {
         match &self.ota {
             Some(j) => j.until,
             None => SimTime::NEVER,
@@ -364,9 +365,14 @@ impl Device {
                             self.aws_request(now, Some(&id), "get", ctx, fx);
                         }
                     }
+                } else if j.outcome.is_some() {
+                    // The final update was refused: the backend already has the execution in
+                    // a final state (an acceptance that got lost). Done; ask for the next job.
+                    self.ota = None;
+                    self.aws_request(now, None, "start-next", ctx, fx);
                 } else {
-                    // The job is gone for the backend (cancelled, removed, terminal): stop
-                    // working on it unless the image is already being written.
+                    // The job is gone for the backend (cancelled, removed): stop working on it
+                    // unless the image is already being written, then ask for the next one.
                     let keep = matches!(
                         j.stage,
                         OtaStage::Installing | OtaStage::Rebooting | OtaStage::Trial
@@ -377,6 +383,7 @@ impl Device {
                         }
                         self.ota = None;
                         fx.events.push(Event::OtaAbandoned);
+                        self.aws_request(now, None, "start-next", ctx, fx);
                     }
                 }
             }
@@ -450,6 +457,15 @@ impl Device {
         if let Some(j) = &self.ota {
             if j.doc.job_id == doc.job_id && j.source == source {
                 return; // the same job again (a repeated notification)
+            }
+            if source.rollout().is_some() {
+                // A rollout's backend queues the job behind the one under way, as AWS IoT
+                // queues executions: the device picks it up when it is done.
+                fx.events.push(Event::OtaJobReceived {
+                    rollout: source.rollout(),
+                });
+                self.ota_next = Some(Box::new((doc.clone(), source)));
+                return;
             }
             self.ota_reject_versioned(
                 now,
@@ -654,6 +670,15 @@ impl Device {
     /// Called after every input: queued jobs start, downloads follow the connection, reports
     /// that waited for a connection go out.
     pub(super) fn ota_sync(&mut self, now: SimTime, ctx: &DeviceCtx, fx: &mut Effects) {
+        if self.ota.is_none()
+            && let Some(next) = self.ota_next.take()
+        {
+            // The job that waited behind the last one (already counted as received).
+            let (doc, source) = *next;
+            let mut j = new_job(doc, source, self.running_version_index());
+            j.admitted = false;
+            self.ota = Some(Box::new(j));
+        }
         let Some(j) = &self.ota else { return };
         let online = self.state == DeviceState::Online;
         let resume = ctx.cohort.profile.ota.as_ref().is_none_or(|s| s.resume);
@@ -830,7 +855,12 @@ impl Device {
         if pct < j.next_pct {
             return;
         }
-        j.next_pct = (pct / step + 1).saturating_mul(step).min(101);
+        // The next step; 100 % is always reported, whatever the step.
+        j.next_pct = if pct >= 100 {
+            101
+        } else {
+            (pct / step + 1).saturating_mul(step).min(100)
+        };
         self.ota_report_progress(now, ctx, fx);
     }
 

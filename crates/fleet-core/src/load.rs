@@ -346,11 +346,12 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
                     profile = Arc::new(p);
                 }
                 Some(_) => {}
-                None => errors.push(ConfigError::without_value(
+                None => errors.push(ConfigError::new(
                     &file,
                     format!("{key}.ota_protocol"),
+                    format!("{:?}", protocol.as_str()),
                     format!(
-                        "the cohort's profile ({}) has no [ota] table",
+                        "the cohort's profile ({}) has no [ota] table to set the protocol of",
                         profile_path.display()
                     ),
                 )),

@@ -200,8 +200,12 @@ impl RolloutRaw {
             "must be at least 1s",
         );
         let pace = match (&self.waves, &self.rate) {
-            (Some(_), Some(_)) => {
-                c.fail_key(&k("rate"), "give waves or rate, not both");
+            (Some(w), Some(_)) => {
+                c.fail(
+                    &k("rate"),
+                    format!("a [rate] table next to waves = {w:?}"),
+                    "give waves or rate, not both",
+                );
                 Pace::Waves {
                     ends: vec![1.0],
                     gate: WaveGate::Soak(SimDuration::ZERO),
