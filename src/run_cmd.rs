@@ -51,6 +51,13 @@ fn apply_overrides(fleet: &mut Fleet, args: &RunArgs) -> Result<(), Failure> {
             );
         }
         s.events.retain(|e| e.at < d);
+        for r in s.rollouts.iter().filter(|r| r.at >= d) {
+            tracing::warn!(
+                "--duration {d}: the scenario's rollout {:?} starts at {} (after the end of the run): it will not start",
+                r.name,
+                r.at
+            );
+        }
     }
     if let Some(seed) = args.seed {
         s.seed = seed;
