@@ -326,13 +326,13 @@ fn bench_ota(c: &mut Criterion) {
     let dctx = ctx(cohort);
     let mut fx = Effects::default();
     let base = online_device(cohort, DeviceId(0), &mut fx);
-    let doc = JobDoc {
+    let doc = std::sync::Arc::new(JobDoc {
         job_id: "fw-3.5.0".into(),
         version: "3.5.0".into(),
         url: None,
         size: None,
         sha256: None,
-    };
+    });
     let mut g = c.benchmark_group("ota");
     g.throughput(Throughput::Elements(1));
     let run = |d: &mut Device, fx: &mut Effects| -> u32 {

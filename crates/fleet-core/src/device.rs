@@ -356,7 +356,7 @@ pub struct Device {
     ota_rng: rand_pcg::Pcg32,
     ota: Option<Box<OtaJob>>,
     /// A rollout's job that arrived while another job was under way: it starts after it.
-    ota_next: Option<Box<(crate::ota::JobDoc, crate::ota::JobSource)>>,
+    ota_next: Option<Box<(std::sync::Arc<crate::ota::JobDoc>, crate::ota::JobSource)>>,
 }
 
 /// Stream selector of the Modbus fault draws.

@@ -9,6 +9,8 @@
 //! `ota_sync` after every input, which starts queued jobs, pauses and resumes downloads as the
 //! device's connection comes and goes, and sends reports that waited for a connection.
 
+use std::sync::Arc;
+
 use rand::RngExt;
 
 use super::{Device, DeviceCtx, DeviceState, Effect, Effects, Event, TopicKind};
@@ -47,7 +49,8 @@ struct Sent {
 /// A job under way (boxed: most devices have none).
 #[derive(Clone, Debug)]
 pub(super) struct OtaJob {
-    doc: JobDoc,
+    /// Shared by every device of a rollout (one allocation per job, not per device).
+    doc: Arc<JobDoc>,
     source: JobSource,
     target: u16,
     stage: OtaStage,
@@ -89,7 +92,10 @@ pub(super) struct OtaJob {
 #[derive(Clone, Copy, Debug)]
 pub enum OtaInput<'a> {
     /// A job from a rollout fleetsim runs (delivered by the engine).
-    Job { doc: &'a JobDoc, source: JobSource },
+    Job {
+        doc: &'a Arc<JobDoc>,
+        source: JobSource,
+    },
     /// A rollout was aborted: a job of it that has not started is dropped.
     Cancel { rollout: u16 },
     /// HTTP download progress: bytes so far (of `total`, when known).
@@ -245,7 +251,7 @@ impl Device {
                 }
                 match parse_generic(payload) {
                     Ok(GenericMsg::Job(doc)) => {
-                        self.ota_job(now, &doc, JobSource::Generic, ctx, fx)
+                        self.ota_job(now, &Arc::new(doc), JobSource::Generic, ctx, fx)
                     }
                     Ok(GenericMsg::Cancel { job_id }) => {
                         self.ota_generic_cancel(now, &job_id, ctx, fx)
@@ -299,7 +305,7 @@ impl Device {
                     Ok(doc) => {
                         self.ota_job_versioned(
                             now,
-                            &doc,
+                            &Arc::new(doc),
                             JobSource::Aws,
                             reply.version_number,
                             ctx,
@@ -436,7 +442,7 @@ impl Device {
     fn ota_job(
         &mut self,
         now: SimTime,
-        doc: &JobDoc,
+        doc: &Arc<JobDoc>,
         source: JobSource,
         ctx: &DeviceCtx,
         fx: &mut Effects,
@@ -448,7 +454,7 @@ impl Device {
     fn ota_job_versioned(
         &mut self,
         now: SimTime,
-        doc: &JobDoc,
+        doc: &Arc<JobDoc>,
         source: JobSource,
         version_number: Option<u64>,
         ctx: &DeviceCtx,
@@ -496,7 +502,7 @@ impl Device {
     fn ota_admit(
         &mut self,
         now: SimTime,
-        doc: &JobDoc,
+        doc: &Arc<JobDoc>,
         source: JobSource,
         version_number: Option<u64>,
         ctx: &DeviceCtx,
@@ -578,7 +584,7 @@ impl Device {
         });
         // Report it without disturbing a job under way.
         let saved = self.ota.take();
-        let mut j = new_job(doc.clone(), source, self.running_version_index());
+        let mut j = new_job(Arc::new(doc.clone()), source, self.running_version_index());
         j.stage = OtaStage::Idle;
         j.outcome = Some(outcome);
         j.version_number = version_number;
@@ -1158,7 +1164,7 @@ impl Device {
 }
 
 /// A job as it arrives: queued, checked, nothing drawn yet.
-fn new_job(doc: JobDoc, source: JobSource, target: u16) -> OtaJob {
+fn new_job(doc: Arc<JobDoc>, source: JobSource, target: u16) -> OtaJob {
     OtaJob {
         doc,
         source,

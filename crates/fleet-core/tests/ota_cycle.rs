@@ -411,7 +411,13 @@ impl Sim {
                     sha256: None,
                 };
                 let source = JobSource::Rollout(*rollout);
-                self.feed(t, Input::Ota(OtaInput::Job { doc: &doc, source }));
+                self.feed(
+                    t,
+                    Input::Ota(OtaInput::Job {
+                        doc: &std::sync::Arc::new(doc),
+                        source,
+                    }),
+                );
             }
             Act::CancelRollout(r) => self.feed(t, Input::Ota(OtaInput::Cancel { rollout: *r })),
             Act::LinkLost => self.feed(t, Input::LinkLost),
@@ -2616,7 +2622,13 @@ fn apply(sim: &mut Sim, now_ms: &mut u64, step: &Step, aws: bool, tally: &mut Ta
                 sha256: None,
             };
             let source = JobSource::Rollout(r);
-            sim.feed(t, Input::Ota(OtaInput::Job { doc: &doc, source }));
+            sim.feed(
+                t,
+                Input::Ota(OtaInput::Job {
+                    doc: &std::sync::Arc::new(doc),
+                    source,
+                }),
+            );
         }
         Step::CancelRollout(r) => sim.feed(
             t,

@@ -27,7 +27,7 @@ const ORDER_SALT: u64 = 0x6f72_6465_7200_0000; // "order"
 #[derive(Debug)]
 pub struct RolloutPlan {
     pub spec: RolloutSpec,
-    pub doc: JobDoc,
+    pub doc: Arc<JobDoc>,
     pub cohort_names: Vec<String>,
     /// Device ids by rank.
     pub order: Vec<u32>,
@@ -67,13 +67,13 @@ impl RolloutPlan {
                     rank_of[*id as usize] = r as u32;
                 }
                 RolloutPlan {
-                    doc: JobDoc {
+                    doc: Arc::new(JobDoc {
                         job_id: spec.name.clone(),
                         version: spec.target_version.clone(),
                         url: None,
                         size: None,
                         sha256: None,
-                    },
+                    }),
                     cohort_names: targets
                         .cohorts
                         .iter()
