@@ -46,7 +46,7 @@ Its report (and the summary) says when the rollout halted, how many devices were
 abort threshold was truly crossed, the final version distribution, and which devices are bricked or stuck. \
 docs/ota.md explains every option.\n\n\
 Example: fleetsim rollout scenarios/rollout-week.toml --target 3.5.0 --waves 1,10,50,100 --wave-soak 2h\n\
-Example: fleetsim rollout scenarios/rollout-week.toml --target 3.6.0 --rate-base 100 --rate-max 5000 --abort-failure-percent 5"
+Example: fleetsim rollout scenarios/rollout-week.toml --target 3.6.0 --rate-base 100 --rate-max 5000 --rate-increase-after 1000 --abort-failure-percent 5"
     )]
     Rollout(Box<RolloutArgs>),
     /// Check scenario, profile and firmware files and explain every problem.
@@ -285,4 +285,14 @@ pub struct RolloutArgs {
     /// Keep the scenario's own [[rollouts]] as well.
     #[arg(long)]
     pub keep_scenario_rollouts: bool,
+}
+
+impl RolloutArgs {
+    /// The defaults of --abort-min-executed and --abort-on (to tell whether they were given).
+    pub fn abort_defaults() -> (u32, Vec<String>) {
+        (
+            10,
+            vec!["failed".into(), "rejected".into(), "timed_out".into()],
+        )
+    }
 }

@@ -121,7 +121,7 @@ fn check_embedded_broker_topics(fleet: &Fleet) -> Result<(), Failure> {
         {
             return Err(Failure::Usage(format!(
                 "cohort {:?} speaks AWS IoT Jobs on {}/things/..., and the embedded broker (rumqttd) refuses subscriptions to topics that start with $: \
-                 run against mosquitto, EMQX or AWS IoT with --broker mqtt://HOST:PORT, or set [ota] aws_topic_prefix (e.g. \"aws\") in {}",
+                 run against mosquitto or EMQX with --broker mqtt://HOST:PORT, or set [ota] aws_topic_prefix (e.g. \"aws\") in {}",
                 c.name, o.aws_topic_prefix, c.profile.name
             )));
         }
@@ -161,6 +161,25 @@ fn ensure_writable(path: &Path, what: &str) -> Result<(), Failure> {
 /// `fleetsim rollout`: the scenario with this rollout (and, if asked, its own).
 pub fn rollout(args: RolloutArgs) -> Result<bool, Failure> {
     use fleet_core::rollout::{AbortRaw, RateRaw, RolloutRaw};
+    // Options that only mean something with another: say so instead of ignoring them.
+    if args.abort_failure_percent.is_none() {
+        let defaults = crate::cli::RolloutArgs::abort_defaults();
+        if args.abort_min_executed != defaults.0 || args.abort_on != defaults.1 {
+            return Err(Failure::Usage(
+                "--abort-min-executed and --abort-on need --abort-failure-percent P".into(),
+            ));
+        }
+    }
+    if args.rate_base.is_none()
+        && (args.rate_max.is_some()
+            || args.rate_increase_after.is_some()
+            || args.rate_increase_on_success
+            || args.rate_factor != 2.0)
+    {
+        return Err(Failure::Usage(
+            "--rate-max, --rate-factor and --rate-increase-after need --rate-base N".into(),
+        ));
+    }
     let raw = RolloutRaw {
         name: args.name.clone(),
         at: args.at.clone(),
@@ -391,7 +410,9 @@ pub fn run(
                     0 => fleet_mqtt::adapter::DEFAULT_MAX_CONNECTING,
                     n => n as usize,
                 },
-                max_downloads: settings.ota_max_downloads as usize,
+                download_slots: fleet_mqtt::http::DownloadSlots::new(
+                    settings.ota_max_downloads as usize,
+                ),
             });
             let plan_for_adapters = plan.clone();
             let out = fleet_engine::run_wall(

@@ -86,6 +86,8 @@ pub(super) struct OtaJob {
     /// The job was checked (version known, not a downgrade, battery): a rollout's job that
     /// reaches an offline device waits unchecked until the device picks it up.
     admitted: bool,
+    /// The last download error (HTTP), for the FAILED report's reason.
+    error: Option<Box<str>>,
 }
 
 /// An input that concerns the update cycle.
@@ -103,7 +105,12 @@ pub enum OtaInput<'a> {
     /// The HTTP download finished: `bytes` received with this lowercase hex sha256.
     DownloadDone { bytes: u64, sha256: &'a str },
     /// The HTTP download attempt failed.
-    DownloadFailed { bytes: u64, retryable: bool },
+    /// `reason` (the HTTP status or the network error) goes into the FAILED report.
+    DownloadFailed {
+        bytes: u64,
+        retryable: bool,
+        reason: &'a str,
+    },
 }
 
 fn slot_name(slot: u8) -> &'static str {
@@ -197,7 +204,11 @@ impl Device {
                 self.ota_progress_reports(now, ctx, fx);
                 self.ota_verify(now, ctx, fx);
             }
-            OtaInput::DownloadFailed { bytes, retryable } => {
+            OtaInput::DownloadFailed {
+                bytes,
+                retryable,
+                reason,
+            } => {
                 let Some(j) = &mut self.ota else { return };
                 if j.stage != OtaStage::Downloading || !j.http {
                     return;
@@ -205,6 +216,7 @@ impl Device {
                 j.fetching = false;
                 j.done = bytes;
                 j.attempts += 1;
+                j.error = Some(reason.chars().take(200).collect::<String>().into());
                 fx.events.push(Event::OtaDownloadFailed { retryable });
                 if !retryable || j.attempts >= ctx.cohort.firmware.cycle.download_attempts {
                     self.ota_finish(now, Outcome::Failed(FailStage::Download), ctx, fx);
@@ -353,11 +365,11 @@ impl Device {
                 }
             }
             AwsTopic::UpdateRejected => {
-                fx.events.push(Event::OtaUpdateRejected);
                 let Some(j) = &mut self.ota else { return };
                 if j.doc.job_id != job_id || j.source != JobSource::Aws {
                     return;
                 }
+                fx.events.push(Event::OtaUpdateRejected);
                 let mismatch = reply.code.as_deref() == Some("VersionMismatch");
                 if mismatch && j.retries < crate::defaults::OTA_MAX_UPDATE_RETRIES {
                     j.retries += 1;
@@ -590,8 +602,12 @@ impl Device {
         j.version_number = version_number;
         self.ota = Some(Box::new(j));
         self.ota_report_outcome(now, ctx, fx);
-        // A rejection is not retried: its job ends with the report.
-        self.ota = saved;
+        // A rejection is not retried: its job ends with the report. An AWS device with nothing
+        // else to do keeps it until the backend accepts the update, then asks for its next job.
+        let awaiting = self.ota.as_ref().is_some_and(|j| j.awaiting_final_ack);
+        if saved.is_some() || !awaiting {
+            self.ota = saved;
+        }
     }
 
     /// Starts a queued job: draws its faults and begins the download.
@@ -771,6 +787,11 @@ impl Device {
                         stage: OtaStage::Rebooting,
                     });
                     self.ota_report_progress(now, ctx, fx);
+                    // Going down for the update: the retained status says so (a device that
+                    // never comes back stays offline, not online forever).
+                    if self.state == DeviceState::Online {
+                        self.publish_status(now, false, ctx, fx);
+                    }
                     self.fw_active = other;
                     self.reboot_at = now;
                 }
@@ -807,15 +828,29 @@ impl Device {
             j.plan.stall_at = None;
             let timeout = cycle.stall_timeout.as_secs_f64();
             fx.events.push(Event::OtaDownloadStalled);
-            if j.plan.stall_s > timeout {
-                // The firmware gives up on the stalled transfer and tries again.
+            let stall = j.plan.stall_s;
+            if stall > timeout {
+                // The firmware gives up on the stalled transfer and tries again; the new
+                // attempt may stall too (a fresh draw per attempt).
                 j.attempts += 1;
                 if j.attempts >= cycle.download_attempts {
                     self.ota_finish(now, Outcome::Failed(FailStage::Download), ctx, fx);
                     return;
                 }
+                let v = &ctx.cohort.firmware.versions[usize::from(j.target)];
+                let f = &v.ota.faults;
+                let (u, w): (f64, f64) = (self.ota_rng.random(), self.ota_rng.random());
+                if u < f.download_stall {
+                    j.plan.stall_at = Some(frac + (1.0 - frac) * w);
+                    j.plan.stall_s = f
+                        .stall_s
+                        .as_ref()
+                        .map(|d| d.sample(&mut self.ota_rng))
+                        .unwrap_or(60.0)
+                        .max(0.0);
+                }
             }
-            j.stalled_until = now + secs(j.plan.stall_s.min(timeout));
+            j.stalled_until = now + secs(stall.min(timeout));
             j.seg_start = j.stalled_until;
         }
         if let Some(at) = j.plan.reboot_at
@@ -1045,10 +1080,14 @@ impl Device {
         } else {
             None
         };
+        let error = j.error.clone();
         let running = &model.versions[usize::from(self.running_version_index())].version;
-        let reason = sent
-            .outcome
-            .map(|o| reason_text(o, model.cycle.max_boot_attempts));
+        let reason = sent.outcome.map(|o| match (o, &error) {
+            (Outcome::Failed(FailStage::Download), Some(e)) => {
+                format!("download failed: {e}")
+            }
+            _ => reason_text(o, model.cycle.max_boot_attempts),
+        });
         let mut device_id = Vec::with_capacity(24);
         self.render_device_id(ctx, &mut device_id);
         let report = StatusReport {
@@ -1132,10 +1171,8 @@ impl Device {
             return;
         };
         if spec.protocol == OtaProtocol::AwsJobs && ctx.cohort.mqtt {
-            let busy = self
-                .ota
-                .as_ref()
-                .is_some_and(|j| j.source == JobSource::Aws);
+            // Busy with any job (a rollout's too): the next AWS job waits until it is done.
+            let busy = self.ota.is_some();
             if !busy {
                 self.aws_request(now, None, "start-next", ctx, fx);
             } else if let Some(j) = &mut self.ota
@@ -1190,6 +1227,7 @@ fn new_job(doc: Arc<JobDoc>, source: JobSource, target: u16) -> OtaJob {
         retries: 0,
         awaiting_final_ack: false,
         admitted: true,
+        error: None,
     }
 }
 

@@ -32,7 +32,8 @@ pub struct OtaRaw {
     /// Seconds to write the image to the inactive slot.
     #[serde(default = "defaults::ota_install_s")]
     pub install_s: DistSpec,
-    /// Seconds the new image must run healthy (connected) before the device commits it.
+    /// Seconds the new image runs on trial after it booted; then its health check decides
+    /// (`trial_failure`) whether the device commits it or rolls back.
     #[serde(default = "defaults::ota_trial_s")]
     pub trial_s: DistSpec,
     /// Boots of the new image the bootloader tries before it rolls back to the old slot.

@@ -489,7 +489,7 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
             &file,
             "cohorts[*].count",
             next_id,
-            format!("the fleet may hold at most {MAX_DEVICES} devices per process; split it with --shard K/N"),
+            format!("the fleet may hold at most {MAX_DEVICES} devices per process: make it smaller (--devices N scales every cohort)"),
         ));
     }
     if raw.cohorts.len() > usize::from(u16::MAX) {

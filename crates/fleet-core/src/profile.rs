@@ -1097,7 +1097,17 @@ pub fn validate_link(c: &mut Checker, key: &str, l: &LinkRaw) -> LinkSpec {
         None => Dist::Constant(defaults::MTTR_S),
     };
     let bandwidth_kbps = match &l.bandwidth_kbps {
-        Some(spec) => Dist::validate(spec, &format!("{key}.bandwidth_kbps"), c),
+        Some(spec) => {
+            if let DistSpec::Constant { value } = spec {
+                c.check(
+                    *value > 0.0,
+                    &format!("{key}.bandwidth_kbps"),
+                    value,
+                    "must be > 0 (kbit/s)",
+                );
+            }
+            Dist::validate(spec, &format!("{key}.bandwidth_kbps"), c)
+        }
         None => Dist::Constant(defaults::BANDWIDTH_KBPS),
     };
     let connect_timeout = match &l.connect_timeout {

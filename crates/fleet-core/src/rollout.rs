@@ -462,6 +462,15 @@ impl Policy {
         }
     }
 
+    /// How many targets the rollout notifies in the end: the last wave's end (waves may stop
+    /// short of 100 %), or all of them.
+    pub fn final_target(&self, spec: &RolloutSpec) -> u32 {
+        match &spec.pace {
+            Pace::Waves { ends, .. } => self.wave_end(spec, ends.len().saturating_sub(1)),
+            Pace::Rate { .. } => self.total,
+        }
+    }
+
     /// The wave a rank belongs to (rate rollouts: one wave).
     pub fn wave_of(&self, spec: &RolloutSpec, rank: u32) -> usize {
         match &spec.pace {

@@ -445,6 +445,7 @@ impl Sim {
                 Input::Ota(OtaInput::DownloadFailed {
                     bytes: *bytes,
                     retryable: *retryable,
+                    reason: "HTTP 503 Service Unavailable",
                 }),
             ),
         }
@@ -1152,7 +1153,7 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
-            name: "a stall longer than stall_timeout is abandoned after the timeout and retried",
+            name: "every attempt may stall again: with certain stalls two attempts fail the download",
             setup: Setup {
                 faults: "download_stall = 1.0, stall_s = 60",
                 download_attempts: 2,
@@ -1161,12 +1162,43 @@ fn cases() -> Vec<Case> {
             inputs: vec![(5.0, Act::Job(JOB))],
             until_s: 400.0,
             expect: Expect {
+                stages: &[Downloading],
+                events: &[Event::OtaDownloadStalled, Event::OtaDownloadStalled],
+                outcomes: &[Outcome::Failed(FailStage::Download)],
+                reports: &[("j1", "FAILED", "downloading")],
+                progress: None,
+                version: "1.0.0",
+                slot: "A",
+                ..d()
+            },
+        },
+        Case {
+            name: "a stall longer than stall_timeout is abandoned after the timeout and retried",
+            setup: Setup {
+                faults: "download_stall = 0.6, stall_s = 60",
+                download_attempts: 5,
+                ..s()
+            },
+            inputs: vec![(5.0, Act::Job(JOB))],
+            until_s: 600.0,
+            expect: Expect {
                 events: &[Event::OtaDownloadStalled],
                 check: |sim| {
+                    // Each stall (each attempt draws again) costs the 30 s timeout.
+                    let n = sim
+                        .log
+                        .iter()
+                        .filter(|(_, e)| *e == Event::OtaDownloadStalled)
+                        .count() as f64;
                     let v = sim.first_time(|e| *e == Event::OtaStage { stage: Verifying });
-                    ensure(v.is_some_and(|v| (v - 135.0).abs() < 0.01), || {
-                        format!("verifying at {v:?} s, expected 5 + 100 + 30 (the timeout)")
-                    })
+                    ensure(
+                        n >= 1.0 && v.is_some_and(|v| (v - (105.0 + 30.0 * n)).abs() < 0.01),
+                        || {
+                            format!(
+                                "verifying at {v:?} s after {n} stalls, expected 5 + 100 + 30 each"
+                            )
+                        },
+                    )
                 },
                 ..d()
             },
@@ -2658,6 +2690,7 @@ fn apply(sim: &mut Sim, now_ms: &mut u64, step: &Step, aws: bool, tally: &mut Ta
             Input::Ota(OtaInput::DownloadFailed {
                 bytes: u64::from(*bytes),
                 retryable: *retryable,
+                reason: "connection reset",
             }),
         ),
         Step::Aws {

@@ -23,7 +23,7 @@ pub struct RunPlan {
     pub drain: SimDuration,
     /// Wall-clock ms since the Unix epoch at SimTime 0.
     pub epoch_ms: u64,
-    /// Device ids this process simulates (all, or the slice of `--shard K/N`).
+    /// Device ids this process simulates (all of them; a slice once processes share a fleet).
     pub devices: Range<u32>,
     /// Power-on times, indexed by device id - devices.start.
     start_times: Arc<[SimTime]>,

@@ -111,6 +111,8 @@ pub enum ObsKind {
     Reported(Option<OutcomeKey>),
     /// Truth: the final report was lost on its way.
     ReportLost,
+    /// Truth: the device dropped the job before starting it (the rollout aborted).
+    TruthCancelled,
 }
 
 /// `Outcome` with an order (for sorting observations deterministically).
@@ -164,6 +166,8 @@ enum RunState {
 
 const STARTED: u8 = 1;
 const TERMINAL: u8 = 2;
+/// Notified, nothing heard yet when the rollout aborted: its job was cancelled.
+const CANCELLED: u8 = 8;
 const TRUTH_DONE: u8 = 4;
 
 struct RolloutRun {
@@ -211,6 +215,20 @@ impl RolloutRun {
             cancelled: 0,
             waves: Vec::new(),
             plan,
+        }
+    }
+
+    /// Notified `rank` long enough ago with no final report: timed out.
+    fn time_out(&mut self, rank: u32) {
+        let r = rank as usize;
+        if self.flags[r] & (TERMINAL | CANCELLED) == 0 {
+            self.flags[r] |= TERMINAL;
+            self.tally.timed_out += 1;
+            let wave = self.policy.wave_of(&self.plan.spec, rank);
+            if self.waves.len() <= wave {
+                self.waves.resize(wave + 1, RolloutCounts::default());
+            }
+            self.waves[wave].timed_out += 1;
         }
     }
 
@@ -286,12 +304,23 @@ impl RolloutRun {
                 }
             }
             ObsKind::ReportLost => self.truth.reports_lost += 1,
+            ObsKind::TruthCancelled => {
+                if self.flags[r] & TRUTH_DONE == 0 {
+                    self.flags[r] |= TRUTH_DONE;
+                    self.truth.cancelled += 1;
+                }
+            }
             ObsKind::Reported(_) => {}
         }
     }
 
     fn reported(&mut self, o: &Obs, rank: u32) {
         let r = rank as usize;
+        if self.flags[r] & CANCELLED != 0 {
+            // The cancellation came too late: the device had started. It counts as it ends.
+            self.flags[r] &= !CANCELLED;
+            self.cancelled -= 1;
+        }
         let wave = self.policy.wave_of(&self.plan.spec, rank);
         if self.waves.len() <= wave {
             self.waves.resize(wave + 1, RolloutCounts::default());
@@ -342,16 +371,7 @@ impl RolloutRun {
                 break;
             }
             self.timeouts.pop_front();
-            let r = rank as usize;
-            if self.flags[r] & TERMINAL == 0 {
-                self.flags[r] |= TERMINAL;
-                self.tally.timed_out += 1;
-                let wave = self.policy.wave_of(&self.plan.spec, rank);
-                if self.waves.len() <= wave {
-                    self.waves.resize(wave + 1, RolloutCounts::default());
-                }
-                self.waves[wave].timed_out += 1;
-            }
+            self.time_out(rank);
         }
         let spec = self.plan.spec.clone();
         if self.state == RunState::NotStarted && now >= SimTime::ZERO + spec.at {
@@ -365,17 +385,16 @@ impl RolloutRun {
         {
             self.state = RunState::Aborted;
             self.aborted_at = Some(now);
-            let queued: Vec<u32> = (0..self.notified)
-                .filter(|r| self.flags[*r as usize] & (STARTED | TERMINAL) == 0)
-                .map(|r| self.plan.order[r as usize])
-                .collect();
-            self.cancelled = queued.len() as u64;
+            // Jobs the backend has heard nothing of are cancelled (AWS cancels QUEUED
+            // executions); a device that started meanwhile carries on and is counted as it ends.
+            let mut queued = Vec::new();
             for r in 0..self.notified as usize {
                 if self.flags[r] & (STARTED | TERMINAL) == 0 {
-                    // Cancelled: it counts as executed so the rollout can finish.
-                    self.flags[r] |= TERMINAL;
+                    self.flags[r] |= CANCELLED;
+                    queued.push(self.plan.order[r]);
                 }
             }
+            self.cancelled = queued.len() as u64;
             if !queued.is_empty() {
                 d.cancel.push((index, queued));
             }
@@ -399,11 +418,9 @@ impl RolloutRun {
             }
         }
         let executed = self.tally.executed() + self.cancelled;
-        let total = self.plan.order.len() as u64;
-        if self.state == RunState::Running
-            && self.notified as usize == self.plan.order.len()
-            && executed >= total
-        {
+        // Waves may stop short of every target (`waves = [1, 10]`): done at the last wave's end.
+        let last = self.policy.final_target(&spec);
+        if self.state == RunState::Running && self.notified >= last && executed >= u64::from(last) {
             self.state = RunState::Completed;
             self.finished_at = Some(now);
         }
@@ -701,6 +718,13 @@ impl RolloutHub {
 impl RolloutRun {
     /// At the end: take the reports and timeouts due by `end`, notify nobody.
     fn tick_final(&mut self, end: SimTime) {
+        while let Some(&(deadline, rank)) = self.timeouts.front() {
+            if deadline > end {
+                break;
+            }
+            self.timeouts.pop_front();
+            self.time_out(rank);
+        }
         while let Some(Reverse(o)) = self.pending.peek().copied() {
             if o.at > end {
                 break;

@@ -141,6 +141,7 @@ fn observation(e: &Event, now: SimTime) -> Option<(u16, SimTime, ObsKind)> {
             lost: true,
             ..
         } => Some((rollout, now, ObsKind::ReportLost)),
+        Event::OtaCancelled { rollout: Some(r) } => Some((r, now, ObsKind::TruthCancelled)),
         _ => None,
     }
 }
@@ -494,7 +495,11 @@ impl Shard {
                 self.step(
                     dev,
                     now,
-                    Input::Ota(OtaInput::DownloadFailed { bytes, retryable }),
+                    Input::Ota(OtaInput::DownloadFailed {
+                        bytes,
+                        retryable,
+                        reason: &reason,
+                    }),
                     net,
                 )
             }

@@ -74,7 +74,7 @@ enabled = []
 progress_step_percent = 50
 "#;
 
-fn scenario(target: &str, abort: bool) -> String {
+fn scenario(target: &str, abort: bool, waves: &str) -> String {
     let mut s = format!(
         r#"
 name = "roll"
@@ -97,7 +97,7 @@ name = "fw-{target}"
 at = "30m"
 target_version = "{target}"
 cohorts = ["meters"]
-waves = [2, 10, 50, 100]
+waves = {waves}
 wave_soak = "20m"
 timeout = "2h"
 evaluate_every = "1m"
@@ -111,8 +111,20 @@ evaluate_every = "1m"
     s
 }
 
+const WAVES: &str = "[2, 10, 50, 100]";
+
 fn run(target: &str, abort: bool, shards: u16, log: Option<&Path>) -> RunOutcome {
-    let text: &'static str = Box::leak(scenario(target, abort).into_boxed_str());
+    run_waves(target, abort, WAVES, shards, log)
+}
+
+fn run_waves(
+    target: &str,
+    abort: bool,
+    waves: &str,
+    shards: u16,
+    log: Option<&Path>,
+) -> RunOutcome {
+    let text: &'static str = Box::leak(scenario(target, abort, waves).into_boxed_str());
     let files: &'static [(&'static str, &'static str)] = Box::leak(
         vec![
             ("roll.toml", text),
@@ -207,6 +219,19 @@ fn an_abort_halts_the_rollout_and_reports_what_truly_happened() {
         "boot loops roll back: {:?}",
         r.truth
     );
+    // Queued jobs were cancelled; the devices that had not started dropped them.
+    assert!(r.truth.cancelled <= r.cancelled, "{r:#?}");
+    assert_eq!(
+        r.truth.succeeded
+            + r.truth.failed
+            + r.truth.rejected
+            + r.truth.bricked
+            + r.truth.cancelled
+            + r.truth.stuck,
+        r.reported.notified,
+        "every notified device has one truth: {:?}",
+        r.truth
+    );
     // The spares were not targeted and kept their version.
     let ota = out.last.ota;
     assert!(ota.jobs_received <= r.reported.notified, "{ota:?}");
@@ -252,4 +277,15 @@ fn a_good_release_completes_in_its_waves() {
     );
     assert_eq!(v[1], r.truth.succeeded, "versions: {v:?}");
     assert!(v[0] >= 100, "the spares stay on 1.0.0: {v:?}");
+}
+
+#[test]
+fn waves_that_stop_short_of_every_target_complete_at_their_last_wave() {
+    let out = run_waves("1.1.0", false, "[2, 10]", 1, None);
+    let r = only(&out);
+    assert_eq!(r.state, "completed", "{r:#?}");
+    assert_eq!(r.reported.notified, 150, "10 % of 1500");
+    assert_eq!(r.not_notified, 1350);
+    assert!(r.finished_at_s.is_some());
+    assert_eq!(r.waves.len(), 2);
 }

@@ -51,8 +51,6 @@ pub struct HttpCounters {
     pub resumes: u64,
     /// Attempts that failed (connection, timeout, HTTP status); retried ones included.
     pub errors: u64,
-    /// Downloads waiting for one of `[ota] max_downloads` slots, at the last report.
-    pub waiting: u64,
 }
 
 impl HttpCounters {
@@ -61,7 +59,6 @@ impl HttpCounters {
         self.bytes += o.bytes;
         self.resumes += o.resumes;
         self.errors += o.errors;
-        self.waiting += o.waiting;
     }
 }
 
@@ -204,6 +201,8 @@ pub struct RolloutTruth {
     pub rejected: u64,
     pub bricked: u64,
     pub rolled_back: u64,
+    /// Devices that dropped a job they had not started because the rollout aborted.
+    pub cancelled: u64,
     /// Notified devices with no outcome at the end (never started, or stuck mid-update).
     pub stuck: u64,
     pub failures_by_stage: StageCounts,

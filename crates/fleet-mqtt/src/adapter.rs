@@ -52,8 +52,8 @@ pub struct MqttConfig {
     pub tcp_nodelay: bool,
     /// Connection attempts in progress at once, for the whole process.
     pub max_connecting: usize,
-    /// HTTP image downloads in progress at once, for the whole process.
-    pub max_downloads: usize,
+    /// HTTP image downloads in progress at once, for the whole process (shared by the shards).
+    pub download_slots: crate::http::DownloadSlots,
 }
 
 /// What the adapter's tasks tell the shard.
@@ -203,7 +203,7 @@ impl MqttAdapter {
     pub fn new(cfg: Arc<MqttConfig>, devices: usize, shards: u16) -> MqttAdapter {
         let n = devices;
         let connecting = (cfg.max_connecting / usize::from(shards.max(1))).max(1);
-        let downloads = (cfg.max_downloads / usize::from(shards.max(1))).max(1);
+        let downloads = crate::downloads::Downloads::new(cfg.download_slots.clone());
         MqttAdapter {
             cfg,
             sessions: (0..n).map(|_| Session::default()).collect(),
@@ -217,7 +217,7 @@ impl MqttAdapter {
             device_id: Vec::with_capacity(32),
             topic: Vec::with_capacity(96),
             packet: BytesMut::with_capacity(1024),
-            downloads: crate::downloads::Downloads::new(downloads),
+            downloads,
         }
     }
 

@@ -47,9 +47,10 @@ pub struct Downloads {
 }
 
 impl Downloads {
-    pub fn new(max: usize) -> Downloads {
+    /// The downloads of one shard, sharing `slots` (the whole process's bound) with the others.
+    pub fn new(slots: DownloadSlots) -> Downloads {
         Downloads {
-            slots: DownloadSlots::new(max.max(1)),
+            slots,
             opts: FetchOptions {
                 idle_timeout: Duration::from_secs(30),
                 ..FetchOptions::default()
@@ -83,7 +84,9 @@ impl Downloads {
         }
         slot.epoch = slot.epoch.wrapping_add(1);
         let mut state = slot.state.take().unwrap_or_default();
-        if offset == 0 || state.bytes != offset {
+        // The device asks for 0 to start over; any other offset means "continue": what this
+        // side kept is the truth (the device's own count lags by up to a progress step).
+        if offset == 0 {
             state.restart();
         }
         let (tx, mut rx) = oneshot::channel();

@@ -88,7 +88,7 @@ fn a_malformed_frame_is_counted_and_the_device_reconnects() {
         source_addrs: Vec::new(),
         tcp_nodelay: true,
         max_connecting: 8,
-        max_downloads: 4,
+        download_slots: fleet_mqtt::http::DownloadSlots::new(4),
     });
     let p = plan.clone();
     let out = run_wall(
