@@ -169,3 +169,122 @@ impl Downloads {
         self.by_dev.get(&dev).is_some_and(|s| s.epoch == epoch)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Serves `body` slowly (4 KiB every 5 ms), honouring `Range: bytes=N-`; records each
+    /// request's Range header.
+    async fn slow_server(body: Arc<Vec<u8>>, ranges: Arc<Mutex<Vec<Option<u64>>>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (body, ranges) = (body.clone(), ranges.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                    let from = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("range: bytes="))
+                        .and_then(|r| r.trim_end_matches('-').trim().parse::<u64>().ok());
+                    ranges.lock().expect("lock").push(from);
+                    let start = from.unwrap_or(0) as usize;
+                    let head = match from {
+                        Some(f) => format!(
+                            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {f}-{}/{}\r\nConnection: close\r\n\r\n",
+                            body.len() - start,
+                            body.len() - 1,
+                            body.len()
+                        ),
+                        None => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        ),
+                    };
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for chunk in body[start..].chunks(4096) {
+                        if sock.write_all(chunk).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                });
+            }
+        });
+        format!("http://{addr}/fw.bin")
+    }
+
+    async fn next_end(rx: &mut mpsc::Receiver<MqttEvent>) -> Box<Finished> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+                Ok(Some(MqttEvent::DownloadEnded(f))) => return f,
+                Ok(Some(_)) => {}
+                other => panic!("no end of the download: {:?}", other.is_ok()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_download_stopped_by_a_link_drop_resumes_from_the_bytes_it_kept() {
+        let body: Arc<Vec<u8>> = Arc::new((0..200_000u32).map(|i| (i % 251) as u8).collect());
+        let ranges = Arc::new(Mutex::new(Vec::new()));
+        let url = slow_server(body.clone(), ranges.clone()).await;
+        let (tx, mut rx) = mpsc::channel(1024);
+        let mut d = Downloads::new(DownloadSlots::new(2));
+        d.start(7, &url, 0, &tx);
+        // Let some of it arrive, then the link drops.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+                Ok(Some(MqttEvent::DownloadProgress { bytes, .. })) if bytes >= 65_536 => break,
+                Ok(Some(_)) => {}
+                other => panic!("no progress: {:?}", other.is_ok()),
+            }
+        }
+        d.cancel(7);
+        let mut f = next_end(&mut rx).await;
+        assert!(matches!(f.ended, Ended::Cancelled), "{:?}", f.ended);
+        let kept = f.state.bytes;
+        assert!(kept >= 65_536 && kept < 200_000, "{kept}");
+        assert!(d.finished(&mut f));
+        // The device asks to continue from what it was last told (less than what arrived).
+        d.start(7, &url, 65_536, &tx);
+        let mut f = next_end(&mut rx).await;
+        assert!(matches!(f.ended, Ended::Done), "{:?}", f.ended);
+        assert!(f.resumed);
+        assert!(d.finished(&mut f));
+        assert_eq!(f.state.bytes, 200_000);
+        let want: String = Sha256::digest(&body[..])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            f.state.sha256_hex(),
+            want,
+            "the resumed image verifies whole"
+        );
+        assert_eq!(
+            *ranges.lock().expect("lock"),
+            vec![None, Some(kept)],
+            "the second GET asked for the rest"
+        );
+    }
+}
