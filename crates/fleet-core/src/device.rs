@@ -401,6 +401,8 @@ pub struct DeviceView {
     pub interval_s: f64,
     /// Its serial port is unplugged (a scheduled event).
     pub unplugged: bool,
+    /// The firmware version it runs now (an update changes it).
+    pub firmware: String,
 }
 
 /// Backoff before attempt `attempt` (0-based): initial * multiplier^attempt, capped at max,
@@ -1087,6 +1089,9 @@ impl Device {
             readings: self.last_readings().to_vec(),
             interval_s: self.interval.as_secs_f64(),
             unplugged,
+            firmware: ctx.cohort.firmware.versions[usize::from(self.running_version_index())]
+                .version
+                .clone(),
         }
     }
 

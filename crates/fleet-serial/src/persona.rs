@@ -597,7 +597,8 @@ pub fn render_line(
             LinePart::Uptime => write!(out, "{}", view.uptime_s.floor() as u64),
             LinePart::Ts => write!(out, "{}", dev.epoch_ms + now.as_millis()),
             LinePart::DeviceId => out.write_all(dev.device_id.as_bytes()),
-            LinePart::Firmware => out.write_all(dev.firmware.as_bytes()),
+            // The device's firmware as it runs now (the modem's revision, AT+CGMR, is another).
+            LinePart::Firmware => out.write_all(view.firmware.as_bytes()),
         };
     }
     out.extend_from_slice(spec.terminator);
