@@ -225,11 +225,18 @@ impl Collector {
                 done: r.done,
             });
         }
+        // A shard that has finished counts with its devices as they were at the end of the
+        // duration, not after shutdown: virtual shards do not finish together, and one that
+        // shut down early would otherwise hide its devices from the peak.
         let online: u64 = self
             .shards
             .iter()
-            .flatten()
-            .map(|s| s.states[DeviceState::Online.index()])
+            .zip(&self.end_states)
+            .map(|(s, end)| match (s, end) {
+                (Some(s), Some(end)) if s.done => end[DeviceState::Online.index()],
+                (Some(s), _) => s.states[DeviceState::Online.index()],
+                (None, _) => 0,
+            })
             .sum();
         self.peak_online = self.peak_online.max(online);
     }
