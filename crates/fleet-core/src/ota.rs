@@ -375,20 +375,21 @@ pub struct StatusReport<'a> {
     pub ts_ms: u64,
 }
 
-/// The generic protocol's status message.
-pub fn encode_generic_status(r: &StatusReport, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"device_id\":");
-    push_json_str(out, r.device_id);
-    out.extend_from_slice(b",\"job_id\":");
-    push_json_str(out, r.job_id.as_bytes());
-    out.extend_from_slice(b",\"status\":\"");
-    out.extend_from_slice(r.status.as_bytes());
-    out.extend_from_slice(b"\",\"stage\":\"");
+/// `"stage":…,"progress":…,"version":…,"target":…,"slot":…[,"reason":…]`: the report's details,
+/// the same in both protocols; AWS wants every value a string (`progress_as_string`).
+fn push_details(r: &StatusReport, progress_as_string: bool, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\"stage\":\"");
     out.extend_from_slice(r.stage.as_bytes());
     out.push(b'"');
     if let Some(p) = r.progress {
         out.extend_from_slice(b",\"progress\":");
+        if progress_as_string {
+            out.push(b'"');
+        }
         push_u64(out, u64::from(p));
+        if progress_as_string {
+            out.push(b'"');
+        }
     }
     out.extend_from_slice(b",\"version\":");
     push_json_str(out, r.version.as_bytes());
@@ -401,6 +402,18 @@ pub fn encode_generic_status(r: &StatusReport, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"reason\":");
         push_json_str(out, reason.as_bytes());
     }
+}
+
+/// The generic protocol's status message.
+pub fn encode_generic_status(r: &StatusReport, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"device_id\":");
+    push_json_str(out, r.device_id);
+    out.extend_from_slice(b",\"job_id\":");
+    push_json_str(out, r.job_id.as_bytes());
+    out.extend_from_slice(b",\"status\":\"");
+    out.extend_from_slice(r.status.as_bytes());
+    out.extend_from_slice(b"\",");
+    push_details(r, false, out);
     out.extend_from_slice(b",\"ts\":");
     push_u64(out, r.ts_ms);
     out.push(b'}');
@@ -416,25 +429,8 @@ pub fn encode_aws_update(
 ) {
     out.extend_from_slice(b"{\"status\":\"");
     out.extend_from_slice(r.status.as_bytes());
-    out.extend_from_slice(b"\",\"statusDetails\":{\"stage\":\"");
-    out.extend_from_slice(r.stage.as_bytes());
-    out.push(b'"');
-    if let Some(p) = r.progress {
-        out.extend_from_slice(b",\"progress\":\"");
-        push_u64(out, u64::from(p));
-        out.push(b'"');
-    }
-    out.extend_from_slice(b",\"version\":");
-    push_json_str(out, r.version.as_bytes());
-    out.extend_from_slice(b",\"target\":");
-    push_json_str(out, r.target.as_bytes());
-    out.extend_from_slice(b",\"slot\":\"");
-    out.extend_from_slice(r.slot.as_bytes());
-    out.push(b'"');
-    if let Some(reason) = r.reason {
-        out.extend_from_slice(b",\"reason\":");
-        push_json_str(out, reason.as_bytes());
-    }
+    out.extend_from_slice(b"\",\"statusDetails\":{");
+    push_details(r, true, out);
     out.push(b'}');
     if let Some(v) = expected_version {
         out.extend_from_slice(b",\"expectedVersion\":");

@@ -3,12 +3,11 @@
 //! the rollout with the truth on record; a good release completes in its waves.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
-use fleet_core::load::{EmbeddedSource, load_fleet};
-use fleet_engine::{RunOptions, RunOutcome, RunPlan, run_virtual};
+use fleet_engine::RunOutcome;
 use fleet_metrics::RolloutReport;
+
+mod common;
 
 const FIRMWARE: &str = r#"
 name = "fw"
@@ -124,36 +123,15 @@ fn run_waves(
     shards: u16,
     log: Option<&Path>,
 ) -> RunOutcome {
-    let text: &'static str = Box::leak(scenario(target, abort, waves).into_boxed_str());
-    let files: &'static [(&'static str, &'static str)] = Box::leak(
+    common::run_files(
         vec![
-            ("roll.toml", text),
-            ("meter.toml", PROFILE),
-            ("fw.toml", FIRMWARE),
-        ]
-        .into_boxed_slice(),
-    );
-    let fleet = load_fleet(&EmbeddedSource(files), Path::new("roll.toml")).expect("valid scenario");
-    let plan = Arc::new(RunPlan::new(
-        Arc::new(fleet),
+            ("roll.toml", scenario(target, abort, waves)),
+            ("meter.toml", PROFILE.to_string()),
+            ("fw.toml", FIRMWARE.to_string()),
+        ],
         shards,
-        fleet_core::defaults::VIRTUAL_EPOCH_MS,
-    ));
-    let opts = RunOptions {
-        event_log: log.map(Path::to_path_buf),
-        ..RunOptions::default()
-    };
-    run_virtual(plan, &opts, Arc::new(AtomicBool::new(false)), |_| {}).expect("run completes")
-}
-
-fn ota_lines(path: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path)
-        .expect("event log exists")
-        .lines()
-        .map(str::to_string)
-        .collect();
-    lines.sort();
-    lines
+        log,
+    )
 }
 
 fn only(out: &RunOutcome) -> &RolloutReport {
@@ -169,7 +147,7 @@ fn an_aborted_rollout_is_the_same_for_one_and_four_shards() {
         .map(|&shards| {
             let path = dir.path().join(format!("events-{shards}.log"));
             let out = run("1.2.0", true, shards, Some(&path));
-            (ota_lines(&path), only(&out).clone())
+            (common::sorted_lines(&path), only(&out).clone())
         })
         .collect();
     let (log, report) = &runs[0];

@@ -1,11 +1,8 @@
 //! Whole runs on the virtual clock: determinism across shard counts, and the accounting.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
-use fleet_core::load::{EmbeddedSource, load_fleet};
-use fleet_engine::{RunOptions, RunPlan, run_virtual};
+mod common;
 
 const FIRMWARE: &str = r#"
 name = "fw"
@@ -96,46 +93,24 @@ spread = "30s"
 }
 
 fn run(devices: u32, shards: u16, log: Option<&Path>) -> fleet_engine::RunOutcome {
-    let scenario_text: &'static str = Box::leak(scenario(devices, true).into_boxed_str());
-    let qos0: &'static str = Box::leak(PROFILE.replace("qos = 1", "qos = 0").into_boxed_str());
-    let slave: &'static str = Box::leak(
-        format!(
-            "{}\n[modbus]\n[[modbus.registers]]\nname = \"t\"\ntable = \"input\"\naddress = 0\ntype = \"f32\"\nsource = \"sensor.temp\"\n",
-            PROFILE.replace("name = \"sensor\"", "name = \"slave\"").replace("s-{id:05}", "m-{id:05}")
-        )
-        .into_boxed_str(),
+    let qos0 = PROFILE.replace("qos = 1", "qos = 0");
+    let slave = format!(
+        "{}\n[modbus]\n[[modbus.registers]]\nname = \"t\"\ntable = \"input\"\naddress = 0\ntype = \"f32\"\nsource = \"sensor.temp\"\n",
+        PROFILE
+            .replace("name = \"sensor\"", "name = \"slave\"")
+            .replace("s-{id:05}", "m-{id:05}")
     );
-    let files: &'static [(&'static str, &'static str)] = Box::leak(
+    common::run_files(
         vec![
-            ("det.toml", scenario_text),
-            ("sensor.toml", PROFILE),
+            ("det.toml", scenario(devices, true)),
+            ("sensor.toml", PROFILE.to_string()),
             ("sensor0.toml", qos0),
             ("slave.toml", slave),
-            ("fw.toml", FIRMWARE),
-        ]
-        .into_boxed_slice(),
-    );
-    let fleet = load_fleet(&EmbeddedSource(files), Path::new("det.toml")).expect("valid scenario");
-    let plan = Arc::new(RunPlan::new(
-        Arc::new(fleet),
+            ("fw.toml", FIRMWARE.to_string()),
+        ],
         shards,
-        fleet_core::defaults::VIRTUAL_EPOCH_MS,
-    ));
-    let opts = RunOptions {
-        event_log: log.map(Path::to_path_buf),
-        ..RunOptions::default()
-    };
-    run_virtual(plan, &opts, Arc::new(AtomicBool::new(false)), |_| {}).expect("run completes")
-}
-
-fn sorted_lines(path: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path)
-        .expect("event log exists")
-        .lines()
-        .map(str::to_string)
-        .collect();
-    lines.sort();
-    lines
+        log,
+    )
 }
 
 #[test]
@@ -146,7 +121,7 @@ fn the_same_seed_gives_byte_identical_event_logs_for_one_two_and_four_shards() {
         .map(|&shards| {
             let path = dir.path().join(format!("events-{shards}.log"));
             run(150, shards, Some(&path));
-            sorted_lines(&path)
+            common::sorted_lines(&path)
         })
         .collect();
     assert!(
@@ -217,5 +192,5 @@ fn a_different_seed_gives_a_different_fleet() {
     // Same run twice is identical; that is the other half of the contract.
     let b = dir.path().join("b.log");
     run(20, 1, Some(&b));
-    assert_eq!(sorted_lines(&a), sorted_lines(&b));
+    assert_eq!(common::sorted_lines(&a), common::sorted_lines(&b));
 }
