@@ -282,6 +282,20 @@ pub struct RolloutArgs {
     )]
     pub abort_on: Vec<String>,
 
+    /// The image's URL on your artifact server (http://): on the wall clock every device GETs it.
+    ///
+    /// Example: --url http://10.0.0.9:8080/fw-3.5.0.bin --size 196608 --sha256 6330aa...
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// The image's size in bytes (checked by the devices).
+    #[arg(long, value_name = "BYTES", requires = "url")]
+    pub size: Option<u64>,
+
+    /// The image's SHA-256, hex (checked by the devices).
+    #[arg(long, value_name = "HEX", requires = "url")]
+    pub sha256: Option<String>,
+
     /// Keep the scenario's own [[rollouts]] as well.
     #[arg(long)]
     pub keep_scenario_rollouts: bool,

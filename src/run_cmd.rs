@@ -202,6 +202,9 @@ pub fn rollout(args: RolloutArgs) -> Result<bool, Failure> {
                 .rate_increase_after
                 .filter(|_| args.rate_increase_on_success),
         }),
+        url: args.url.clone(),
+        size: args.size,
+        sha256: args.sha256.clone(),
         abort: args.abort_failure_percent.map(|p| AbortRaw {
             failure_percent: p,
             min_executed: args.abort_min_executed,

@@ -51,32 +51,8 @@ async fn image_server(image: Vec<u8>) -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn devices_take_jobs_over_both_protocols_and_roll_back_a_bad_release() {
-    let broker = fleet_mqtt::broker::start(100, 1, fleet_mqtt::Version::V311).expect("broker");
-    let addr = broker.listeners[0];
-    let mut opts = MqttOptions::new("job-server", addr.ip().to_string(), addr.port());
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut events) = AsyncClient::new(opts, 10_000);
-    for filter in [
-        "fleetsim/#",
-        "lab/aws/things/+/jobs/start-next",
-        "lab/aws/things/+/jobs/+/update",
-    ] {
-        client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-    }
-    let image: Vec<u8> = (0..288 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
-    let sha: String = Sha256::digest(&image)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let http = image_server(image.clone()).await;
-
-    // The lab files, with the AWS topics moved under lab/aws.
+/// The lab files in a temporary folder, with the AWS topics moved under lab/aws.
+fn lab_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     for (path, edit) in [
         ("scenarios/ota-lab.toml", None),
@@ -98,6 +74,94 @@ async fn devices_take_jobs_over_both_protocols_and_roll_back_a_bad_release() {
         std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
         std::fs::write(dest, text).expect("write");
     }
+    dir
+}
+
+fn lab_image() -> (Vec<u8>, String) {
+    let image: Vec<u8> = (0..288 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sha: String = Sha256::digest(&image)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (image, sha)
+}
+
+/// A rollout fleetsim runs itself, with the image on an artifact server: every targeted device
+/// GETs it on the wall clock and verifies it.
+#[tokio::test]
+async fn a_rollout_with_a_url_sends_every_device_to_the_artifact_server() {
+    let (image, sha) = lab_image();
+    let http = image_server(image.clone()).await;
+    let dir = lab_copy();
+    let rep = dir.path().join("r.json");
+    let size = image.len().to_string();
+    let url = format!("http://{http}/fw/lab-fw-1.1.0.bin");
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetsim"))
+        .current_dir(dir.path())
+        .args([
+            "rollout",
+            "scenarios/ota-lab.toml",
+            "--cohort",
+            "generic",
+            "--target",
+            "1.1.0",
+            "--url",
+            &url,
+            "--size",
+            &size,
+            "--sha256",
+            &sha,
+            "--evaluate-every",
+            "1s",
+            "--timeout",
+            "30s",
+            "--duration",
+            "12s",
+            "--headless",
+            "--report",
+            rep.to_str().expect("utf-8"),
+        ])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(60), status)
+        .await
+        .expect("fleetsim finishes")
+        .expect("exit status");
+    assert!(status.success(), "exit {status:?}");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(&rep).expect("report")).expect("json");
+    let ro = &r["rollouts"][0];
+    assert_eq!(ro["state"], "completed", "{ro}");
+    assert_eq!(ro["succeeded"], 2, "{ro}");
+    assert_eq!(r["ota"]["http"]["requests"], 2, "{}", r["ota"]);
+    assert_eq!(r["ota"]["http"]["bytes"], 2 * image.len() as u64);
+    assert_eq!(r["ota"]["versions"]["lab-fw 1.1.0"], 2, "{}", r["ota"]);
+}
+
+#[tokio::test]
+async fn devices_take_jobs_over_both_protocols_and_roll_back_a_bad_release() {
+    let broker = fleet_mqtt::broker::start(100, 1, fleet_mqtt::Version::V311).expect("broker");
+    let addr = broker.listeners[0];
+    let mut opts = MqttOptions::new("job-server", addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(opts, 10_000);
+    for filter in [
+        "fleetsim/#",
+        "lab/aws/things/+/jobs/start-next",
+        "lab/aws/things/+/jobs/+/update",
+    ] {
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+    }
+    let (image, sha) = lab_image();
+    let http = image_server(image.clone()).await;
+
+    let dir = lab_copy();
     let rep = dir.path().join("r.json");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetsim"))
         .current_dir(dir.path())

@@ -41,6 +41,12 @@ pub struct RolloutRaw {
     pub rate: Option<RateRaw>,
     /// Abort criteria, like AWS IoT `abortConfig`.
     pub abort: Option<AbortRaw>,
+    /// The image on your artifact server (`http://`): on the wall clock every device GETs it
+    /// (a real thundering herd, bounded by `[ota] max_downloads`); ignored in virtual time.
+    pub url: Option<String>,
+    /// Its size in bytes and SHA-256 (lowercase hex), checked by the devices when given.
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
 }
 
 fn zero() -> String {
@@ -167,6 +173,9 @@ pub struct RolloutSpec {
     pub evaluate_every: SimDuration,
     pub pace: Pace,
     pub abort: Option<AbortSpec>,
+    pub url: Option<String>,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
 }
 
 impl RolloutRaw {
@@ -317,7 +326,33 @@ impl RolloutRaw {
             }
             spec
         });
+        if let Some(u) = &self.url
+            && !u.starts_with("http://")
+        {
+            c.fail(
+                &k("url"),
+                format!("{u:?}"),
+                "must be an http:// URL (https:// is not supported yet)",
+            );
+        }
+        if let Some(h) = &self.sha256 {
+            c.check(
+                h.len() == 64 && h.chars().all(|ch| ch.is_ascii_hexdigit()),
+                &k("sha256"),
+                format!("{h:?}"),
+                "must be 64 hex digits",
+            );
+        }
+        if self.url.is_none() && (self.size.is_some() || self.sha256.is_some()) {
+            c.fail_key(
+                &k("size"),
+                "size and sha256 describe the image at url: give url too",
+            );
+        }
         RolloutSpec {
+            url: self.url.clone(),
+            size: self.size,
+            sha256: self.sha256.as_ref().map(|h| h.to_ascii_lowercase()),
             name: self.name.clone(),
             at,
             target_version: self.target_version.clone(),
@@ -582,7 +617,7 @@ mod tests {
     #[test]
     fn bad_rollouts_say_what_is_wrong() {
         let raw: RolloutRaw = toml::from_str(
-            "name='a/b'\ntarget_version='2'\nwaves=[50,10]\nfraction=0\n[abort]\nfailure_percent=0\nfailure_types=['lost']",
+            "name='a/b'\ntarget_version='2'\nwaves=[50,10]\nfraction=0\nurl='https://x/fw'\nsha256='zz'\n[abort]\nfailure_percent=0\nfailure_types=['lost']",
         )
         .unwrap();
         let mut c = Checker::new("s.toml");
@@ -594,6 +629,8 @@ mod tests {
             "rollouts[0].fraction",
             "rollouts[0].abort.failure_percent",
             "rollouts[0].abort.failure_types[0]",
+            "rollouts[0].url = \"https://x/fw\": must be an http:// URL",
+            "rollouts[0].sha256 = \"zz\": must be 64 hex digits",
         ] {
             assert!(text.contains(needle), "{needle} in {text}");
         }

@@ -70,9 +70,9 @@ impl RolloutPlan {
                     doc: Arc::new(JobDoc {
                         job_id: spec.name.clone(),
                         version: spec.target_version.clone(),
-                        url: None,
-                        size: None,
-                        sha256: None,
+                        url: spec.url.clone(),
+                        size: spec.size,
+                        sha256: spec.sha256.clone(),
                     }),
                     cohort_names: targets
                         .cohorts
