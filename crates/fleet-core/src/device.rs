@@ -694,7 +694,7 @@ impl Device {
             m.up_since = now;
         }
         self.next_drop = SimTime::NEVER;
-        let version = &ctx.cohort.firmware.versions[usize::from(self.running_version_index())];
+        let version = &ctx.cohort.firmware.versions[usize::from(self.running_version())];
         self.retry_at = now + SimDuration::from_secs_f64(version.boot_s.sample(&mut self.rng.link));
         self.attempt = 0;
     }
@@ -841,9 +841,10 @@ impl Device {
         self.check_battery(ctx, fx);
     }
 
-    /// Appends a publish of `fx.payload[start..]`, drawing the link's latency and loss.
+    /// Appends a publish of `fx.payload[start..]`, drawing the link's latency and loss; the
+    /// publish, unless the link lost it (QoS 0).
     #[allow(clippy::too_many_arguments)]
-    fn push_publish(
+    fn push_publish<'f>(
         &mut self,
         at: SimTime,
         topic: TopicKind,
@@ -851,8 +852,8 @@ impl Device {
         start: usize,
         from_buffer: bool,
         ctx: &DeviceCtx,
-        fx: &mut Effects,
-    ) {
+        fx: &'f mut Effects,
+    ) -> Option<&'f mut Publish> {
         let profile = &ctx.cohort.profile;
         let (qos, retain) = match topic {
             TopicKind::Telemetry => (profile.reporting.qos, profile.reporting.retain),
@@ -867,7 +868,7 @@ impl Device {
             if qos == Qos::AtMostOnce {
                 fx.events.push(Event::LostOnLink { seq });
                 fx.payload.truncate(start);
-                return;
+                return None;
             }
             // TCP retransmits what the radio lost: the message arrives, late.
             fx.events.push(Event::Retransmit { seq });
@@ -885,38 +886,25 @@ impl Device {
             payload: start as u32..end as u32,
             topic_len: 0,
         }));
+        match fx.list.last_mut() {
+            Some(Effect::Publish(p)) => Some(p),
+            _ => None,
+        }
     }
 
     /// Appends a publish of `fx.payload[start..]` whose first `topic_len` bytes are its topic
-    /// (an update's status or job request), drawing the link's latency and loss.
+    /// (an update's status or job request, QoS 1), drawing the link's latency and loss.
     fn push_publish_topic(
         &mut self,
         at: SimTime,
         start: usize,
         topic_len: usize,
-        qos: Qos,
         ctx: &DeviceCtx,
         fx: &mut Effects,
     ) {
-        let link = &ctx.cohort.link;
-        let mut delay =
-            SimDuration::from_secs_f64(link.latency_ms.sample(&mut self.rng.link) / 1000.0);
-        if link.loss > 0.0 && self.rng.link.random::<f64>() < link.loss {
-            fx.events.push(Event::Retransmit { seq: 0 });
-            delay = delay + RETRANSMIT_DELAY;
+        if let Some(p) = self.push_publish(at, TopicKind::Ota, 0, start, false, ctx, fx) {
+            p.topic_len = topic_len as u32;
         }
-        let end = fx.payload.len();
-        fx.list.push(Effect::Publish(Publish {
-            topic: TopicKind::Ota,
-            qos,
-            retain: false,
-            seq: 0,
-            scheduled: at,
-            delay,
-            from_buffer: false,
-            payload: start as u32..end as u32,
-            topic_len: topic_len as u32,
-        }));
     }
 
     fn flush_offline(&mut self, ctx: &DeviceCtx, fx: &mut Effects) {
@@ -1009,7 +997,7 @@ impl Device {
         out.extend_from_slice(b",\"ts\":");
         push_u64(out, ctx.epoch_ms + at.as_millis());
         out.extend_from_slice(b",\"fw\":");
-        let version = &ctx.cohort.firmware.versions[usize::from(self.running_version_index())];
+        let version = &ctx.cohort.firmware.versions[usize::from(self.running_version())];
         push_json_str(out, version.version.as_bytes());
         if profile.ota.is_some() {
             out.extend_from_slice(b",\"slot\":\"");
@@ -1089,7 +1077,7 @@ impl Device {
             readings: self.last_readings().to_vec(),
             interval_s: self.interval.as_secs_f64(),
             unplugged,
-            firmware: ctx.cohort.firmware.versions[usize::from(self.running_version_index())]
+            firmware: ctx.cohort.firmware.versions[usize::from(self.running_version())]
                 .version
                 .clone(),
         }
@@ -1164,7 +1152,7 @@ impl Device {
         let (Some(map), Some(m)) = (&ctx.cohort.profile.modbus, &self.modbus) else {
             return Err(crate::modbus::exception::GATEWAY_TARGET_FAILED);
         };
-        let version = &ctx.cohort.firmware.versions[usize::from(self.running_version_index())];
+        let version = &ctx.cohort.firmware.versions[usize::from(self.running_version())];
         let flag = |f: Flag| -> bool {
             match f {
                 Flag::Up => self.modbus_serving(now),
@@ -1341,7 +1329,7 @@ pub fn encode_status(dev: &Device, online: bool, now: SimTime, ctx: &DeviceCtx, 
     out.extend_from_slice(b",\"ts\":");
     push_u64(out, ctx.epoch_ms + now.as_millis());
     out.extend_from_slice(b",\"fw\":");
-    let version = &ctx.cohort.firmware.versions[usize::from(dev.running_version_index())];
+    let version = &ctx.cohort.firmware.versions[usize::from(dev.running_version())];
     push_json_str(out, version.version.as_bytes());
     out.push(b'}');
 }

@@ -19,7 +19,7 @@ use crate::ota::{
     StatusReport, classify_aws_topic, encode_aws_request, encode_aws_update, encode_generic_status,
     parse_aws_reply, parse_generic, push_aws_topic, reason_text,
 };
-use crate::profile::{DownloadMode, OtaProtocol, OtaSpec, Qos};
+use crate::profile::{DownloadMode, OtaProtocol, OtaSpec};
 use crate::time::{SimDuration, SimTime};
 
 /// What a job's faults will be, drawn when it starts.
@@ -118,13 +118,9 @@ fn slot_name(slot: u8) -> &'static str {
 }
 
 impl Device {
-    pub(super) fn running_version_index(&self) -> u16 {
-        self.fw_slots[usize::from(self.fw_active)]
-    }
-
     /// The firmware version the device runs (an index into its cohort's model).
     pub fn running_version(&self) -> u16 {
-        self.running_version_index()
+        self.fw_slots[usize::from(self.fw_active)]
     }
 
     /// "A" or "B".
@@ -145,11 +141,6 @@ impl Device {
         self.ota.as_ref().and_then(|j| j.doc.url.as_deref())
     }
 
-    /// The job's image size when the job document gave one.
-    pub fn ota_expected_size(&self) -> Option<u64> {
-        self.ota.as_ref().and_then(|j| j.doc.size)
-    }
-
     /// The update cycle's next deadline (NEVER without one); part of `wake_at`.
     pub fn ota_deadline(&self) -> SimTime {
         match &self.ota {
@@ -167,7 +158,7 @@ impl Device {
         fx: &mut Effects,
     ) {
         match input {
-            OtaInput::Job { doc, source } => self.ota_job(now, doc, source, ctx, fx),
+            OtaInput::Job { doc, source } => self.ota_job(now, doc, source, None, ctx, fx),
             OtaInput::Cancel { rollout } => {
                 if let Some(j) = &self.ota
                     && j.source == JobSource::Rollout(rollout)
@@ -263,7 +254,7 @@ impl Device {
                 }
                 match parse_generic(payload) {
                     Ok(GenericMsg::Job(doc)) => {
-                        self.ota_job(now, &Arc::new(doc), JobSource::Generic, ctx, fx)
+                        self.ota_job(now, &Arc::new(doc), JobSource::Generic, None, ctx, fx)
                     }
                     Ok(GenericMsg::Cancel { job_id }) => {
                         self.ota_generic_cancel(now, &job_id, ctx, fx)
@@ -283,6 +274,7 @@ impl Device {
                                 &doc,
                                 JobSource::Generic,
                                 RejectReason::BadDocument,
+                                None,
                                 ctx,
                                 fx,
                             );
@@ -315,7 +307,7 @@ impl Device {
                 };
                 match doc {
                     Ok(doc) => {
-                        self.ota_job_versioned(
+                        self.ota_job(
                             now,
                             &Arc::new(doc),
                             JobSource::Aws,
@@ -332,7 +324,7 @@ impl Device {
                             size: None,
                             sha256: None,
                         };
-                        self.ota_reject_versioned(
+                        self.ota_reject(
                             now,
                             &doc,
                             JobSource::Aws,
@@ -450,20 +442,8 @@ impl Device {
         fx.events.push(Event::OtaCancelled { rollout: None });
     }
 
-    /// A job arrives.
-    fn ota_job(
-        &mut self,
-        now: SimTime,
-        doc: &Arc<JobDoc>,
-        source: JobSource,
-        ctx: &DeviceCtx,
-        fx: &mut Effects,
-    ) {
-        self.ota_job_versioned(now, doc, source, None, ctx, fx);
-    }
-
     /// A job arrives; `version_number` is an AWS execution's.
-    fn ota_job_versioned(
+    fn ota_job(
         &mut self,
         now: SimTime,
         doc: &Arc<JobDoc>,
@@ -485,7 +465,7 @@ impl Device {
                 self.ota_next = Some(Box::new((doc.clone(), source)));
                 return;
             }
-            self.ota_reject_versioned(
+            self.ota_reject(
                 now,
                 doc,
                 source,
@@ -501,7 +481,7 @@ impl Device {
         });
         if self.state != DeviceState::Online {
             // Nobody to report to yet: the device looks at the job when it picks it up.
-            let mut j = new_job(doc.clone(), source, self.running_version_index());
+            let mut j = new_job(doc.clone(), source, self.running_version());
             j.version_number = version_number;
             j.admitted = false;
             self.ota = Some(Box::new(j));
@@ -521,11 +501,11 @@ impl Device {
         fx: &mut Effects,
     ) {
         let reject = |d: &mut Device, why, fx: &mut Effects| {
-            d.ota_reject_versioned(now, doc, source, why, version_number, ctx, fx);
+            d.ota_reject(now, doc, source, why, version_number, ctx, fx);
         };
         let model = &ctx.cohort.firmware;
         let spec = ctx.cohort.profile.ota.as_ref();
-        let running = self.running_version_index();
+        let running = self.running_version();
         let Some(target) = model.version_index(&doc.version) else {
             reject(self, RejectReason::UnknownVersion, fx);
             return;
@@ -566,20 +546,8 @@ impl Device {
             }
     }
 
-    fn ota_reject(
-        &mut self,
-        now: SimTime,
-        doc: &JobDoc,
-        source: JobSource,
-        why: RejectReason,
-        ctx: &DeviceCtx,
-        fx: &mut Effects,
-    ) {
-        self.ota_reject_versioned(now, doc, source, why, None, ctx, fx);
-    }
-
     #[allow(clippy::too_many_arguments)]
-    fn ota_reject_versioned(
+    fn ota_reject(
         &mut self,
         now: SimTime,
         doc: &JobDoc,
@@ -596,7 +564,7 @@ impl Device {
         });
         // Report it without disturbing a job under way.
         let saved = self.ota.take();
-        let mut j = new_job(Arc::new(doc.clone()), source, self.running_version_index());
+        let mut j = new_job(Arc::new(doc.clone()), source, self.running_version());
         j.stage = OtaStage::Idle;
         j.outcome = Some(outcome);
         j.version_number = version_number;
@@ -697,7 +665,7 @@ impl Device {
         {
             // The job that waited behind the last one (already counted as received).
             let (doc, source) = *next;
-            let mut j = new_job(doc, source, self.running_version_index());
+            let mut j = new_job(doc, source, self.running_version());
             j.admitted = false;
             self.ota = Some(Box::new(j));
         }
@@ -1081,7 +1049,7 @@ impl Device {
             None
         };
         let error = j.error.clone();
-        let running = &model.versions[usize::from(self.running_version_index())].version;
+        let running = &model.versions[usize::from(self.running_version())].version;
         let reason = sent.outcome.map(|o| match (o, &error) {
             (Outcome::Failed(FailStage::Download), Some(e)) => {
                 format!("download failed: {e}")
@@ -1124,7 +1092,7 @@ impl Device {
             topic_len = fx.payload.len() - start;
             encode_generic_status(&report, &mut fx.payload);
         }
-        self.push_publish_topic(now, start, topic_len, Qos::AtLeastOnce, ctx, fx);
+        self.push_publish_topic(now, start, topic_len, ctx, fx);
     }
 
     /// AWS: re-sends the last update with the versionNumber just learnt.
@@ -1161,7 +1129,7 @@ impl Device {
         let token = self.next_client_token(&thing);
         encode_aws_request(&token, job.is_some(), &mut fx.payload);
         fx.events.push(Event::OtaStatusSent);
-        self.push_publish_topic(now, start, topic_len, Qos::AtLeastOnce, ctx, fx);
+        self.push_publish_topic(now, start, topic_len, ctx, fx);
     }
 
     /// After a connect: an AWS device asks for its next job unless one is under way; any

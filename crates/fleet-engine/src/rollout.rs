@@ -95,11 +95,6 @@ impl RolloutPlan {
     }
 }
 
-/// The evaluation period: the shortest `evaluate_every` (None without rollouts).
-pub fn tick_period(plans: &[RolloutPlan]) -> Option<SimDuration> {
-    plans.iter().map(|p| p.spec.evaluate_every).min()
-}
-
 /// What a device did that the orchestrator cares about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ObsKind {
@@ -229,6 +224,18 @@ impl RolloutRun {
                 self.waves.resize(wave + 1, RolloutCounts::default());
             }
             self.waves[wave].timed_out += 1;
+        }
+    }
+
+    /// What the orchestrator has seen so far.
+    fn counts(&self) -> RolloutCounts {
+        RolloutCounts {
+            notified: u64::from(self.notified),
+            started: self.tally.started,
+            succeeded: self.tally.succeeded,
+            failed: self.tally.failed,
+            rejected: self.tally.rejected,
+            timed_out: self.tally.timed_out,
         }
     }
 
@@ -373,7 +380,8 @@ impl RolloutRun {
             self.timeouts.pop_front();
             self.time_out(rank);
         }
-        let spec = self.plan.spec.clone();
+        let plan = self.plan.clone();
+        let spec = &plan.spec;
         if self.state == RunState::NotStarted && now >= SimTime::ZERO + spec.at {
             self.state = RunState::Running;
             self.started_at = Some(now);
@@ -401,7 +409,7 @@ impl RolloutRun {
         }
         if self.state == RunState::Running && now >= self.next_eval {
             let start = self.started_at.unwrap_or(now);
-            let target = self.policy.tick(&spec, start, now, &self.tally);
+            let target = self.policy.tick(spec, start, now, &self.tally);
             if target > self.notified {
                 let (a, b) = (self.notified, target);
                 let n = f64::from(b - a);
@@ -419,7 +427,7 @@ impl RolloutRun {
         }
         let executed = self.tally.executed() + self.cancelled;
         // Waves may stop short of every target (`waves = [1, 10]`): done at the last wave's end.
-        let last = self.policy.final_target(&spec);
+        let last = self.policy.final_target(spec);
         if self.state == RunState::Running && self.notified >= last && executed >= u64::from(last) {
             self.state = RunState::Completed;
             self.finished_at = Some(now);
@@ -480,14 +488,7 @@ impl RolloutRun {
             targets: total,
             started_at_s: self.started_at.map(secs),
             finished_at_s: self.finished_at.map(secs),
-            reported: RolloutCounts {
-                notified: u64::from(self.notified),
-                started: self.tally.started,
-                succeeded: self.tally.succeeded,
-                failed: self.tally.failed,
-                rejected: self.tally.rejected,
-                timed_out: self.tally.timed_out,
-            },
+            reported: self.counts(),
             not_notified: total - u64::from(self.notified),
             cancelled: self.cancelled,
             in_progress: u64::from(self.notified)
@@ -686,14 +687,7 @@ impl RolloutHub {
                     wave: r.policy.wave_starts.len() as u32,
                     waves,
                     targets: r.plan.order.len() as u64,
-                    reported: RolloutCounts {
-                        notified: u64::from(r.notified),
-                        started: r.tally.started,
-                        succeeded: r.tally.succeeded,
-                        failed: r.tally.failed,
-                        rejected: r.tally.rejected,
-                        timed_out: r.tally.timed_out,
-                    },
+                    reported: r.counts(),
                 }
             })
             .collect()

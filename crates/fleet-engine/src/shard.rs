@@ -460,10 +460,7 @@ impl Shard {
                 fetched,
                 resumed,
             } => {
-                let h = &mut self.metrics.ota.http;
-                h.requests += 1;
-                h.bytes += fetched;
-                h.resumes += u64::from(resumed);
+                self.metrics.ota.http.attempt(fetched, resumed, false);
                 self.step(
                     dev,
                     now,
@@ -481,11 +478,7 @@ impl Shard {
                 fetched,
                 resumed,
             } => {
-                let h = &mut self.metrics.ota.http;
-                h.requests += 1;
-                h.bytes += fetched;
-                h.resumes += u64::from(resumed);
-                h.errors += 1;
+                self.metrics.ota.http.attempt(fetched, resumed, true);
                 self.log_line(
                     dev,
                     now,

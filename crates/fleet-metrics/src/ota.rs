@@ -54,6 +54,15 @@ pub struct HttpCounters {
 }
 
 impl HttpCounters {
+    /// One download attempt ended: `fetched` bytes received, a range asked for or not,
+    /// failed or complete.
+    pub fn attempt(&mut self, fetched: u64, resumed: bool, failed: bool) {
+        self.requests += 1;
+        self.bytes += fetched;
+        self.resumes += u64::from(resumed);
+        self.errors += u64::from(failed);
+    }
+
     pub fn add(&mut self, o: &HttpCounters) {
         self.requests += o.requests;
         self.bytes += o.bytes;

@@ -3,7 +3,6 @@
 //! it ends, so a cancelled or failed download resumes where it stopped (HTTP Range).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -51,18 +50,10 @@ impl Downloads {
     pub fn new(slots: DownloadSlots) -> Downloads {
         Downloads {
             slots,
-            opts: FetchOptions {
-                idle_timeout: Duration::from_secs(30),
-                ..FetchOptions::default()
-            },
+            opts: FetchOptions::default(),
             by_dev: HashMap::new(),
             refused: Vec::new(),
         }
-    }
-
-    /// Downloads waiting for a slot or running.
-    pub fn active(&self) -> usize {
-        self.by_dev.values().filter(|s| s.state.is_none()).count()
     }
 
     /// Starts (or resumes from `offset`) device `dev`'s download of `url`.
