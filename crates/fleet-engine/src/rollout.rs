@@ -363,7 +363,8 @@ impl RolloutRun {
         }
     }
 
-    fn tick(&mut self, index: u16, now: SimTime, period: SimDuration, d: &mut Decision) {
+    /// Takes the reports that reached the backend by `now`, then the timeouts due by `now`.
+    fn take_due(&mut self, now: SimTime) {
         while let Some(Reverse(o)) = self.pending.peek().copied() {
             if o.at > now {
                 break;
@@ -380,6 +381,27 @@ impl RolloutRun {
             self.timeouts.pop_front();
             self.time_out(rank);
         }
+    }
+
+    /// Completed (every target of the last wave executed), or an abort with nothing left.
+    fn check_finished(&mut self, now: SimTime) {
+        let executed = self.tally.executed() + self.cancelled;
+        // Waves may stop short of every target (`waves = [1, 10]`): done at the last wave's end.
+        let last = self.policy.final_target(&self.plan.spec);
+        if self.state == RunState::Running && self.notified >= last && executed >= u64::from(last) {
+            self.state = RunState::Completed;
+            self.finished_at = Some(now);
+        }
+        if self.state == RunState::Aborted
+            && self.finished_at.is_none()
+            && executed >= u64::from(self.notified)
+        {
+            self.finished_at = Some(now);
+        }
+    }
+
+    fn tick(&mut self, index: u16, now: SimTime, period: SimDuration, d: &mut Decision) {
+        self.take_due(now);
         let plan = self.plan.clone();
         let spec = &plan.spec;
         if self.state == RunState::NotStarted && now >= SimTime::ZERO + spec.at {
@@ -425,19 +447,7 @@ impl RolloutRun {
                 self.next_eval += spec.evaluate_every;
             }
         }
-        let executed = self.tally.executed() + self.cancelled;
-        // Waves may stop short of every target (`waves = [1, 10]`): done at the last wave's end.
-        let last = self.policy.final_target(spec);
-        if self.state == RunState::Running && self.notified >= last && executed >= u64::from(last) {
-            self.state = RunState::Completed;
-            self.finished_at = Some(now);
-        }
-        if self.state == RunState::Aborted
-            && self.finished_at.is_none()
-            && executed >= u64::from(self.notified)
-        {
-            self.finished_at = Some(now);
-        }
+        self.check_finished(now);
     }
 
     fn report(&self) -> RolloutReport {
@@ -712,29 +722,8 @@ impl RolloutHub {
 impl RolloutRun {
     /// At the end: take the reports and timeouts due by `end`, notify nobody.
     fn tick_final(&mut self, end: SimTime) {
-        while let Some(&(deadline, rank)) = self.timeouts.front() {
-            if deadline > end {
-                break;
-            }
-            self.timeouts.pop_front();
-            self.time_out(rank);
-        }
-        while let Some(Reverse(o)) = self.pending.peek().copied() {
-            if o.at > end {
-                break;
-            }
-            self.pending.pop();
-            if let Some(rank) = self.plan.rank(o.device) {
-                self.reported(&o, rank);
-            }
-        }
-        if self.state == RunState::Running
-            && self.notified as usize == self.plan.order.len()
-            && self.tally.executed() >= self.plan.order.len() as u64
-        {
-            self.state = RunState::Completed;
-            self.finished_at.get_or_insert(end);
-        }
+        self.take_due(end);
+        self.check_finished(end);
     }
 }
 
