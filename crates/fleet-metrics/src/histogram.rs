@@ -1,5 +1,5 @@
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Highest latency recorded exactly: one hour. Larger values are clamped to it (and counted).
 pub const LATENCY_MAX_US: u64 = 3_600_000_000;
@@ -20,7 +20,7 @@ impl Default for LatencyHistogram {
 }
 
 /// Summary of a histogram, in microseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     pub count: u64,
     pub p50: u64,
@@ -102,6 +102,46 @@ impl LatencyHistogram {
 
     pub fn inner(&self) -> &Histogram<u64> {
         &self.h
+    }
+}
+
+/// On the wire (the API's snapshot, for `top --attach` to merge losslessly): the HdrHistogram
+/// V2 encoding in base64, with the count of clamped values.
+impl Serialize for LatencyHistogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        use hdrhistogram::serialization::Serializer as _;
+        let mut buf = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new()
+            .serialize(&self.h, &mut buf)
+            .map_err(|e| serde::ser::Error::custom(format!("histogram: {e:?}")))?;
+        let text = base64::engine::general_purpose::STANDARD.encode(buf);
+        (text, self.clamped).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LatencyHistogram {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let (text, clamped) = <(String, u64)>::deserialize(d)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("histogram: not base64: {e}")))?;
+        let h: Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut &bytes[..])
+            .map_err(|e| serde::de::Error::custom(format!("histogram: {e:?}")))?;
+        let mut out = LatencyHistogram::new();
+        // Values outside our bounds cannot be added: clamp them like `record` does.
+        if out.h.add(&h).is_err() {
+            for v in h.iter_recorded() {
+                out.h.saturating_record_n(
+                    v.value_iterated_to().clamp(1, LATENCY_MAX_US),
+                    v.count_at_value(),
+                );
+            }
+        }
+        out.clamped = clamped;
+        Ok(out)
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod counters;
 mod histogram;
+pub mod live;
 pub mod modbus;
 pub mod ota;
 mod report;
@@ -16,8 +17,14 @@ mod snapshot;
 
 pub use counters::Counters;
 pub use histogram::{LATENCY_MAX_US, LatencyHistogram, Percentiles};
+pub use live::{
+    Command, CommandAck, DeviceDetail, ErrorKind, FaultRequest, FleetPort, LiveEvent,
+    LiveEventKind, PortError, RolloutRequest, RunMeta,
+};
 pub use modbus::ModbusCounters;
 pub use ota::{OtaCounters, RolloutReport};
 pub use report::{OtaInputs, ProcessStats, RunInfo, RunReport, SloResult, evaluate_slos};
 pub use serial::SerialCounters;
-pub use snapshot::{Collector, FleetSnapshot, STATE_COUNT, ShardLoad, ShardMetrics, ShardReport};
+pub use snapshot::{
+    Collector, FleetSnapshot, STATE_COUNT, ShardLoad, ShardMetrics, ShardReport, SnapshotHistograms,
+};

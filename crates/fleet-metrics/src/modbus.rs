@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Function codes counted one by one; anything else is counted as `other`.
 pub const FUNCTIONS: [(u8, &str); 10] = [
@@ -22,19 +22,27 @@ pub const FUNCTIONS: [(u8, &str); 10] = [
 /// Exception codes counted (index = code; 0 unused).
 pub const EXCEPTION_SLOTS: usize = 12;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModbusCounters {
     /// Requests that reached a device (one of ours, unicast or broadcast).
     pub requests: u64,
     /// By function code, in `FUNCTIONS` order; the last slot is every other code. Serialized
     /// as `requests_by_function`: {"read_coils": n, ..., "other": n}.
-    #[serde(rename = "requests_by_function", serialize_with = "by_name")]
+    #[serde(
+        rename = "requests_by_function",
+        serialize_with = "by_name",
+        deserialize_with = "from_names"
+    )]
     pub by_function: [u64; FUNCTIONS.len() + 1],
     /// Normal responses sent.
     pub responses: u64,
     /// Exception responses sent, by code (index = code; the last slot is any higher code).
     /// Serialized as `exceptions_by_code`: {"02": n, "0B": n}, codes that were sent only.
-    #[serde(rename = "exceptions_by_code", serialize_with = "by_code")]
+    #[serde(
+        rename = "exceptions_by_code",
+        serialize_with = "by_code",
+        deserialize_with = "from_codes"
+    )]
     pub exceptions: [u64; EXCEPTION_SLOTS],
     /// Exceptions that were injected faults (also counted in `exceptions`).
     pub injected_exceptions: u64,
@@ -70,6 +78,29 @@ fn by_name<S: Serializer>(v: &[u64; FUNCTIONS.len() + 1], s: S) -> Result<S::Ok,
         .collect();
     m.insert("other", v[FUNCTIONS.len()]);
     m.serialize(s)
+}
+
+fn from_names<'de, D: Deserializer<'de>>(d: D) -> Result<[u64; FUNCTIONS.len() + 1], D::Error> {
+    let m = BTreeMap::<String, u64>::deserialize(d)?;
+    let mut v = [0u64; FUNCTIONS.len() + 1];
+    for (name, n) in m {
+        match FUNCTIONS.iter().position(|(_, f)| *f == name) {
+            Some(i) => v[i] = n,
+            None => v[FUNCTIONS.len()] += n,
+        }
+    }
+    Ok(v)
+}
+
+fn from_codes<'de, D: Deserializer<'de>>(d: D) -> Result<[u64; EXCEPTION_SLOTS], D::Error> {
+    let m = BTreeMap::<String, u64>::deserialize(d)?;
+    let mut v = [0u64; EXCEPTION_SLOTS];
+    for (code, n) in m {
+        let i = usize::from_str_radix(&code, 16)
+            .map_err(|_| serde::de::Error::custom(format!("exception code {code:?} is not hex")))?;
+        v[i.min(EXCEPTION_SLOTS - 1)] += n;
+    }
+    Ok(v)
 }
 
 fn by_code<S: Serializer>(v: &[u64; EXCEPTION_SLOTS], s: S) -> Result<S::Ok, S::Error> {

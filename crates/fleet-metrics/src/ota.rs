@@ -1,7 +1,7 @@
 //! Firmware update counters (cumulative per shard, summed across shards like `Counters`), the
 //! update-stage and version gauges, and the report of a rollout fleetsim ran itself.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use fleet_core::ota::{FailStage, OtaStage};
 
@@ -9,7 +9,7 @@ use fleet_core::ota::{FailStage, OtaStage};
 pub const OTA_STAGE_COUNT: usize = OtaStage::ALL.len();
 
 /// Failures by the stage they happened in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageCounts {
     pub download: u64,
     pub verify: u64,
@@ -41,7 +41,7 @@ impl StageCounts {
 }
 
 /// HTTP image downloads.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpCounters {
     /// GET requests made (a resume is a request of its own).
     pub requests: u64,
@@ -71,7 +71,7 @@ impl HttpCounters {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OtaCounters {
     /// Jobs that reached a device (from a rollout, the generic protocol or AWS IoT Jobs).
     pub jobs_received: u64,
@@ -155,7 +155,7 @@ pub fn stage_map(stages: &[u64; OTA_STAGE_COUNT]) -> std::collections::BTreeMap<
 }
 
 /// Outcome counts of a rollout.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutCounts {
     pub notified: u64,
     pub started: u64,
@@ -166,7 +166,7 @@ pub struct RolloutCounts {
 }
 
 /// One wave of a rollout.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WaveReport {
     pub wave: u32,
     pub started_at_s: f64,
@@ -177,7 +177,7 @@ pub struct WaveReport {
 }
 
 /// Devices updated (or harmed) after the abort threshold was truly crossed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Overshoot {
     /// Notified after the crossing.
     pub notified: u64,
@@ -189,7 +189,7 @@ pub struct Overshoot {
     pub failed: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AbortReport {
     pub criteria: String,
     /// When the orchestrator aborted, from what was reported to it.
@@ -203,7 +203,7 @@ pub struct AbortReport {
 }
 
 /// What fleetsim injected, whatever was reported.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutTruth {
     pub succeeded: u64,
     pub failed: u64,
@@ -220,7 +220,7 @@ pub struct RolloutTruth {
 }
 
 /// The report of one rollout.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RolloutReport {
     pub name: String,
     pub target_version: String,
@@ -245,7 +245,7 @@ pub struct RolloutReport {
 }
 
 /// A rollout while it runs, for progress lines and live views (cheap to take every second).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RolloutLive {
     pub name: String,
     pub target_version: String,

@@ -1,9 +1,9 @@
 //! Serial port counters: what went over the lines, what the impairments did to it, and what
 //! the personas answered. Cumulative per shard, summed across shards like `Counters`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SerialCounters {
     /// Ports opened (PTY pairs made or real ports opened), reopens after an unplug included.
     pub ports_opened: u64,

@@ -1,5 +1,5 @@
 use fleet_core::DeviceState;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::counters::Counters;
 use crate::histogram::{LatencyHistogram, Percentiles};
@@ -38,6 +38,7 @@ pub struct ShardMetrics {
     pub last_first_connect_us: u64,
     /// Gauges, set by the shard before each report.
     pub states: [u64; STATE_COUNT],
+    pub low_battery: u64,
     pub in_flight: u64,
     pub buffered: u64,
 }
@@ -86,26 +87,55 @@ impl ShardMetrics {
 }
 
 /// One shard's load, as the snapshot shows it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardLoad {
     pub shard: u16,
+    /// The process it belongs to (views that merge several processes; 0 otherwise).
+    #[serde(default)]
+    pub process: u32,
+    pub devices: u64,
+    pub online: u64,
     pub sim_time_s: f64,
     pub max_lag_ms: f64,
     pub steps: u64,
     pub done: bool,
 }
 
-/// The whole fleet at one moment: what the progress line, the TUI and the report read.
-#[derive(Clone, Debug, Default, Serialize)]
+/// The run's latency histograms (whole run, and publish -> ack over the last interval): the
+/// TUI draws them, `/metrics` exports their buckets, `top --attach` merges them losslessly.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotHistograms {
+    pub publish_ack_us: LatencyHistogram,
+    pub publish_ack_interval_us: LatencyHistogram,
+    pub connect_us: LatencyHistogram,
+    pub modbus_service_us: LatencyHistogram,
+}
+
+/// The whole fleet at one moment: what the progress line, the TUI, `/metrics` and the report
+/// read. Its size does not grow with the number of devices.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FleetSnapshot {
+    #[serde(default)]
+    pub run: crate::live::RunMeta,
+    /// Simulated time is frozen (`Command::Pause`).
+    #[serde(default)]
+    pub paused: bool,
     pub elapsed_s: f64,
     /// The slowest shard's simulated time.
     pub sim_time_s: f64,
     pub devices_total: u64,
+    /// Devices by state; in JSON a map {"off": n, "online": n, ...}.
+    #[serde(serialize_with = "states_map", deserialize_with = "states_from_map")]
     pub states: [u64; STATE_COUNT],
+    /// Devices below their profile's low-battery threshold (and not dead).
+    #[serde(default)]
+    pub low_battery: u64,
     pub totals: Counters,
     pub published_per_s: f64,
     pub acked_per_s: f64,
+    /// Connection attempts per second over the last interval.
+    #[serde(default)]
+    pub connects_per_s: f64,
     pub steps_per_s: f64,
     /// Publish -> ack latency over the last interval, and over the whole run.
     pub publish_ack_interval: Percentiles,
@@ -117,9 +147,13 @@ pub struct FleetSnapshot {
     pub modbus_requests_per_s: f64,
     pub serial: SerialCounters,
     pub ota: OtaCounters,
+    /// Devices per update stage; in JSON a map {"idle": n, "downloading": n, ...}.
+    #[serde(serialize_with = "stages_map", deserialize_with = "stages_from_map")]
     pub ota_stages: [u64; OTA_STAGE_COUNT],
-    /// Devices per firmware version (labels: `Fleet::version_labels`).
+    /// Devices per firmware version, and the versions' labels ("model version").
     pub versions: Vec<u64>,
+    #[serde(default)]
+    pub version_labels: Vec<String>,
     /// Rollouts fleetsim runs, as the orchestrator sees them now.
     pub rollouts: Vec<crate::ota::RolloutLive>,
     pub lag_interval_p99_us: u64,
@@ -132,6 +166,41 @@ pub struct FleetSnapshot {
     pub first_connects: u64,
     pub last_first_connect_s: f64,
     pub shards: Vec<ShardLoad>,
+    /// The latest notable events (at most `live::EVENTS_KEPT`), oldest first.
+    #[serde(default)]
+    pub events: Vec<crate::live::LiveEvent>,
+    #[serde(default)]
+    pub histograms: SnapshotHistograms,
+}
+
+fn states_map<S: Serializer>(v: &[u64; STATE_COUNT], s: S) -> Result<S::Ok, S::Error> {
+    let m: std::collections::BTreeMap<&str, u64> = DeviceState::ALL
+        .iter()
+        .map(|st| (st.as_str(), v[st.index()]))
+        .collect();
+    m.serialize(s)
+}
+
+fn states_from_map<'de, D: Deserializer<'de>>(d: D) -> Result<[u64; STATE_COUNT], D::Error> {
+    let m = std::collections::BTreeMap::<String, u64>::deserialize(d)?;
+    let mut v = [0u64; STATE_COUNT];
+    for st in DeviceState::ALL {
+        v[st.index()] = m.get(st.as_str()).copied().unwrap_or(0);
+    }
+    Ok(v)
+}
+
+fn stages_map<S: Serializer>(v: &[u64; OTA_STAGE_COUNT], s: S) -> Result<S::Ok, S::Error> {
+    crate::ota::stage_map(v).serialize(s)
+}
+
+fn stages_from_map<'de, D: Deserializer<'de>>(d: D) -> Result<[u64; OTA_STAGE_COUNT], D::Error> {
+    let m = std::collections::BTreeMap::<String, u64>::deserialize(d)?;
+    let mut v = [0u64; OTA_STAGE_COUNT];
+    for st in fleet_core::ota::OtaStage::ALL {
+        v[st.index()] = m.get(st.as_str()).copied().unwrap_or(0);
+    }
+    Ok(v)
 }
 
 impl FleetSnapshot {
@@ -153,6 +222,7 @@ struct ShardState {
     ota_stages: [u64; OTA_STAGE_COUNT],
     versions: Vec<u64>,
     states: [u64; STATE_COUNT],
+    low_battery: u64,
     in_flight: u64,
     buffered: u64,
     max_lag_us: u64,
@@ -217,6 +287,7 @@ impl Collector {
                 ota_stages: m.ota_stages,
                 versions: m.versions.clone(),
                 states: m.states,
+                low_battery: m.low_battery,
                 in_flight: m.in_flight,
                 buffered: m.buffered,
                 max_lag_us: m.max_lag_us,
@@ -301,6 +372,7 @@ impl Collector {
             for (a, b) in snap.states.iter_mut().zip(s.states) {
                 *a += b;
             }
+            snap.low_battery += s.low_battery;
             snap.in_flight += s.in_flight;
             snap.buffered += s.buffered;
             snap.max_lag_us = snap.max_lag_us.max(s.max_lag_us);
@@ -311,6 +383,9 @@ impl Collector {
             min_sim = min_sim.min(s.sim_time_us);
             snap.shards.push(ShardLoad {
                 shard: i as u16,
+                process: 0,
+                devices: s.states.iter().sum(),
+                online: s.states[DeviceState::Online.index()],
                 sim_time_s: s.sim_time_us as f64 / 1e6,
                 max_lag_ms: s.max_lag_us as f64 / 1e3,
                 steps: s.counters.steps,
@@ -329,6 +404,10 @@ impl Collector {
                     / dt;
             snap.acked_per_s =
                 (snap.totals.acked - self.prev.acked.min(snap.totals.acked)) as f64 / dt;
+            snap.connects_per_s = (snap.totals.connect_attempts
+                - self.prev.connect_attempts.min(snap.totals.connect_attempts))
+                as f64
+                / dt;
             snap.steps_per_s =
                 (snap.totals.steps - self.prev.steps.min(snap.totals.steps)) as f64 / dt;
             snap.modbus_requests_per_s =
@@ -340,6 +419,12 @@ impl Collector {
         snap.publish_ack_interval = self.publish_ack_interval.percentiles();
         snap.publish_ack = self.publish_ack.percentiles();
         snap.connect = self.connect.percentiles();
+        snap.histograms = SnapshotHistograms {
+            publish_ack_us: self.publish_ack.clone(),
+            publish_ack_interval_us: self.publish_ack_interval.clone(),
+            connect_us: self.connect.clone(),
+            modbus_service_us: self.modbus_service.clone(),
+        };
         snap.lag_interval_p99_us = self.lag_interval.quantile(0.99);
         snap.lag_p99_us = self.lag.quantile(0.99);
         snap.peak_online = self.peak_online;
