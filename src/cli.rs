@@ -60,6 +60,16 @@ Example: fleetsim validate scenarios/*.toml device-profiles/*.toml firmware-mode
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Watch (and steer) runs started elsewhere with --api-listen: the same dashboard as
+    /// `run --tui`, merging several processes (shards) into one view.
+    #[command(
+        long_about = "Watch (and steer) runs started elsewhere with --api-listen: the same dashboard as \
+`run --tui`, merging several processes (shards) into one view. Counters add up, latency histograms merge \
+losslessly, commands go to every process.\n\n\
+Example: fleetsim top --attach http://127.0.0.1:9464\n\
+Example: fleetsim top --attach http://10.0.0.5:9464 --attach http://10.0.0.6:9464 --token $TOKEN"
+    )]
+    Top(TopArgs),
     /// Print a shell completion script.
     #[command(long_about = "Print a shell completion script.\n\n\
 Example: fleetsim completions bash > ~/.local/share/bash-completion/completions/fleetsim")]
@@ -67,6 +77,22 @@ Example: fleetsim completions bash > ~/.local/share/bash-completion/completions/
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Control API URL of a run (`fleetsim run --api-listen ...`); repeat, or give several.
+    #[arg(long, value_name = "URL", required = true, num_args = 1..)]
+    pub attach: Vec<String>,
+
+    /// Bearer token of the runs' control API.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FLEETSIM_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,8 +153,32 @@ pub struct RunArgs {
     pub clock: Option<ClockArg>,
 
     /// No interactive display: plain progress lines, also on a terminal.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tui")]
     pub headless: bool,
+
+    /// The live dashboard (the default when stdin and stdout are a terminal): fleet health,
+    /// latency histograms, firmware, protocols, shards, events, one device in detail; pause,
+    /// resume, outages and rollouts from the keyboard. Keys: `?`. Logs go to
+    /// RUN_DIR/fleetsim.log meanwhile.
+    #[arg(long)]
+    pub tui: bool,
+
+    /// Serve the control API here: GET /metrics (Prometheus), /api/v1/snapshot, POST pause,
+    /// resume, faults, rollouts (docs/api.md). Port 0 picks a free one (the log says which).
+    /// Any address other than loopback needs --api-token.
+    ///
+    /// Example: --api-listen 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<std::net::SocketAddr>,
+
+    /// Bearer token the control API requires (`Authorization: Bearer TOKEN`), on every endpoint.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FLEETSIM_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
 
     /// Write the run report (JSON) here. Keys: docs/report.md.
     ///

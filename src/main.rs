@@ -2,11 +2,14 @@
 
 mod builtin;
 mod cli;
+mod logsink;
+mod port;
 mod preflight;
 mod progress;
 mod run_cmd;
 mod signals;
 mod summary;
+mod surfaces;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -25,15 +28,26 @@ pub enum Failure {
     Runtime(anyhow::Error),
 }
 
+/// The dashboard will own the terminal (log lines then go to a file: no colour codes there).
+fn dashboard_likely(cli: &Cli) -> bool {
+    match &cli.command {
+        Command::Run(a) => a.tui || (!a.headless && surfaces::on_terminal()),
+        Command::Rollout(a) => a.run.tui || (!a.run.headless && surfaces::on_terminal()),
+        Command::Top(_) => true,
+        _ => false,
+    }
+}
+
 fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(format!("{},rumqttd=off", cli.log_level)))
         .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
     let ansi = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && !dashboard_likely(cli);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| logsink::LogWriter);
     match cli.log_format {
         LogFormat::Human => builder.with_ansi(ansi).with_target(false).init(),
         LogFormat::Json => builder
@@ -103,6 +117,7 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => finish(run_cmd::run(*args, None)),
         Command::Rollout(args) => finish(run_cmd::rollout(*args)),
+        Command::Top(args) => finish(surfaces::top(args)),
     }
 }
 

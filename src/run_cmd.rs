@@ -295,14 +295,27 @@ pub fn run(
     };
     let stop = Arc::new(AtomicBool::new(false));
     crate::signals::install(stop.clone());
+    let control = fleet_engine::Control::new(shards);
     let mut opts = RunOptions {
         event_log: args.event_log.clone(),
         queries: None,
+        control: Some(control.clone()),
+        meta: fleet_metrics::RunMeta {
+            run_id: run_id.clone(),
+            scenario: settings.name.clone(),
+            seed: settings.seed,
+            clock: settings.clock.as_str().to_string(),
+            duration_s: settings.duration.as_secs_f64(),
+            shards,
+            broker: String::new(),
+            processes: 1,
+            source: "local".into(),
+        },
     };
     let mut progress = Progress::new(
         &settings,
         devices,
-        args.headless,
+        args.headless || crate::surfaces::tui_wanted(&args),
         args.progress_every.to_std(),
     );
 
@@ -312,11 +325,18 @@ pub fn run(
             let epoch_ms = settings
                 .start_epoch_ms
                 .unwrap_or(fleet_core::defaults::VIRTUAL_EPOCH_MS);
-            let plan = Arc::new(RunPlan::new(Arc::new(fleet), shards, epoch_ms));
+            let plan = RunPlan::new(Arc::new(fleet), shards, epoch_ms);
+            let desc = "simulated (virtual clock)".to_string();
+            opts.meta.broker = desc.clone();
+            let (plan, port, surfaces) = steer(&args, plan, &control, &stop)?;
             tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, "virtual run: simulated broker");
-            let out = fleet_engine::run_virtual(plan, &opts, stop.clone(), |s| progress.update(s))
-                .map_err(|e| Failure::Runtime(e.into()))?;
-            (out, "simulated (virtual clock)".to_string())
+            let out = fleet_engine::run_virtual(plan, &opts, stop.clone(), |s| {
+                progress.update(s);
+                port.publish(s);
+            })
+            .map_err(|e| Failure::Runtime(e.into()))?;
+            drop(surfaces);
+            (out, desc)
         }
         Clock::Wall => {
             let embedded = settings.broker_urls.is_empty() && mqtt_devices > 0;
@@ -377,7 +397,13 @@ pub fn run(
             };
             tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, broker = %desc, "wall-clock run");
             let fleet = Arc::new(fleet);
-            let plan = Arc::new(RunPlan::new(fleet.clone(), shards, epoch_ms));
+            opts.meta.broker = desc.clone();
+            let (plan, port, surfaces) = steer(
+                &args,
+                RunPlan::new(fleet.clone(), shards, epoch_ms),
+                &control,
+                &stop,
+            )?;
             let router = if modbus_plan.is_empty() && serial_plan.is_empty() {
                 None
             } else {
@@ -429,9 +455,13 @@ pub fn run(
                 },
                 &opts,
                 stop.clone(),
-                |s| progress.update(s),
+                |s| {
+                    progress.update(s);
+                    port.publish(s);
+                },
             )
             .map_err(|e| Failure::Runtime(e.into()))?;
+            drop(surfaces);
             (out, desc)
         }
     };
@@ -478,6 +508,40 @@ pub fn run(
     }
     print!("{}", summary::render(&report, args.report.as_deref()));
     Ok(report.ok)
+}
+
+/// The plan, the port the surfaces read, and the surfaces started.
+type Steered = (
+    Arc<RunPlan>,
+    Arc<crate::port::LocalPort>,
+    Option<crate::surfaces::Surfaces>,
+);
+
+/// The plan, with rollouts that may be started while it runs when someone can steer it; the
+/// port the surfaces read; the surfaces (the dashboard, the API) started.
+fn steer(
+    args: &RunArgs,
+    plan: RunPlan,
+    control: &Arc<fleet_engine::Control>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Steered, Failure> {
+    let steered = crate::surfaces::wanted(args);
+    let plan = Arc::new(if steered {
+        plan.with_live_rollouts()
+    } else {
+        plan
+    });
+    let port = crate::port::LocalPort::new(plan.clone(), control.clone());
+    let surfaces = if steered {
+        Some(crate::surfaces::Surfaces::start(
+            args,
+            port.clone(),
+            stop.clone(),
+        )?)
+    } else {
+        None
+    };
+    Ok((plan, port, surfaces))
 }
 
 /// Says where the serial ports are (also written to the map file).

@@ -16,17 +16,7 @@ pub fn us(v: u64) -> String {
     }
 }
 
-fn n(v: u64) -> String {
-    let s = v.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+use fleet_metrics::thousands as n;
 
 fn slo_value(metric: &str, v: f64) -> String {
     if metric.starts_with("latency_us") {

@@ -492,6 +492,11 @@ impl Device {
     pub fn link_rng(&mut self) -> &mut rand_pcg::Pcg32 {
         &mut self.rng.link
     }
+    /// Below its profile's low-battery threshold.
+    pub fn low_battery(&self) -> bool {
+        self.low_battery
+    }
+
     pub fn buffered(&self) -> usize {
         self.offline.len()
     }
@@ -1052,6 +1057,27 @@ impl Device {
     /// The latest reading of each sensor, as a Modbus master sees it (empty without a map).
     pub fn last_readings(&self) -> &[f64] {
         self.modbus.as_ref().map(|m| &m.last[..]).unwrap_or(&[])
+    }
+
+    /// Each sensor's value now, without a draw: the last reading for devices with a register
+    /// map, the model's noise-free value otherwise.
+    pub fn sensor_values(&self, now: SimTime, ctx: &DeviceCtx) -> Vec<f64> {
+        match &self.modbus {
+            Some(m) => m.last.to_vec(),
+            None => ctx
+                .cohort
+                .profile
+                .sensors
+                .iter()
+                .zip(self.sensors.iter())
+                .map(|(spec, st)| round_to(st.peek(spec, now), spec.decimals))
+                .collect(),
+        }
+    }
+
+    /// Whether `view` knows its uptime (devices with a register map or a serial port).
+    pub fn tracks_uptime(&self) -> bool {
+        self.modbus.is_some()
     }
 
     /// The device as an observer sees it at `now`.

@@ -172,16 +172,27 @@ impl Fleet {
         spec: crate::rollout::RolloutSpec,
         origin: &str,
     ) -> Result<(), ConfigErrors> {
+        let targets = self.resolve_rollout(&spec, origin)?;
+        self.settings.rollouts.push(spec);
+        self.rollouts.push(targets);
+        Ok(())
+    }
+
+    /// The targets `spec` would have in this fleet (checked like a scenario's rollouts, as the
+    /// next one), without adding it.
+    pub fn resolve_rollout(
+        &self,
+        spec: &crate::rollout::RolloutSpec,
+        origin: &str,
+    ) -> Result<RolloutTargets, ConfigErrors> {
         let mut errors = ConfigErrors::default();
         let mut settings = self.settings.clone();
-        settings.rollouts.push(spec);
-        let all = resolve_rollouts(origin, &settings, &self.cohorts, &mut errors);
-        if !errors.is_empty() {
-            return Err(errors);
+        settings.rollouts.push(spec.clone());
+        let mut all = resolve_rollouts(origin, &settings, &self.cohorts, &mut errors);
+        match all.pop() {
+            Some(t) if errors.is_empty() => Ok(t),
+            _ => Err(errors),
         }
-        self.settings = settings;
-        self.rollouts = all;
-        Ok(())
     }
 }
 

@@ -92,6 +92,17 @@ pub struct AbortRaw {
     pub failure_types: Vec<String>,
 }
 
+impl AbortRaw {
+    /// Abort at `failure_percent`, with the defaults of a scenario file for the rest.
+    pub fn new(failure_percent: f64) -> AbortRaw {
+        AbortRaw {
+            failure_percent,
+            min_executed: min_executed(),
+            failure_types: failure_types(),
+        }
+    }
+}
+
 fn min_executed() -> u32 {
     10
 }

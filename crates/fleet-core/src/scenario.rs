@@ -426,6 +426,196 @@ pub struct ScenarioSettings {
     pub ota_max_downloads: u32,
 }
 
+/// Checks one `[[events]]` entry (its `at` excepted: the caller places it in time) and turns it
+/// into a fleet event at `at`. Shared by scenario files and the control API.
+pub fn validate_event(
+    c: &mut Checker,
+    key: &str,
+    e: &EventRaw,
+    at: SimDuration,
+    cohort_exists: impl Fn(&str) -> bool,
+) -> FleetEvent {
+    let fraction = e.fraction.unwrap_or(1.0);
+    c.check(
+        fraction > 0.0 && fraction <= 1.0,
+        &format!("{key}.fraction"),
+        fraction,
+        "must be in (0, 1]",
+    );
+    if e.kind != EventKind::ModbusFault {
+        for field in [
+            ("fault", e.fault.is_some()),
+            ("exception_code", e.exception_code.is_some()),
+            ("delay", e.delay.is_some()),
+        ] {
+            if field.1 {
+                c.fail_key(
+                    &format!("{key}.{}", field.0),
+                    "applies to kind = \"modbus_fault\" only",
+                );
+            }
+        }
+    }
+    let devices = e.devices.as_ref().map(|d| {
+        if d.is_empty() {
+            c.fail(
+                &format!("{key}.devices"),
+                "[]",
+                "must name at least one device",
+            );
+        }
+        let mut d = d.clone();
+        d.sort_unstable();
+        d.dedup();
+        d
+    });
+    if let Some(name) = &e.cohort
+        && !cohort_exists(name)
+    {
+        c.fail(
+            &format!("{key}.cohort"),
+            format!("{name:?}"),
+            "must name a cohort of this scenario",
+        );
+    }
+    let kind = match e.kind {
+        EventKind::Outage => {
+            if e.spread.is_some() {
+                c.fail_key(
+                    &format!("{key}.spread"),
+                    "applies to reboot_wave, not outage",
+                );
+            }
+            match &e.duration {
+                Some(d) => FleetEventKind::Outage {
+                    duration: positive_duration(c, &format!("{key}.duration"), d),
+                },
+                None => {
+                    c.fail_key(
+                        &format!("{key}.duration"),
+                        "is required for kind = \"outage\"",
+                    );
+                    FleetEventKind::Outage {
+                        duration: SimDuration::ZERO,
+                    }
+                }
+            }
+        }
+        EventKind::ModbusFault => {
+            if e.spread.is_some() {
+                c.fail_key(
+                    &format!("{key}.spread"),
+                    "applies to reboot_wave, not modbus_fault",
+                );
+            }
+            let duration = match &e.duration {
+                Some(d) => positive_duration(c, &format!("{key}.duration"), d),
+                None => {
+                    c.fail_key(
+                        &format!("{key}.duration"),
+                        "is required for kind = \"modbus_fault\"",
+                    );
+                    SimDuration::ZERO
+                }
+            };
+            let fault = match e.fault.as_deref() {
+                Some("exception") => {
+                    let code = e.exception_code.unwrap_or(6);
+                    check_exception_code(c, &format!("{key}.exception_code"), code);
+                    ForcedFault::Exception(code)
+                }
+                Some("delay") => match &e.delay {
+                    Some(d) => ForcedFault::Delay(positive_duration(c, &format!("{key}.delay"), d)),
+                    None => {
+                        c.fail_key(
+                            &format!("{key}.delay"),
+                            "is required for fault = \"delay\" (like \"500ms\")",
+                        );
+                        ForcedFault::Silence
+                    }
+                },
+                Some("silence") => ForcedFault::Silence,
+                Some("drop_connection") => ForcedFault::DropConnection,
+                Some("bad_crc") => ForcedFault::BadCrc,
+                Some("truncated") => ForcedFault::Truncated,
+                Some("swapped_words") => ForcedFault::SwappedWords,
+                None => {
+                    c.fail_key(
+                        &format!("{key}.fault"),
+                        format!(
+                            "is required for kind = \"modbus_fault\": one of {}",
+                            FORCED_FAULT_NAMES.join(", ")
+                        ),
+                    );
+                    ForcedFault::Silence
+                }
+                other => {
+                    c.fail(
+                        &format!("{key}.fault"),
+                        format!("{:?}", other.unwrap_or("")),
+                        format!("must be one of {}", FORCED_FAULT_NAMES.join(", ")),
+                    );
+                    ForcedFault::Silence
+                }
+            };
+            if e.exception_code.is_some() && !matches!(fault, ForcedFault::Exception(_)) {
+                c.fail_key(
+                    &format!("{key}.exception_code"),
+                    "applies to fault = \"exception\" only",
+                );
+            }
+            if e.delay.is_some() && !matches!(fault, ForcedFault::Delay(_)) {
+                c.fail_key(&format!("{key}.delay"), "applies to fault = \"delay\" only");
+            }
+            FleetEventKind::ModbusFault { fault, duration }
+        }
+        EventKind::Unplug => {
+            if e.spread.is_some() {
+                c.fail_key(
+                    &format!("{key}.spread"),
+                    "applies to reboot_wave, not unplug",
+                );
+            }
+            match &e.duration {
+                Some(d) => FleetEventKind::Unplug {
+                    duration: positive_duration(c, &format!("{key}.duration"), d),
+                },
+                None => {
+                    c.fail_key(
+                        &format!("{key}.duration"),
+                        "is required for kind = \"unplug\" (how long the ports stay away)",
+                    );
+                    FleetEventKind::Unplug {
+                        duration: SimDuration::ZERO,
+                    }
+                }
+            }
+        }
+        EventKind::RebootWave => {
+            if e.duration.is_some() {
+                c.fail_key(
+                    &format!("{key}.duration"),
+                    "applies to outage; a reboot wave takes spread",
+                );
+            }
+            FleetEventKind::RebootWave {
+                spread: e
+                    .spread
+                    .as_deref()
+                    .map(|s| duration(c, &format!("{key}.spread"), s))
+                    .unwrap_or(SimDuration::ZERO),
+            }
+        }
+    };
+    FleetEvent {
+        at,
+        fraction,
+        cohort: e.cohort.clone(),
+        devices,
+        kind,
+    }
+}
+
 /// `mqtt://host:port` (port defaults to 1883).
 pub fn check_broker_url(url: &str) -> Result<(), String> {
     let rest = url
@@ -529,182 +719,6 @@ impl ScenarioFile {
         for (i, e) in self.events.iter().enumerate() {
             let key = format!("events[{i}]");
             let at = duration(&mut c, &format!("{key}.at"), &e.at);
-            let fraction = e.fraction.unwrap_or(1.0);
-            c.check(
-                fraction > 0.0 && fraction <= 1.0,
-                &format!("{key}.fraction"),
-                fraction,
-                "must be in (0, 1]",
-            );
-            if e.kind != EventKind::ModbusFault {
-                for field in [
-                    ("fault", e.fault.is_some()),
-                    ("exception_code", e.exception_code.is_some()),
-                    ("delay", e.delay.is_some()),
-                ] {
-                    if field.1 {
-                        c.fail_key(
-                            &format!("{key}.{}", field.0),
-                            "applies to kind = \"modbus_fault\" only",
-                        );
-                    }
-                }
-            }
-            let devices = e.devices.as_ref().map(|d| {
-                if d.is_empty() {
-                    c.fail(
-                        &format!("{key}.devices"),
-                        "[]",
-                        "must name at least one device",
-                    );
-                }
-                let mut d = d.clone();
-                d.sort_unstable();
-                d.dedup();
-                d
-            });
-            if let Some(name) = &e.cohort
-                && !self.cohorts.iter().any(|co| &co.name == name)
-            {
-                c.fail(
-                    &format!("{key}.cohort"),
-                    format!("{name:?}"),
-                    "must name a cohort of this scenario",
-                );
-            }
-            let kind = match e.kind {
-                EventKind::Outage => {
-                    if e.spread.is_some() {
-                        c.fail_key(
-                            &format!("{key}.spread"),
-                            "applies to reboot_wave, not outage",
-                        );
-                    }
-                    match &e.duration {
-                        Some(d) => FleetEventKind::Outage {
-                            duration: positive_duration(&mut c, &format!("{key}.duration"), d),
-                        },
-                        None => {
-                            c.fail_key(
-                                &format!("{key}.duration"),
-                                "is required for kind = \"outage\"",
-                            );
-                            FleetEventKind::Outage {
-                                duration: SimDuration::ZERO,
-                            }
-                        }
-                    }
-                }
-                EventKind::ModbusFault => {
-                    if e.spread.is_some() {
-                        c.fail_key(
-                            &format!("{key}.spread"),
-                            "applies to reboot_wave, not modbus_fault",
-                        );
-                    }
-                    let duration = match &e.duration {
-                        Some(d) => positive_duration(&mut c, &format!("{key}.duration"), d),
-                        None => {
-                            c.fail_key(
-                                &format!("{key}.duration"),
-                                "is required for kind = \"modbus_fault\"",
-                            );
-                            SimDuration::ZERO
-                        }
-                    };
-                    let fault = match e.fault.as_deref() {
-                        Some("exception") => {
-                            let code = e.exception_code.unwrap_or(6);
-                            check_exception_code(&mut c, &format!("{key}.exception_code"), code);
-                            ForcedFault::Exception(code)
-                        }
-                        Some("delay") => match &e.delay {
-                            Some(d) => ForcedFault::Delay(positive_duration(
-                                &mut c,
-                                &format!("{key}.delay"),
-                                d,
-                            )),
-                            None => {
-                                c.fail_key(
-                                    &format!("{key}.delay"),
-                                    "is required for fault = \"delay\" (like \"500ms\")",
-                                );
-                                ForcedFault::Silence
-                            }
-                        },
-                        Some("silence") => ForcedFault::Silence,
-                        Some("drop_connection") => ForcedFault::DropConnection,
-                        Some("bad_crc") => ForcedFault::BadCrc,
-                        Some("truncated") => ForcedFault::Truncated,
-                        Some("swapped_words") => ForcedFault::SwappedWords,
-                        None => {
-                            c.fail_key(
-                                &format!("{key}.fault"),
-                                format!(
-                                    "is required for kind = \"modbus_fault\": one of {}",
-                                    FORCED_FAULT_NAMES.join(", ")
-                                ),
-                            );
-                            ForcedFault::Silence
-                        }
-                        other => {
-                            c.fail(
-                                &format!("{key}.fault"),
-                                format!("{:?}", other.unwrap_or("")),
-                                format!("must be one of {}", FORCED_FAULT_NAMES.join(", ")),
-                            );
-                            ForcedFault::Silence
-                        }
-                    };
-                    if e.exception_code.is_some() && !matches!(fault, ForcedFault::Exception(_)) {
-                        c.fail_key(
-                            &format!("{key}.exception_code"),
-                            "applies to fault = \"exception\" only",
-                        );
-                    }
-                    if e.delay.is_some() && !matches!(fault, ForcedFault::Delay(_)) {
-                        c.fail_key(&format!("{key}.delay"), "applies to fault = \"delay\" only");
-                    }
-                    FleetEventKind::ModbusFault { fault, duration }
-                }
-                EventKind::Unplug => {
-                    if e.spread.is_some() {
-                        c.fail_key(
-                            &format!("{key}.spread"),
-                            "applies to reboot_wave, not unplug",
-                        );
-                    }
-                    match &e.duration {
-                        Some(d) => FleetEventKind::Unplug {
-                            duration: positive_duration(&mut c, &format!("{key}.duration"), d),
-                        },
-                        None => {
-                            c.fail_key(
-                                &format!("{key}.duration"),
-                                "is required for kind = \"unplug\" (how long the ports stay away)",
-                            );
-                            FleetEventKind::Unplug {
-                                duration: SimDuration::ZERO,
-                            }
-                        }
-                    }
-                }
-                EventKind::RebootWave => {
-                    if e.duration.is_some() {
-                        c.fail_key(
-                            &format!("{key}.duration"),
-                            "applies to outage; a reboot wave takes spread",
-                        );
-                    }
-                    FleetEventKind::RebootWave {
-                        spread: e
-                            .spread
-                            .as_deref()
-                            .map(|s| duration(&mut c, &format!("{key}.spread"), s))
-                            .unwrap_or(SimDuration::ZERO),
-                    }
-                }
-            };
             if at >= run_duration && run_duration > SimDuration::ZERO {
                 c.fail(
                     &format!("{key}.at"),
@@ -712,13 +726,8 @@ impl ScenarioFile {
                     format!("must be before the end of the run ({})", self.duration),
                 );
             }
-            events.push(FleetEvent {
-                at,
-                fraction,
-                cohort: e.cohort.clone(),
-                devices,
-                kind,
-            });
+            let cohort_exists = |name: &str| self.cohorts.iter().any(|co| co.name == name);
+            events.push(validate_event(&mut c, &key, e, at, cohort_exists));
         }
         let mut slos = Vec::new();
         for (i, s) in self.slo.iter().enumerate() {

@@ -111,6 +111,30 @@ impl SensorState {
         v
     }
 
+    /// The value now without a draw (noise and spikes left out), for observers: looking at a
+    /// device must not change what it does next.
+    pub fn peek(&self, spec: &SensorSpec, now: SimTime) -> f64 {
+        if now.as_micros() < self.stuck_until {
+            return self.stuck_value;
+        }
+        let clean = match spec.model {
+            SensorModel::Constant { value } => value,
+            SensorModel::Normal { mean, .. } => mean,
+            SensorModel::RandomWalk { .. } | SensorModel::Counter { .. } => self.value,
+            SensorModel::Sine {
+                mean,
+                amplitude,
+                period,
+                ..
+            } => {
+                let cycles = now.as_micros() as f64 / period.as_micros().max(1) as f64
+                    + f64::from(self.phase);
+                mean + amplitude * (std::f64::consts::TAU * cycles).sin()
+            }
+        };
+        clean + spec.faults.drift_per_hour * now.as_secs_f64() / 3600.0
+    }
+
     /// The counter's start time (a counter integrates from the device's start).
     pub fn start_at(&mut self, now: SimTime) {
         self.last_at = now.as_micros();

@@ -6,6 +6,7 @@
 //! shard and talks to a real broker through an `Adapter`. The engine knows no protocol.
 
 pub mod adapter;
+pub mod control;
 pub mod event_log;
 pub mod plan;
 pub mod process;
@@ -19,6 +20,7 @@ mod virtual_clock;
 mod wall_clock;
 
 pub use adapter::{Adapter, IdleAdapter, NetInput, SendOutcome};
+pub use control::Control;
 pub use plan::RunPlan;
 pub use query::{Query, QueryCx, QueryError, QueryInboxes, QueryRouter};
 pub use run::{

@@ -41,7 +41,7 @@ impl RunPlan {
         let start_times = ramp_times(RunSeed(s.seed), s.ramp_mode, s.ramp_per_second, total).into();
         let shards = shards.max(1);
         let rollouts =
-            crate::rollout::RolloutHub::new(&fleet, RunSeed(s.seed), shards).map(Arc::new);
+            crate::rollout::RolloutHub::new(&fleet, RunSeed(s.seed), shards, false).map(Arc::new);
         let (labels, base) = fleet.version_labels();
         RunPlan {
             rollouts,
@@ -57,6 +57,17 @@ impl RunPlan {
             start_times,
             fleet,
         }
+    }
+
+    /// Lets rollouts be started while the run goes (the control API, the TUI): the
+    /// orchestrator keeps ticking even with no rollout. Wall clock only.
+    pub fn with_live_rollouts(mut self) -> RunPlan {
+        if self.clock == Clock::Wall {
+            self.rollouts =
+                crate::rollout::RolloutHub::new(&self.fleet, self.seed, self.shards, true)
+                    .map(Arc::new);
+        }
+        self
     }
 
     /// The device ids shard `k` owns: every `shards`-th id from `devices.start + k`. Interleaved,

@@ -11,7 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::ops::Range;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 
 use fleet_core::ota::{FailStage, JobDoc, Outcome};
 use fleet_core::rollout::{Policy, RolloutSpec, Tally};
@@ -19,6 +19,10 @@ use fleet_core::{DeviceId, Fleet, RunSeed, SimDuration, SimTime};
 use fleet_metrics::ota::{
     AbortReport, Overshoot, RolloutCounts, RolloutLive, RolloutReport, RolloutTruth, WaveReport,
 };
+
+/// The tick of a hub that starts with no rollout but may be given some (wall clock, control
+/// API): a rollout started then is looked at within this long.
+pub const LIVE_PERIOD: SimDuration = SimDuration::from_secs(10);
 
 const TARGET_SALT: u64 = 0x726f_6c6c_0000_0000; // "roll"
 const ORDER_SALT: u64 = 0x6f72_6465_7200_0000; // "order"
@@ -37,54 +41,62 @@ pub struct RolloutPlan {
 
 impl RolloutPlan {
     pub fn build(fleet: &Fleet, seed: RunSeed) -> Vec<RolloutPlan> {
-        let total = fleet.total_devices();
         fleet
             .settings
             .rollouts
             .iter()
             .zip(&fleet.rollouts)
             .enumerate()
-            .map(|(i, (spec, targets))| {
-                let salt = TARGET_SALT ^ i as u64;
-                let order_salt = ORDER_SALT ^ i as u64;
-                let mut chosen: Vec<(f64, u32)> = Vec::new();
-                for c in fleet
-                    .cohorts
-                    .iter()
-                    .filter(|c| targets.cohorts.contains(&c.id))
-                {
-                    for id in c.first_device..c.first_device + c.count {
-                        let d = DeviceId(id);
-                        if spec.fraction >= 1.0 || seed.unit_draw(salt, d) < spec.fraction {
-                            chosen.push((seed.unit_draw(order_salt, d), id));
-                        }
-                    }
-                }
-                chosen.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                let order: Vec<u32> = chosen.into_iter().map(|(_, id)| id).collect();
-                let mut rank_of = vec![u32::MAX; total as usize];
-                for (r, id) in order.iter().enumerate() {
-                    rank_of[*id as usize] = r as u32;
-                }
-                RolloutPlan {
-                    doc: Arc::new(JobDoc {
-                        job_id: spec.name.clone(),
-                        version: spec.target_version.clone(),
-                        url: spec.url.clone(),
-                        size: spec.size,
-                        sha256: spec.sha256.clone(),
-                    }),
-                    cohort_names: targets
-                        .cohorts
-                        .iter()
-                        .map(|c| fleet.cohorts[usize::from(c.0)].name.clone())
-                        .collect(),
-                    spec: spec.clone(),
-                    order,
-                    rank_of,
-                }
-            })
+            .map(|(i, (spec, targets))| RolloutPlan::one(fleet, seed, i, spec, targets))
             .collect()
+    }
+
+    /// The plan of rollout number `i` of the run (its number salts the draws).
+    pub fn one(
+        fleet: &Fleet,
+        seed: RunSeed,
+        i: usize,
+        spec: &RolloutSpec,
+        targets: &fleet_core::load::RolloutTargets,
+    ) -> RolloutPlan {
+        let salt = TARGET_SALT ^ i as u64;
+        let order_salt = ORDER_SALT ^ i as u64;
+        let mut chosen: Vec<(f64, u32)> = Vec::new();
+        for c in fleet
+            .cohorts
+            .iter()
+            .filter(|c| targets.cohorts.contains(&c.id))
+        {
+            for id in c.first_device..c.first_device + c.count {
+                let d = DeviceId(id);
+                if spec.fraction >= 1.0 || seed.unit_draw(salt, d) < spec.fraction {
+                    chosen.push((seed.unit_draw(order_salt, d), id));
+                }
+            }
+        }
+        chosen.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let order: Vec<u32> = chosen.into_iter().map(|(_, id)| id).collect();
+        let mut rank_of = vec![u32::MAX; fleet.total_devices() as usize];
+        for (r, id) in order.iter().enumerate() {
+            rank_of[*id as usize] = r as u32;
+        }
+        RolloutPlan {
+            doc: Arc::new(JobDoc {
+                job_id: spec.name.clone(),
+                version: spec.target_version.clone(),
+                url: spec.url.clone(),
+                size: spec.size,
+                sha256: spec.sha256.clone(),
+            }),
+            cohort_names: targets
+                .cohorts
+                .iter()
+                .map(|c| fleet.cohorts[usize::from(c.0)].name.clone())
+                .collect(),
+            spec: spec.clone(),
+            order,
+            rank_of,
+        }
     }
 
     pub fn rank(&self, id: u32) -> Option<u32> {
@@ -526,6 +538,8 @@ impl RolloutRun {
 struct Orchestrator {
     runs: Vec<RolloutRun>,
     period: SimDuration,
+    /// Rollouts may be added while the run goes (wall clock, control API): keep ticking.
+    live: bool,
 }
 
 impl Orchestrator {
@@ -553,7 +567,7 @@ impl Orchestrator {
         for (i, run) in self.runs.iter_mut().enumerate() {
             run.tick(i as u16, now, self.period, &mut d);
         }
-        d.next_at = if self.runs.iter().any(RolloutRun::active) {
+        d.next_at = if self.live || self.runs.iter().any(RolloutRun::active) {
             now + self.period
         } else {
             SimTime::NEVER
@@ -577,7 +591,7 @@ struct HubState {
 
 /// Shared by the shards of a run (see the module's comment).
 pub struct RolloutHub {
-    pub plans: Arc<[Arc<RolloutPlan>]>,
+    plans: RwLock<Vec<Arc<RolloutPlan>>>,
     pub period: SimDuration,
     /// The first tick.
     pub first_tick: SimTime,
@@ -592,13 +606,19 @@ impl std::fmt::Debug for RolloutHub {
 }
 
 impl RolloutHub {
-    /// None when the fleet has no rollouts.
-    pub fn new(fleet: &Fleet, seed: RunSeed, shards: u16) -> Option<RolloutHub> {
+    /// None when the fleet has no rollouts (and rollouts cannot be added: `live` is false, or
+    /// no device takes updates).
+    pub fn new(fleet: &Fleet, seed: RunSeed, shards: u16, live: bool) -> Option<RolloutHub> {
         let plans: Vec<Arc<RolloutPlan>> = RolloutPlan::build(fleet, seed)
             .into_iter()
             .map(Arc::new)
             .collect();
-        let period = plans.iter().map(|p| p.spec.evaluate_every).min()?;
+        let live = live && fleet.cohorts.iter().any(|c| c.profile.ota.is_some());
+        let period = match plans.iter().map(|p| p.spec.evaluate_every).min() {
+            Some(p) => p,
+            None if live => LIVE_PERIOD,
+            None => return None,
+        };
         let first_at = plans
             .iter()
             .map(|p| p.spec.at)
@@ -609,11 +629,11 @@ impl RolloutHub {
         let first_tick = SimTime(k * period.as_micros());
         let runs = plans.iter().cloned().map(RolloutRun::new).collect();
         Some(RolloutHub {
-            plans: plans.into(),
+            plans: RwLock::new(plans),
             period,
             first_tick,
             state: Mutex::new(HubState {
-                orch: Orchestrator { runs, period },
+                orch: Orchestrator { runs, period, live },
                 present: shards,
                 arrived: 0,
                 collecting: first_tick,
@@ -623,6 +643,51 @@ impl RolloutHub {
             }),
             cv: Condvar::new(),
         })
+    }
+
+    /// Rollout number `i`.
+    pub fn plan(&self, i: u16) -> Option<Arc<RolloutPlan>> {
+        self.plans
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(usize::from(i))
+            .cloned()
+    }
+
+    /// Rollouts so far (the next one added gets this number).
+    pub fn len(&self) -> usize {
+        self.plans
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a rollout while the run goes (a live hub); it starts at the first tick at or after
+    /// its `at`. Refused once every shard has left.
+    pub fn add(&self, plan: RolloutPlan) -> Result<u16, String> {
+        let mut s = self.lock();
+        if !s.orch.live {
+            return Err("this run takes no new rollouts (it was not started with a control surface, or no device takes updates)".into());
+        }
+        if s.present == 0 {
+            return Err("the run has ended".into());
+        }
+        let mut plans = self.plans.write().unwrap_or_else(PoisonError::into_inner);
+        if plans.iter().any(|p| p.spec.name == plan.spec.name) {
+            return Err(format!(
+                "a rollout named {:?} exists already",
+                plan.spec.name
+            ));
+        }
+        let i = u16::try_from(plans.len()).map_err(|_| "too many rollouts".to_string())?;
+        let plan = Arc::new(plan);
+        plans.push(plan.clone());
+        s.orch.runs.push(RolloutRun::new(plan));
+        Ok(i)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {

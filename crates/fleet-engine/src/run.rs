@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 use fleet_metrics::{Collector, FleetSnapshot, ShardMetrics, ShardReport};
 
 use crate::adapter::Adapter;
+use crate::control::Control;
 use crate::event_log;
 use crate::plan::RunPlan;
 use crate::query::QueryInboxes;
 use crate::shard::Shard;
+use fleet_metrics::detect::Detector;
+use fleet_metrics::live::RunMeta;
 
 /// How often shards report and the collector publishes a snapshot.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -83,6 +86,11 @@ pub struct RunOptions {
     pub event_log: Option<PathBuf>,
     /// Inboxes for servers' queries (wall clock; see `QueryRouter`).
     pub queries: Option<Arc<QueryInboxes>>,
+    /// Steering (pause, faults, device lookups) and the feed of notable events. The run makes
+    /// one when none is given; give one to steer the run from outside.
+    pub control: Option<Arc<Control>>,
+    /// What snapshots say the run is.
+    pub meta: RunMeta,
 }
 
 /// How a run went.
@@ -148,6 +156,7 @@ where
     let span = tracing::Span::current();
     let hub = plan.rollouts.clone();
     let end = plan.end;
+    let control = opts.control.clone().unwrap_or_else(|| Control::new(shards));
     let mut outcome = std::thread::scope(|scope| {
         for k in 0..shards {
             let span = span.clone();
@@ -159,6 +168,7 @@ where
             let plan = plan.clone();
             let log_part = opts.event_log.as_ref().map(|p| event_log::part_path(p, k));
             let drive = &drive;
+            let control = control.clone();
             std::thread::Builder::new()
                 .name(format!("shard-{k}"))
                 .spawn_scoped(scope, move || {
@@ -166,7 +176,10 @@ where
                     let _shard = tracing::info_span!("shard", shard = k).entered();
                     let hub = plan.rollouts.clone();
                     let result = match Shard::new(k, plan, log_part.as_deref()) {
-                        Ok(shard) => drive(shard, &ctl),
+                        Ok(mut shard) => {
+                            shard.set_control(Some(control));
+                            drive(shard, &ctl)
+                        }
                         Err(e) => {
                             // Never joined the rollout ticks: the others must not wait for it.
                             if let Some(h) = hub {
@@ -185,15 +198,23 @@ where
                 .map_err(EngineError::Spawn)?;
         }
         drop(tx);
-        collect(
+        let live = Live {
+            plan: &plan,
+            control: &control,
+            meta: &opts.meta,
+            detector: Detector::new(),
+        };
+        let out = collect(
             &rx,
             &mut collector,
             shards,
             start,
             &stop,
             &mut observe,
-            plan.rollouts.as_deref(),
-        )
+            live,
+        );
+        control.close();
+        out
     })?;
     if let Some(path) = &opts.event_log {
         event_log::join_parts(path, shards).map_err(|source| EngineError::EventLog {
@@ -207,6 +228,32 @@ where
     Ok(outcome)
 }
 
+/// What snapshots carry beyond the shards' metrics.
+struct Live<'a> {
+    plan: &'a RunPlan,
+    control: &'a Control,
+    meta: &'a RunMeta,
+    detector: Detector,
+}
+
+impl Live<'_> {
+    fn fill(&mut self, snap: &mut FleetSnapshot) {
+        if let Some(h) = &self.plan.rollouts {
+            snap.rollouts = h.live();
+        }
+        snap.run = self.meta.clone();
+        snap.paused = self.control.paused();
+        snap.version_labels = self.plan.version_labels.to_vec();
+        let noticed =
+            self.detector
+                .observe(snap, &self.plan.fleet.settings.slos, SATURATION_LAG_US);
+        for (kind, message) in noticed {
+            self.control.note(kind, snap.sim_time_s, message);
+        }
+        snap.events = self.control.events();
+    }
+}
+
 fn collect(
     rx: &Receiver<ShardMsg>,
     collector: &mut Collector,
@@ -214,13 +261,8 @@ fn collect(
     start: Instant,
     stop: &AtomicBool,
     observe: &mut impl FnMut(&FleetSnapshot),
-    rollouts: Option<&crate::rollout::RolloutHub>,
+    mut live: Live<'_>,
 ) -> Result<RunOutcome, EngineError> {
-    let live = |snap: &mut FleetSnapshot| {
-        if let Some(h) = rollouts {
-            snap.rollouts = h.live();
-        }
-    };
     let mut done = 0u16;
     let mut at_end: Option<FleetSnapshot> = None;
     let mut failure: Option<EngineError> = None;
@@ -253,7 +295,7 @@ fn collect(
         if Instant::now() >= next_snapshot {
             next_snapshot += REPORT_INTERVAL;
             let mut snap = collector.snapshot(start.elapsed().as_secs_f64());
-            live(&mut snap);
+            live.fill(&mut snap);
             observe(&snap);
         }
         if done == shards {
@@ -264,7 +306,7 @@ fn collect(
         return Err(e);
     }
     let mut last = collector.snapshot(start.elapsed().as_secs_f64());
-    live(&mut last);
+    live.fill(&mut last);
     observe(&last);
     Ok(RunOutcome {
         at_end: at_end.unwrap_or_else(|| last.clone()),

@@ -10,14 +10,16 @@ use std::sync::Arc;
 
 use fleet_core::device::encode_status;
 use fleet_core::profile::Qos;
-use fleet_core::scenario::FleetEventKind;
+use fleet_core::scenario::{FleetEvent, FleetEventKind};
 use fleet_core::{
     Device, DeviceCtx, DeviceId, DeviceState, Effect, Effects, Event, Input, Publish, SimDuration,
     SimTime, TopicKind,
 };
+use fleet_metrics::live::{DeviceDetail, LiveEventKind, SensorReading};
 use fleet_metrics::{Counters, ShardMetrics, ShardReport};
 
 use crate::adapter::{Adapter, NetInput, SendOutcome};
+use crate::control::{Control, ShardCmd, Watch};
 use crate::event_log::EventLog;
 use crate::plan::RunPlan;
 use crate::query::{Query, QueryCx};
@@ -71,12 +73,21 @@ pub struct Shard {
     inputs: Vec<(u32, NetInput)>,
     /// What devices did for the rollout orchestrator since the last tick.
     pub obs: Vec<Obs>,
+    /// Commands from the TUI or the API (None: nobody steers this run).
+    control: Option<Arc<Control>>,
+    control_seen: u64,
+    /// Recent history of the devices looked at.
+    watch: Watch,
+    /// Time spent paused, in ms (see `ctx`).
+    pub epoch_shift_ms: u64,
 }
 
-fn ctx<'a>(plan: &'a RunPlan, device: &Device) -> DeviceCtx<'a> {
+/// A device's context; `shift_ms` is the time the run spent paused (timestamps stay on the
+/// wall clock while simulated time waited).
+fn ctx<'a>(plan: &'a RunPlan, shift_ms: u64, device: &Device) -> DeviceCtx<'a> {
     DeviceCtx {
         cohort: &plan.fleet.cohorts[usize::from(device.cohort.0)],
-        epoch_ms: plan.epoch_ms,
+        epoch_ms: plan.epoch_ms + shift_ms,
         end: plan.end,
         real_network: plan.clock == fleet_core::scenario::Clock::Wall,
     }
@@ -208,9 +219,85 @@ impl Shard {
             sim_in_flight: 0,
             inputs: Vec::new(),
             obs: Vec::new(),
+            control: None,
+            control_seen: 0,
+            watch: Watch::default(),
+            epoch_shift_ms: 0,
             devices,
             plan,
         })
+    }
+
+    /// Lets `control` steer this shard.
+    pub fn set_control(&mut self, control: Option<Arc<Control>>) {
+        self.control = control;
+    }
+
+    pub fn control(&self) -> Option<&Arc<Control>> {
+        self.control.as_ref()
+    }
+
+    /// Carries out the commands queued for this shard since the last look.
+    pub fn poll_control<A: Adapter>(&mut self, now: SimTime, net: &mut Net<A>) {
+        let Some(c) = self.control.clone() else {
+            return;
+        };
+        for cmd in c.take(self.id, &mut self.control_seen) {
+            match cmd {
+                ShardCmd::Fault { event, index } => {
+                    self.run_fleet_event(&event, index, now, net);
+                }
+                ShardCmd::Inspect { local, reply } => {
+                    let _ = reply.try_send(self.inspect(local, now));
+                }
+            }
+        }
+    }
+
+    /// Describes device `local` and keeps its history from now on.
+    fn inspect(&mut self, local: u32, now: SimTime) -> DeviceDetail {
+        let Some(d) = self.devices.get(local as usize) else {
+            return DeviceDetail::default();
+        };
+        let since = self.watch.watch(local, now.as_secs_f64());
+        let c = ctx(&self.plan, self.epoch_shift_ms, d);
+        let view = d.view(now, &c);
+        let mut id = Vec::new();
+        d.render_device_id(&c, &mut id);
+        let profile = &c.cohort.profile;
+        let sensors = profile
+            .sensors
+            .iter()
+            .zip(d.sensor_values(now, &c))
+            .map(|(s, value)| SensorReading {
+                name: s.name.clone(),
+                value,
+                unit: s.unit.clone().unwrap_or_default(),
+            })
+            .collect();
+        DeviceDetail {
+            id: d.id.0,
+            device_id: String::from_utf8_lossy(&id).into_owned(),
+            cohort: c.cohort.name.clone(),
+            profile: profile.name.clone(),
+            shard: self.id,
+            sim_time_s: now.as_secs_f64(),
+            state: view.state.as_str().into(),
+            powered: view.powered,
+            link_up: view.link_up,
+            uptime_s: d.tracks_uptime().then_some(view.uptime_s),
+            battery_percent: view.battery_percent,
+            low_battery: view.low_battery,
+            sensors,
+            seq: view.seq,
+            buffered: d.buffered() as u64,
+            interval_s: view.interval_s,
+            firmware: format!("{} {}", c.cohort.firmware.name, view.firmware),
+            slot: d.active_slot().into(),
+            ota_stage: d.ota_stage().as_str().into(),
+            recent: self.watch.history(local),
+            watched_since_s: since,
+        }
     }
 
     /// Schedules the fleet events, then every device's power-on. (Fleet events first: at equal
@@ -280,8 +367,13 @@ impl Shard {
                 match net {
                     Net::Real(adapter) if live => {
                         let d = &self.devices[p.dev as usize];
-                        let outcome =
-                            adapter.publish(p.dev, d, &ctx(&self.plan, d), &p.publish, &p.payload);
+                        let outcome = adapter.publish(
+                            p.dev,
+                            d,
+                            &ctx(&self.plan, self.epoch_shift_ms, d),
+                            &p.publish,
+                            &p.payload,
+                        );
                         self.count_send(&p.publish, p.payload.len(), outcome);
                     }
                     _ => {
@@ -301,7 +393,7 @@ impl Shard {
             Due::OtaNotify { rollout } => {
                 let plan = self.plan.clone();
                 let Some(hub) = &plan.rollouts else { return };
-                let Some(p) = hub.plans.get(usize::from(rollout)) else {
+                let Some(p) = hub.plan(rollout) else {
                     return;
                 };
                 let input = Input::Ota(OtaInput::Job {
@@ -318,7 +410,7 @@ impl Shard {
         let plan = self.plan.clone();
         let Some(hub) = &plan.rollouts else { return };
         for (rollout, ranks, window) in &d.notify {
-            let Some(p) = hub.plans.get(usize::from(*rollout)) else {
+            let Some(p) = hub.plan(*rollout) else {
                 continue;
             };
             let n = f64::from(ranks.end - ranks.start);
@@ -348,6 +440,27 @@ impl Shard {
         let Some(event) = plan.fleet.settings.events.get(index as usize) else {
             return;
         };
+        if self.id == 0
+            && let Some(c) = &self.control
+        {
+            c.note(
+                LiveEventKind::Fault,
+                now.as_secs_f64(),
+                crate::control::describe_event(event),
+            );
+        }
+        self.run_fleet_event(event, index, now, net);
+    }
+
+    /// Runs `event` on this shard's devices; `index` salts which devices it touches.
+    fn run_fleet_event<A: Adapter>(
+        &mut self,
+        event: &FleetEvent,
+        index: u32,
+        now: SimTime,
+        net: &mut Net<A>,
+    ) {
+        let plan = self.plan.clone();
         let cohort = event.cohort.as_ref().and_then(|name| {
             plan.fleet
                 .cohorts
@@ -565,7 +678,7 @@ impl Shard {
         self.step_delay = SimDuration::ZERO;
         {
             let d = &mut self.devices[i];
-            let c = ctx(&self.plan, d);
+            let c = ctx(&self.plan, self.epoch_shift_ms, d);
             f(QueryCx {
                 device: d,
                 ctx: &c,
@@ -591,6 +704,13 @@ impl Shard {
                 && let Err(err) = log.event(id, now, e)
             {
                 self.log_error.get_or_insert(err);
+            }
+            if !self.watch.is_empty() {
+                self.watch.record(dev, now.as_secs_f64(), || {
+                    let mut line = Vec::new();
+                    crate::event_log::write_event(&mut line, e);
+                    String::from_utf8_lossy(&line).into_owned()
+                });
             }
         }
         for effect in &fx.list {
@@ -650,7 +770,7 @@ impl Shard {
             }
             Net::Real(adapter) => {
                 let d = &self.devices[i];
-                adapter.connect(dev, d, &ctx(&self.plan, d), now);
+                adapter.connect(dev, d, &ctx(&self.plan, self.epoch_shift_ms, d), now);
             }
         }
     }
@@ -740,7 +860,8 @@ impl Shard {
                     return;
                 }
                 let d = &self.devices[i];
-                let outcome = adapter.publish(dev, d, &ctx(&self.plan, d), p, payload);
+                let outcome =
+                    adapter.publish(dev, d, &ctx(&self.plan, self.epoch_shift_ms, d), p, payload);
                 self.count_send(p, payload.len(), outcome);
             }
         }
@@ -816,8 +937,12 @@ impl Shard {
         let mut buffered = 0u64;
         let mut stages = [0u64; fleet_metrics::ota::OTA_STAGE_COUNT];
         let mut versions = vec![0u64; self.plan.version_labels.len()];
+        let mut low_battery = 0u64;
         for d in &self.devices {
             states[d.state().index()] += 1;
+            if d.low_battery() && d.state() != DeviceState::Dead {
+                low_battery += 1;
+            }
             buffered += d.buffered() as u64;
             let stage = d.ota_stage();
             stages[stage.index()] += 1;
@@ -837,6 +962,7 @@ impl Shard {
         self.metrics.ota_stages = stages;
         self.metrics.versions = versions;
         self.metrics.states = states;
+        self.metrics.low_battery = low_battery;
         self.metrics.buffered = buffered;
         self.metrics.in_flight = self.in_flight(net);
         self.metrics.take_report(self.id, now.as_micros(), done)
@@ -849,6 +975,10 @@ impl Shard {
         text: std::fmt::Arguments,
         payload: Option<&[u8]>,
     ) {
+        if !self.watch.is_empty() {
+            self.watch
+                .record(dev, now.as_secs_f64(), || text.to_string());
+        }
         if let Some(log) = &mut self.log
             && let Err(err) = log.line(self.devices[dev as usize].id, now, text, payload)
         {

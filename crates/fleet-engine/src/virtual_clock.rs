@@ -13,6 +13,9 @@ use crate::shard::{Net, Shard};
 /// How many entries run between looks at the wall clock (report time, Ctrl-C).
 const ENTRIES_PER_CHECK: u32 = 4096;
 
+/// How often a paused shard looks whether it may go on.
+const PAUSE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The adapter of virtual runs: there is none (an uninhabited type).
 pub enum NoAdapter {}
 
@@ -106,6 +109,16 @@ pub(crate) fn run_virtual(mut shard: Shard, ctl: &ShardControl) -> std::io::Resu
         since_check += 1;
         if since_check >= ENTRIES_PER_CHECK {
             since_check = 0;
+            shard.poll_control(now, &mut net);
+            // Paused: simulated time stands still; reports go on.
+            while shard.control().is_some_and(|c| c.paused()) && !ctl.stopped() {
+                std::thread::sleep(PAUSE_POLL);
+                shard.poll_control(now, &mut net);
+                if last_report.elapsed() >= crate::run::REPORT_INTERVAL {
+                    last_report = Instant::now();
+                    ctl.try_send(shard.report(now, false, &net), &mut shard.metrics);
+                }
+            }
             if ctl.stopped() {
                 interrupted = true;
                 break;

@@ -33,12 +33,61 @@ fn now_since(start: Instant) -> SimTime {
     SimTime(start.elapsed().as_micros() as u64)
 }
 
-/// Hands one adapter event to the adapter and what it makes of it to the devices.
-fn deliver<A: Adapter>(shard: &mut Shard, net: &mut Net<A>, ev: A::Event, now: SimTime) {
+/// Hands one adapter event to the adapter (at the real time `real`) and what it makes of it to
+/// the devices (at their time `now`: behind the real one by the time the run spent paused).
+fn deliver<A: Adapter>(
+    shard: &mut Shard,
+    net: &mut Net<A>,
+    ev: A::Event,
+    real: SimTime,
+    now: SimTime,
+) {
     if let Net::Real(a) = net {
-        a.on_event(ev, now, shard.inputs_mut());
+        a.on_event(ev, real, shard.inputs_mut());
     }
     shard.drain_inputs(now, net);
+}
+
+/// Simulated time stands still while the run is paused; sockets live on the real clock (the
+/// adapter's keep-alives go on), devices on the simulated one, `shift` behind it.
+#[derive(Default)]
+struct PauseClock {
+    /// Time spent paused in pauses that ended.
+    shift: SimDuration,
+    /// The real time the current pause began.
+    since: Option<SimTime>,
+}
+
+impl PauseClock {
+    /// Follows the control's pause flag; true when the shift changed (a pause ended).
+    fn follow(&mut self, paused: bool, real: SimTime) -> bool {
+        match (paused, self.since) {
+            (true, None) => {
+                self.since = Some(real);
+                false
+            }
+            (false, Some(p)) => {
+                self.shift = self.shift + real.saturating_since(p);
+                self.since = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn frozen(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// The devices' time at real time `real`.
+    fn device_time(&self, real: SimTime) -> SimTime {
+        SimTime(self.since.unwrap_or(real).0.saturating_sub(self.shift.0))
+    }
+
+    /// The real time of device time `t`.
+    fn real_time(&self, t: SimTime) -> SimTime {
+        if t.is_never() { t } else { t + self.shift }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -86,11 +135,20 @@ pub(crate) fn run_wall<A: Adapter>(
         let mut next_rollout = hub.as_ref().map_or(SimTime::NEVER, |h| h.first_tick);
         let mut rollout_n = 0usize;
         let mut awaiting = false;
+        let control = shard.control().cloned();
+        let mut clock = PauseClock::default();
         loop {
-            let now = now_since(start);
+            let real = now_since(start);
+            let pause = phase == Phase::Running && control.as_ref().is_some_and(|c| c.paused());
+            if clock.follow(pause, real) {
+                shard.epoch_shift_ms = clock.shift.as_millis();
+            }
+            let frozen = clock.frozen();
+            let now = clock.device_time(real);
             let mut net = Net::Real(&mut adapter);
+            shard.poll_control(now, &mut net);
             if let Some(h) = &hub {
-                if !awaiting && now >= next_rollout {
+                if !awaiting && !frozen && now >= next_rollout {
                     h.submit(next_rollout, &mut shard.obs);
                     awaiting = true;
                 }
@@ -102,7 +160,7 @@ pub(crate) fn run_wall<A: Adapter>(
                 }
             }
             let mut steps = 0;
-            while steps < MAX_STEPS_PER_TURN {
+            while steps < MAX_STEPS_PER_TURN && !frozen {
                 let Some(entry) = shard.sched.pop_due(now) else {
                     break;
                 };
@@ -112,7 +170,7 @@ pub(crate) fn run_wall<A: Adapter>(
             let mut events = 0;
             while events < MAX_EVENTS_PER_TURN {
                 let Ok(ev) = rx.try_recv() else { break };
-                deliver(&mut shard, &mut net, ev, now);
+                deliver(&mut shard, &mut net, ev, real, now);
                 events += 1;
             }
             if let Some(qrx) = &mut queries {
@@ -122,18 +180,18 @@ pub(crate) fn run_wall<A: Adapter>(
                     events += 1;
                 }
             }
-            if now >= next_adapter_tick {
-                while next_adapter_tick <= now {
+            if real >= next_adapter_tick {
+                while next_adapter_tick <= real {
                     next_adapter_tick += ADAPTER_TICK;
                 }
                 if let Net::Real(a) = &mut net {
-                    a.tick(now, shard.inputs_mut());
+                    a.tick(real, shard.inputs_mut());
                 }
                 shard.drain_inputs(now, &mut net);
             }
-            if now >= next_tick {
+            if real >= next_tick {
                 let interval = SimDuration::from_micros(REPORT_INTERVAL.as_micros() as u64);
-                while next_tick <= now {
+                while next_tick <= real {
                     next_tick += interval;
                 }
                 ctl.try_send(shard.report(now, false, &net), &mut shard.metrics);
@@ -154,17 +212,23 @@ pub(crate) fn run_wall<A: Adapter>(
                 tokio::task::yield_now().await;
                 continue;
             }
-            let next = shard
-                .sched
-                .peek_time()
-                .unwrap_or(SimTime::NEVER)
+            let device_next = if frozen {
+                SimTime::NEVER
+            } else {
+                shard
+                    .sched
+                    .peek_time()
+                    .unwrap_or(SimTime::NEVER)
+                    .min(if awaiting {
+                        now + SimDuration::from_millis(5)
+                    } else {
+                        next_rollout
+                    })
+            };
+            let next = clock
+                .real_time(device_next)
                 .min(next_tick)
-                .min(next_adapter_tick)
-                .min(if awaiting {
-                    now + SimDuration::from_millis(5)
-                } else {
-                    next_rollout
-                });
+                .min(next_adapter_tick);
             let cap = if blocked {
                 BLOCKED_WRITE_RETRY
             } else {
@@ -175,12 +239,14 @@ pub(crate) fn run_wall<A: Adapter>(
                 biased;
                 ev = rx.recv() => {
                     if let Some(ev) = ev {
-                        deliver(&mut shard, &mut Net::Real(&mut adapter), ev, now_since(start));
+                        let real = now_since(start);
+                        deliver(&mut shard, &mut Net::Real(&mut adapter), ev, real, clock.device_time(real));
                     }
                 }
                 q = next_query(&mut queries) => {
                     if let Some(q) = q {
-                        shard.run_query(q, now_since(start), &mut Net::Real(&mut adapter));
+                        let now = clock.device_time(now_since(start));
+                        shard.run_query(q, now, &mut Net::Real(&mut adapter));
                     }
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
@@ -190,7 +256,7 @@ pub(crate) fn run_wall<A: Adapter>(
         // the sockets.
         let flush_start = Instant::now();
         while shard.has_parked() && flush_start.elapsed() < FLUSH_WAIT {
-            let now = now_since(start);
+            let now = clock.device_time(now_since(start));
             let mut net = Net::Real(&mut adapter);
             while let Some(entry) = shard.sched.pop_due(now) {
                 shard.run_entry(entry, now, &mut net);
@@ -202,7 +268,7 @@ pub(crate) fn run_wall<A: Adapter>(
             adapter.flush();
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let now = now_since(start);
+        let now = clock.device_time(now_since(start));
         // Queries already queued (a serial port's last counts, a master's last request) are
         // answered before the final report, so what happened before the end is counted.
         if let Some(qrx) = &mut queries {

@@ -104,8 +104,9 @@ pub struct DeviceDetail {
     pub powered: bool,
     /// Its radio link is up (not in an outage or a link drop).
     pub link_up: bool,
-    /// Seconds since it last powered on or rebooted.
-    pub uptime_s: f64,
+    /// Seconds since it last powered on or rebooted (tracked for devices with a register map or
+    /// a serial port; None for the others).
+    pub uptime_s: Option<f64>,
     pub battery_percent: Option<f64>,
     pub low_battery: bool,
     pub sensors: Vec<SensorReading>,

@@ -1,0 +1,142 @@
+//! The run's control surfaces: the dashboard (fleet-tui) on this terminal, the control API
+//! (fleet-api) for Prometheus, scripts and `fleetsim top --attach`, and `top` itself.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fleet_metrics::FleetPort;
+
+use crate::Failure;
+use crate::cli::{RunArgs, TopArgs};
+use crate::port::LocalPort;
+
+/// Both ends of the terminal are a person's: the dashboard is the default.
+pub fn on_terminal() -> bool {
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+}
+
+pub fn tui_wanted(args: &RunArgs) -> bool {
+    args.tui || (!args.headless && on_terminal())
+}
+
+/// The run has someone who may steer it.
+pub fn wanted(args: &RunArgs) -> bool {
+    args.api_listen.is_some() || tui_wanted(args)
+}
+
+pub struct Surfaces {
+    api: Option<fleet_api::ApiServer>,
+    tui: Option<std::thread::JoinHandle<std::io::Result<fleet_tui::Exit>>>,
+    run_done: Arc<AtomicBool>,
+}
+
+impl Surfaces {
+    /// Starts what `args` asks for. Quitting the dashboard stops the run (`stop`), as Ctrl-C
+    /// does: sessions close and the report is written.
+    pub fn start(
+        args: &RunArgs,
+        port: Arc<LocalPort>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Surfaces, Failure> {
+        let api = match args.api_listen {
+            Some(listen) => {
+                let cfg = fleet_api::ApiConfig {
+                    listen,
+                    token: args.api_token.clone(),
+                };
+                let server = fleet_api::serve(port.clone(), cfg)
+                    .map_err(|e| Failure::Usage(e.to_string()))?;
+                tracing::info!(
+                    "control API on http://{} (GET /metrics, /api/v1/snapshot, /api/v1/devices/ID; POST /api/v1/pause, resume, faults, rollouts; docs/api.md)",
+                    server.local_addr
+                );
+                Some(server)
+            }
+            None => None,
+        };
+        let run_done = Arc::new(AtomicBool::new(false));
+        let tui = if tui_wanted(args) {
+            let log = args.run_dir.join("fleetsim.log");
+            crate::logsink::to_file(&log).map_err(|e| {
+                Failure::Usage(format!(
+                    "--run-dir {}: cannot write the log file {}: {e}",
+                    args.run_dir.display(),
+                    log.display()
+                ))
+            })?;
+            let opts = fleet_tui::RunOptions {
+                attached: false,
+                stop_when: Some(run_done.clone()),
+            };
+            let port: Arc<dyn FleetPort> = port;
+            let thread = std::thread::Builder::new()
+                .name("tui".into())
+                .spawn(move || {
+                    let exit = fleet_tui::run(port, opts);
+                    if !matches!(exit, Ok(fleet_tui::Exit::RunEnded)) {
+                        // Quit, or the terminal failed: end the run, write the report.
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    exit
+                })
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            Some(thread)
+        } else {
+            None
+        };
+        Ok(Surfaces { api, tui, run_done })
+    }
+}
+
+/// The run is over: the dashboard leaves (the terminal is restored before the summary), log
+/// lines go to stderr again, the API stops.
+impl Drop for Surfaces {
+    fn drop(&mut self) {
+        self.run_done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.tui.take() {
+            match t.join() {
+                Ok(Err(e)) => {
+                    crate::logsink::to_stderr();
+                    tracing::warn!("the dashboard failed: {e}");
+                }
+                Err(_) => {
+                    crate::logsink::to_stderr();
+                    tracing::warn!("the dashboard stopped unexpectedly");
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        crate::logsink::to_stderr();
+        if let Some(api) = self.api.take() {
+            api.shutdown();
+        }
+    }
+}
+
+/// `fleetsim top --attach URL...`: the dashboard over runs elsewhere.
+pub fn top(args: TopArgs) -> Result<bool, Failure> {
+    let remote = fleet_api::RemoteFleet::connect(args.attach.clone(), args.token.clone())
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    if !on_terminal() {
+        return Err(Failure::Usage(
+            "fleetsim top needs a terminal (for numbers in a script: curl URL/metrics or URL/api/v1/snapshot)".into(),
+        ));
+    }
+    let log = std::env::temp_dir().join("fleetsim-top.log");
+    if crate::logsink::to_file(&log).is_err() {
+        crate::logsink::to_file(std::path::Path::new("/dev/null"))
+            .map_err(|e| Failure::Runtime(e.into()))?;
+    }
+    let port: Arc<dyn FleetPort> = Arc::new(remote);
+    let exit = fleet_tui::run(
+        port,
+        fleet_tui::RunOptions {
+            attached: true,
+            stop_when: None,
+        },
+    );
+    crate::logsink::to_stderr();
+    exit.map_err(|e| Failure::Runtime(e.into()))?;
+    Ok(true)
+}
