@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The crate boundaries of docs/architecture.md, checked with `cargo tree`:
 # fleet-core and fleet-metrics never depend on tokio; fleet-engine never depends on an adapter
-# or a UI; adapters do not depend on each other; anyhow lives only in the binary.
+# or a UI; adapters do not depend on each other; anyhow lives only in the binary; the
+# dashboard and the API see snapshots and commands, not the engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail=0
@@ -31,4 +32,14 @@ forbid fleet-modbus anyhow "libraries use thiserror"
 forbid fleet-serial anyhow "libraries use thiserror"
 forbid fleet-serial fleet-mqtt "adapters do not depend on each other"
 forbid fleet-engine fleet-serial "the engine knows no protocol"
+forbid fleet-tui fleet-engine "the dashboard renders snapshots and sends commands, nothing else"
+forbid fleet-tui tokio "the dashboard renders snapshots and sends commands, nothing else"
+forbid fleet-tui fleet-mqtt "the dashboard knows no protocol"
+forbid fleet-tui anyhow "libraries use thiserror"
+forbid fleet-api fleet-engine "the API speaks FleetPort, not the engine"
+forbid fleet-api fleet-mqtt "the API knows no device protocol"
+forbid fleet-api ratatui "the API knows no UI"
+forbid fleet-api anyhow "libraries use thiserror"
+forbid fleet-engine fleet-api "the engine knows no control surface"
+forbid fleet-engine fleet-tui "the engine knows no UI"
 exit $fail

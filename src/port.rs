@@ -61,7 +61,7 @@ impl LocalPort {
     }
 
     fn sim_time_s(&self) -> f64 {
-        self.snapshot().map_or(0.0, |s| s.sim_time_s)
+        self.control.sim_time_s()
     }
 
     fn fault(&self, req: &FaultRequest) -> Result<String, PortError> {
@@ -90,14 +90,16 @@ impl LocalPort {
     }
 
     fn rollout(&self, req: &RolloutRequest) -> Result<String, PortError> {
+        if self.plan.clock == Clock::Virtual {
+            return Err(PortError::new(
+                ErrorKind::Conflict,
+                "rollouts cannot be started by hand on the virtual clock (the run is not in real time): add a [[rollouts]] entry to the scenario, or use `fleetsim rollout`",
+            ));
+        }
         let Some(hub) = &self.plan.rollouts else {
             return Err(PortError::new(
                 ErrorKind::Conflict,
-                if self.plan.clock == Clock::Virtual {
-                    "rollouts cannot be started by hand on the virtual clock (the run is not in real time): add a [[rollouts]] entry to the scenario, or use `fleetsim rollout`"
-                } else {
-                    "no device of this run takes updates (no profile has an [ota] table)"
-                },
+                "no device of this run takes updates (no profile has an [ota] table)",
             ));
         };
         let raw = fleet_core::rollout::RolloutRaw {

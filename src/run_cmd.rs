@@ -223,6 +223,7 @@ pub fn run(
     args: RunArgs,
     extra_rollout: Option<(fleet_core::rollout::RolloutSpec, bool)>,
 ) -> Result<bool, Failure> {
+    crate::surfaces::api_config(&args)?;
     let mut fleet = load(&args)?;
     apply_overrides(&mut fleet, &args)?;
     if let Some((spec, keep)) = extra_rollout {

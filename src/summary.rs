@@ -214,6 +214,7 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
         pr.cpu_system_s,
         pr.rss_peak_bytes as f64 / (1024.0 * 1024.0)
     );
+    render_events(&mut o, r);
     for (i, s) in r.slo.iter().enumerate() {
         let value = s
             .value
@@ -250,6 +251,55 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
     }
     let _ = writeln!(o);
     o
+}
+
+/// Notable events shown in the summary; the report keeps them all.
+const SUMMARY_EVENTS: usize = 8;
+
+/// The run's notable events, the latest few (commands given by hand always).
+fn render_events(o: &mut String, r: &RunReport) {
+    let commands = r
+        .events
+        .iter()
+        .filter(|e| e.kind == fleet_metrics::LiveEventKind::Control)
+        .count();
+    let shown: Vec<_> = r
+        .events
+        .iter()
+        .rev()
+        .take(SUMMARY_EVENTS)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    for (i, e) in shown.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "{}t={:<7} {:<8} {}",
+            if i == 0 {
+                "events       "
+            } else {
+                "             "
+            },
+            format!("{:.0}s", e.sim_time_s),
+            e.kind.as_str(),
+            e.message
+        );
+    }
+    if r.events.len() > shown.len() {
+        let _ = writeln!(
+            o,
+            "             ... {} earlier events in the report",
+            r.events.len() - shown.len()
+        );
+    }
+    if commands > 0 {
+        let _ = writeln!(
+            o,
+            "             steered by hand ({commands} command{}): the seed alone does not reproduce this run",
+            if commands == 1 { "" } else { "s" }
+        );
+    }
 }
 
 /// Firmware updates and rollouts (nothing when no device had a job).

@@ -20,6 +20,19 @@ pub fn tui_wanted(args: &RunArgs) -> bool {
     args.tui || (!args.headless && on_terminal())
 }
 
+/// The control API's settings, checked (before the run starts anything).
+pub fn api_config(args: &RunArgs) -> Result<Option<fleet_api::ApiConfig>, Failure> {
+    let Some(listen) = args.api_listen else {
+        return Ok(None);
+    };
+    let cfg = fleet_api::ApiConfig {
+        listen,
+        token: args.api_token.clone(),
+    };
+    cfg.check().map_err(|e| Failure::Usage(e.to_string()))?;
+    Ok(Some(cfg))
+}
+
 /// The run has someone who may steer it.
 pub fn wanted(args: &RunArgs) -> bool {
     args.api_listen.is_some() || tui_wanted(args)
@@ -39,12 +52,8 @@ impl Surfaces {
         port: Arc<LocalPort>,
         stop: Arc<AtomicBool>,
     ) -> Result<Surfaces, Failure> {
-        let api = match args.api_listen {
-            Some(listen) => {
-                let cfg = fleet_api::ApiConfig {
-                    listen,
-                    token: args.api_token.clone(),
-                };
+        let api = match api_config(args)? {
+            Some(cfg) => {
                 let server = fleet_api::serve(port.clone(), cfg)
                     .map_err(|e| Failure::Usage(e.to_string()))?;
                 tracing::info!(

@@ -38,6 +38,21 @@ pub struct ApiConfig {
     pub token: Option<String>,
 }
 
+impl ApiConfig {
+    /// The rules `serve` applies before it binds: a token off loopback, and a token that can
+    /// travel in a header. Callers check early, before anything else starts.
+    pub fn check(&self) -> Result<(), ApiError> {
+        if let Some(token) = &self.token {
+            crate::error::check_token("--api-token", token)?;
+        } else if !self.listen.ip().is_loopback() {
+            return Err(ApiError::TokenRequired {
+                listen: self.listen,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The token is never printed.
 impl std::fmt::Debug for ApiConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,11 +98,7 @@ impl Drop for ApiServer {
 /// Binds `cfg.listen` now (so a bad address is reported before the run starts) and serves the
 /// API on a thread of its own.
 pub fn serve(port: Arc<dyn FleetPort>, cfg: ApiConfig) -> Result<ApiServer, ApiError> {
-    if let Some(token) = &cfg.token {
-        crate::error::check_token("--api-token", token)?;
-    } else if !cfg.listen.ip().is_loopback() {
-        return Err(ApiError::TokenRequired { listen: cfg.listen });
-    }
+    cfg.check()?;
     let listener = TcpListener::bind(cfg.listen).map_err(|e| ApiError::Bind {
         listen: cfg.listen,
         reason: bind_reason(&e),

@@ -40,6 +40,8 @@ pub struct Control {
     /// Bumped by every queued shard command, so an idle check is one load.
     generation: AtomicU64,
     queues: Box<[Mutex<Vec<ShardCmd>>]>,
+    /// Each shard's simulated time when it last looked at its queue (µs).
+    sim_us: Box<[AtomicU64]>,
     /// Fleet events injected so far.
     injected: AtomicU32,
     /// The run has ended: commands are refused.
@@ -71,6 +73,7 @@ impl Control {
             paused: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             queues: (0..shards.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            sim_us: (0..shards.max(1)).map(|_| AtomicU64::new(0)).collect(),
             injected: AtomicU32::new(0),
             closed: AtomicBool::new(false),
             feed: Mutex::new(Feed {
@@ -152,8 +155,9 @@ impl Control {
             return Err(PortError::new(
                 ErrorKind::NotFound,
                 format!(
-                    "no device {key:?} in this run (give its number, 0..{}, or its device id)",
-                    plan.total_devices()
+                    "no device {key:?} in this run (give its number, {} to {}, or its device id)",
+                    plan.devices.start,
+                    plan.devices.end.saturating_sub(1)
                 ),
             ));
         };
@@ -174,8 +178,24 @@ impl Control {
         })
     }
 
-    /// The commands queued for `shard` when the generation moved past `seen`.
-    pub(crate) fn take(&self, shard: u16, seen: &mut u64) -> Vec<ShardCmd> {
+    /// The run's simulated time now, as far as the shards have told (the slowest one's, like
+    /// a snapshot's `sim_time_s`): when a command handed over now applies.
+    pub fn sim_time_s(&self) -> f64 {
+        let us = self
+            .sim_us
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        us as f64 / 1e6
+    }
+
+    /// The commands queued for `shard` when the generation moved past `seen`; `now_us` is the
+    /// shard's simulated time.
+    pub(crate) fn take(&self, shard: u16, now_us: u64, seen: &mut u64) -> Vec<ShardCmd> {
+        if let Some(t) = self.sim_us.get(usize::from(shard)) {
+            t.store(now_us, Ordering::Relaxed);
+        }
         let g = self.generation.load(Ordering::Acquire);
         if g == *seen {
             return Vec::new();
@@ -351,11 +371,12 @@ mod tests {
     fn a_shard_sees_commands_once_and_only_its_own() {
         let c = Control::new(2);
         let (mut seen0, mut seen1) = (0, 0);
-        assert!(c.take(0, &mut seen0).is_empty());
+        assert!(c.take(0, 5_000_000, &mut seen0).is_empty());
         let _rx = c.inspect(1, 5).expect("inspect");
-        assert!(c.take(0, &mut seen0).is_empty());
-        assert_eq!(c.take(1, &mut seen1).len(), 1);
-        assert!(c.take(1, &mut seen1).is_empty());
+        assert!(c.take(0, 6_000_000, &mut seen0).is_empty());
+        assert_eq!(c.take(1, 7_000_000, &mut seen1).len(), 1);
+        assert!(c.take(1, 7_000_000, &mut seen1).is_empty());
+        assert_eq!(c.sim_time_s(), 6.0, "the slowest shard's time");
     }
 
     #[test]

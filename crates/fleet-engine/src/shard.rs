@@ -242,7 +242,7 @@ impl Shard {
         let Some(c) = self.control.clone() else {
             return;
         };
-        for cmd in c.take(self.id, &mut self.control_seen) {
+        for cmd in c.take(self.id, now.as_micros(), &mut self.control_seen) {
             match cmd {
                 ShardCmd::Fault { event, index } => {
                     self.run_fleet_event(&event, index, now, net);

@@ -160,9 +160,9 @@ fn looking_at_devices_while_a_run_goes_changes_nothing_they_do() {
 fn unknown_devices_are_not_found_with_a_message_that_says_what_to_give() {
     let p = plan(files("1m", "virtual", 10, true), 1);
     let control = Control::new(1);
-    let e = control.device(&p, "probe-0010").expect_err("only 0..10");
+    let e = control.device(&p, "probe-0010").expect_err("only 0 to 9");
     assert_eq!(e.kind, fleet_metrics::ErrorKind::NotFound);
-    assert!(e.message.contains("0..10"), "{}", e.message);
+    assert!(e.message.contains("0 to 9"), "{}", e.message);
     let e = control.device(&p, "nonsense").expect_err("no digits");
     assert_eq!(e.kind, fleet_metrics::ErrorKind::NotFound);
 }

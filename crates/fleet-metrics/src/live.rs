@@ -241,7 +241,8 @@ fn trim(x: f64) -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CommandAck {
     pub message: String,
-    /// Simulated time at which it applies.
+    /// The run's simulated time when the command was handed to the shards (the slowest
+    /// shard's, as in a snapshot): when it applies.
     pub sim_time_s: f64,
 }
 

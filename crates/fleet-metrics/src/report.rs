@@ -184,6 +184,10 @@ pub struct RunReport {
     /// Rollouts fleetsim ran itself (`[[rollouts]]`, `fleetsim rollout`).
     pub rollouts: Vec<crate::ota::RolloutReport>,
     pub process: ProcessStats,
+    /// Notable events (the latest `live::EVENTS_KEPT`): faults that fired, commands given by
+    /// hand (a run steered by hand is not reproducible from its seed: these say what was done),
+    /// reconnect storms, rollout waves, SLO breaches seen while running.
+    pub events: Vec<crate::live::LiveEvent>,
     pub slo: Vec<SloResult>,
     pub ok: bool,
 }
@@ -293,6 +297,7 @@ impl RunReport {
             ota: ota_section,
             rollouts: ota.rollouts,
             process,
+            events: last.events.clone(),
             run,
             slo: Vec::new(),
             ok: true,

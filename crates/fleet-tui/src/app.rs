@@ -215,10 +215,11 @@ impl App {
     pub fn on_command(&mut self, command: &Command, result: Result<CommandAck, PortError>) {
         let what = command.describe();
         self.status = Some(match result {
+            // The run says what it did (it knows more: how many devices, when it starts).
             Ok(ack) => Status {
                 level: StatusLevel::Ok,
                 text: format!(
-                    "{what}: {} (sim {})",
+                    "{} (sim {})",
                     ack.message,
                     crate::widgets::clock(ack.sim_time_s)
                 ),

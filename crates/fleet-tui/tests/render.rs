@@ -109,7 +109,7 @@ fn overview_shows_states_rates_latency_errors_and_lag() {
         "1,284",
         "p99",
         "p99.9",
-        "publish->ack 1s",
+        "pub-ack 1s",
         "1,662",
         "failed_offline",
         "2,118",

@@ -109,7 +109,7 @@ fn a_confirmed_pause_reaches_the_port_and_its_ack_the_status_line() {
     let (exit, _app, screen) = run(&port, "py");
     assert_eq!(exit, Exit::RunEnded);
     assert_eq!(*port.commands.lock().expect("lock"), vec![Command::Pause]);
-    assert!(screen.contains("pause: paused (sim 00:05:00)"), "{screen}");
+    assert!(screen.contains(" paused (sim 00:05:00)"), "{screen}");
 }
 
 #[test]

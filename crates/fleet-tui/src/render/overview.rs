@@ -183,23 +183,25 @@ fn render_latency(frame: &mut Frame, t: Theme, snap: &FleetSnapshot, area: Rect)
     )
     .style(t.dim());
     let rows = vec![
-        percentile_row("publish->ack 1s", &snap.publish_ack_interval, t),
-        percentile_row("publish->ack run", &snap.publish_ack, t),
+        percentile_row("pub-ack 1s", &snap.publish_ack_interval, t),
+        percentile_row("pub-ack run", &snap.publish_ack, t),
         percentile_row("connect run", &snap.connect, t),
     ];
+    // Every number fits its column (`micros` is at most 6 wide below a minute): a cell
+    // narrower than its text would cut digits off the front.
     let widths = [
-        Constraint::Length(16),
-        Constraint::Fill(1),
-        Constraint::Fill(1),
-        Constraint::Fill(1),
-        Constraint::Fill(1),
-        Constraint::Fill(1),
-        Constraint::Fill(1),
+        Constraint::Length(11),
+        Constraint::Min(6),
+        Constraint::Min(6),
+        Constraint::Min(6),
+        Constraint::Min(6),
+        Constraint::Min(6),
+        Constraint::Min(8),
     ];
     let table = Table::new(rows, widths)
         .header(header)
         .column_spacing(1)
-        .block(t.block("Latency"));
+        .block(t.block("Latency · publish->ack from the scheduled send"));
     frame.render_widget(table, area);
 }
 
