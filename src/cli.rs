@@ -164,11 +164,11 @@ pub struct RunArgs {
     pub tui: bool,
 
     /// Serve the control API here: GET /metrics (Prometheus), /api/v1/snapshot, POST pause,
-    /// resume, faults, rollouts (docs/api.md). Port 0 picks a free one (the log says which).
-    /// Any address other than loopback needs --api-token.
+    /// resume, faults, rollouts (docs/api.md). A port alone listens on 127.0.0.1; port 0 picks
+    /// a free one (the log says which). Any address other than loopback needs --api-token.
     ///
-    /// Example: --api-listen 127.0.0.1:9464
-    #[arg(long, value_name = "ADDR")]
+    /// Example: --api-listen 9464, --api-listen 0.0.0.0:9464 --api-token $TOKEN
+    #[arg(long, value_name = "[IP:]PORT", value_parser = parse_api_listen)]
     pub api_listen: Option<std::net::SocketAddr>,
 
     /// Bearer token the control API requires (`Authorization: Bearer TOKEN`), on every endpoint.
@@ -240,6 +240,16 @@ pub struct RunArgs {
     /// Progress line interval when not on a terminal (or with --headless).
     #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration_arg)]
     pub progress_every: fleet_core::SimDuration,
+}
+
+/// `9464` (loopback) or `IP:PORT`.
+fn parse_api_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| {
+        format!("{s:?} is not a port (9464) or an address with a port (127.0.0.1:9464, [::1]:9464)")
+    })
 }
 
 fn parse_duration_arg(s: &str) -> Result<fleet_core::SimDuration, String> {
