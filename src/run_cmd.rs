@@ -333,7 +333,9 @@ pub fn run(
             tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, "virtual run: simulated broker");
             let out = fleet_engine::run_virtual(plan, &opts, stop.clone(), |s| {
                 progress.update(s);
-                port.publish(s);
+                if let Some(port) = &port {
+                    port.publish(s);
+                }
             })
             .map_err(|e| Failure::Runtime(e.into()))?;
             drop(surfaces);
@@ -458,7 +460,9 @@ pub fn run(
                 stop.clone(),
                 |s| {
                     progress.update(s);
-                    port.publish(s);
+                    if let Some(port) = &port {
+                        port.publish(s);
+                    }
                 },
             )
             .map_err(|e| Failure::Runtime(e.into()))?;
@@ -511,10 +515,11 @@ pub fn run(
     Ok(report.ok)
 }
 
-/// The plan, the port the surfaces read, and the surfaces started.
+/// The plan, the port the surfaces read, and the surfaces started (no port, no surfaces when
+/// nobody steers the run).
 type Steered = (
     Arc<RunPlan>,
-    Arc<crate::port::LocalPort>,
+    Option<Arc<crate::port::LocalPort>>,
     Option<crate::surfaces::Surfaces>,
 );
 
@@ -532,17 +537,12 @@ fn steer(
     } else {
         plan
     });
+    if !steered {
+        return Ok((plan, None, None));
+    }
     let port = crate::port::LocalPort::new(plan.clone(), control.clone());
-    let surfaces = if steered {
-        Some(crate::surfaces::Surfaces::start(
-            args,
-            port.clone(),
-            stop.clone(),
-        )?)
-    } else {
-        None
-    };
-    Ok((plan, port, surfaces))
+    let surfaces = crate::surfaces::Surfaces::start(args, port.clone(), stop.clone())?;
+    Ok((plan, Some(port), Some(surfaces)))
 }
 
 /// Says where the serial ports are (also written to the map file).
