@@ -39,16 +39,30 @@
 #    server that cuts the first transfer at 40 % (the device resumes with Range: bytes=N-), a
 #    wrong sha256 failing at verifying; the report's ota counters match what the server saw.
 #    (`python3 scripts/ota_interop.py --self-test` proves the checks against a fake fleet.)
+# H  The live surfaces as a person uses them (scripts/tui_interop.py; the demo scenario, 2,000
+#    devices on the embedded broker): /metrics of a run with --api-listen parsed by Python's
+#    prometheus_client (every family docs/api.md lists, with its type; only fleetsim_ names;
+#    devices by state summing to the total; counters growing; histograms with the documented
+#    buckets, cumulative, +Inf = _count > 0); the JSON API (health, snapshot, pause: published
+#    and simulated time stand still; resume, 409 when not paused; a fault and its "control"
+#    event; malformed bodies -> 400 {"error": ...}; 405; devices by id and number, 404), the
+#    run's report. The dashboard (`run --tui`) in tmux: overview and header, screens 2-6, the
+#    help, an outage from the form with its [y/N] ("control" then "storm" on the Events
+#    screen), a device looked up with /, q (the summary on the terminal, exit 0 or 1, the
+#    report interrupted, log lines in RUN_DIR/fleetsim.log only). `top --attach` over two runs
+#    in tmux: the merged header (processes 2, devices 600), pause and resume of both runs, q
+#    leaving both running, then Ctrl-C ending each with its report.
 #
-# Needs root (or sudo) for apt-get when mosquitto, mosquitto_sub/pub, python3, (for E) mbpoll or
-# (for F) socat are missing, and pip for pymodbus + pyserial (E, F), pynmea2 (F) and paho-mqtt
-# (G) when python3 lacks them.
+# Needs root (or sudo) for apt-get when mosquitto, mosquitto_sub/pub, python3, (for E) mbpoll,
+# (for F) socat or (for H) tmux are missing, and pip for pymodbus + pyserial (E, F), pynmea2 (F),
+# paho-mqtt (G) and prometheus_client (H) when python3 lacks them.
 # Environment:
-#   INTEROP_ONLY=E,...      run only these tests (letters A-G, comma-separated; "modbus" = E,
-#                           "serial" = F, "ota" = G)
+#   INTEROP_ONLY=E,...      run only these tests (letters A-H, comma-separated; "modbus" = E,
+#                           "serial" = F, "ota" = G, "tui" = H)
 #   FLEETSIM=path           use this binary instead of `cargo build --release`
 #   INTEROP_STRICT=0        report known fleetsim bugs as KNOWN instead of failing (default 1: they fail)
-#   INTEROP_KEEP_TMP=1      keep the temp folder (broker logs, subscriber output, reports)
+#   INTEROP_KEEP_TMP=1      keep the temp folder (broker logs, subscriber output, reports, H's
+#                           screens H-tui-NN-*.txt and H-top-NN-*.txt)
 #   INTEROP_BUILD_TIMEOUT   seconds for cargo build (default 3600)
 # Ends with the line "N passed, M failed"; exits 0 only when M is 0.
 
@@ -67,6 +81,7 @@ ONLY=",${INTEROP_ONLY:-},"
 ONLY="${ONLY//,modbus,/,E,}"
 ONLY="${ONLY//,serial,/,F,}"
 ONLY="${ONLY//,ota,/,G,}"
+ONLY="${ONLY//,tui,/,H,}"
 want() { [[ "$ONLY" == ",," || "$ONLY" == *",$1,"* ]]; } # want TEST: is test TEST selected?
 PASSED=0
 FAILED=0
@@ -94,6 +109,12 @@ cleanup() {
     for pid in "${BG_PIDS[@]}"; do
         wait "$pid" 2>/dev/null
     done
+    # Test H's tmux sessions (tui_interop.py ends them itself, unless it was killed).
+    if want H && command -v tmux >/dev/null 2>&1; then
+        for session in "tui-$$" "top-$$"; do
+            tmux -L fleetsim-interop kill-session -t "=$session" 2>/dev/null
+        done
+    fi
     if [[ -n "$TMP" && -d "$TMP" ]]; then
         if [[ "${INTEROP_KEEP_TMP:-0}" == 1 ]]; then
             echo "interop: kept $TMP"
@@ -122,8 +143,8 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-[[ "$ONLY" == ",," || "$ONLY" =~ ^,([A-G],)+$ ]] ||
-    die "INTEROP_ONLY=${INTEROP_ONLY:-}: want test letters A-G (or modbus, serial, ota), comma-separated"
+[[ "$ONLY" == ",," || "$ONLY" =~ ^,([A-H],)+$ ]] ||
+    die "INTEROP_ONLY=${INTEROP_ONLY:-}: want test letters A-H (or modbus, serial, ota, tui), comma-separated"
 
 # ---------------------------------------------------------------------------------------------
 # Tools
@@ -137,6 +158,10 @@ fi
 if want F; then
     APT_PACKAGES+=(socat)
     TOOLS+=(socat)
+fi
+if want H; then
+    APT_PACKAGES+=(tmux)
+    TOOLS+=(tmux)
 fi
 for tool in "${TOOLS[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || need_install=1
@@ -204,6 +229,17 @@ if want G && ! python3 -c 'import sys, paho.mqtt; sys.exit(paho.mqtt.__version__
 fi
 if want G; then
     log "paho-mqtt: $(python3 -c 'import paho.mqtt; print(paho.mqtt.__version__)')"
+fi
+# Test H's Prometheus parser: prometheus_client, pinned (its text parser is the reference
+# reader of the exposition format; it has no __version__, hence importlib.metadata).
+PROMETHEUS_CLIENT_VERSION=0.21.1
+if want H && ! python3 -c 'import sys, prometheus_client.parser
+from importlib.metadata import version
+sys.exit(version("prometheus-client") != sys.argv[1])' "$PROMETHEUS_CLIENT_VERSION" 2>/dev/null; then
+    pip_install prometheus_client "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+fi
+if want H; then
+    log "tmux: $(tmux -V); prometheus_client: $(python3 -c 'from importlib.metadata import version; print(version("prometheus-client"))')"
 fi
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/fleetsim-interop.XXXXXX")"
@@ -366,6 +402,7 @@ py_checks() {
 modbus_checks() { py_checks E modbus_interop.py "$@"; }
 serial_checks() { py_checks F serial_interop.py "$@"; }
 ota_checks() { py_checks G ota_interop.py "$@"; }
+tui_checks() { py_checks H tui_interop.py "$@"; }
 
 # Tests A-D run scenarios/smoke.toml; each test sits in an `if want X` (INTEROP_ONLY), its
 # lines left as they were, not indented under it.
@@ -756,6 +793,21 @@ ota_checks $((G_DURATION + 120)) live --port "$PORT" --report "$TMP/G.json" --lo
     --duration "${G_DURATION}s" --report "$TMP/G.json" --headless --run-dir "$TMP/G-run"
 stop_broker
 fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want H; then
+log "Test H: /metrics through prometheus_client and the control API; run --tui and top --attach driven in tmux (scenarios/demo.toml)"
+# scripts/tui_interop.py starts every fleetsim itself (from $ROOT, so `run` plays the demo:
+# 2,000 devices), reads screens with tmux -L fleetsim-interop (sessions tui-$$ and top-$$) and
+# ends what it started. Outputs, reports and every screen it read: $TMP/H-* (INTEROP_KEEP_TMP=1).
+H_ARGS=(--fleetsim "$FLEETSIM" --tmp "$TMP" --cwd "$ROOT" --tag "$$")
+# run --headless --duration 30s --api-listen 127.0.0.1:0 (about 35 s: paused 2-3 s on the way, the drain)
+tui_checks 150 metrics "${H_ARGS[@]}" --run-timeout 100
+# run --tui --duration 60s in a 140x45 tmux session, quit with q once the checks are done (10-30 s)
+tui_checks 150 tui "${H_ARGS[@]}"
+# two run --headless --devices 300 --duration 40s --api-listen, and top --attach over both
+tui_checks 120 attach "${H_ARGS[@]}"
 fi
 
 # cleanup (the EXIT trap) prints "N passed, M failed" and sets the exit code.

@@ -330,6 +330,7 @@ pub fn run(
             let desc = "simulated (virtual clock)".to_string();
             opts.meta.broker = desc.clone();
             let (plan, port, surfaces) = steer(&args, plan, &control, &stop)?;
+            describe_surfaces(&mut opts, surfaces.as_ref());
             tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, "virtual run: simulated broker");
             let out = fleet_engine::run_virtual(plan, &opts, stop.clone(), |s| {
                 progress.update(s);
@@ -398,7 +399,6 @@ pub fn run(
             } else {
                 (resolved, settings.broker_urls.join(", "))
             };
-            tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, broker = %desc, "wall-clock run");
             let fleet = Arc::new(fleet);
             opts.meta.broker = desc.clone();
             let (plan, port, surfaces) = steer(
@@ -407,6 +407,8 @@ pub fn run(
                 &control,
                 &stop,
             )?;
+            describe_surfaces(&mut opts, surfaces.as_ref());
+            tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, broker = %desc, "wall-clock run");
             let router = if modbus_plan.is_empty() && serial_plan.is_empty() {
                 None
             } else {
@@ -543,6 +545,13 @@ fn steer(
     let port = crate::port::LocalPort::new(plan.clone(), control.clone());
     let surfaces = crate::surfaces::Surfaces::start(args, port.clone(), stop.clone())?;
     Ok((plan, Some(port), Some(surfaces)))
+}
+
+/// Where the run can be reached, for the dashboard's status line (its log is in a file then).
+fn describe_surfaces(opts: &mut RunOptions, surfaces: Option<&crate::surfaces::Surfaces>) {
+    if let Some(addr) = surfaces.and_then(crate::surfaces::Surfaces::api_addr) {
+        opts.meta.source = format!("local run · control API on http://{addr}");
+    }
 }
 
 /// Says where the serial ports are (also written to the map file).

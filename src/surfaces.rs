@@ -52,6 +52,20 @@ impl Surfaces {
         port: Arc<LocalPort>,
         stop: Arc<AtomicBool>,
     ) -> Result<Surfaces, Failure> {
+        let run_done = Arc::new(AtomicBool::new(false));
+        // The dashboard owns the terminal from here: log lines (the API's address first) go to
+        // the log file.
+        let tui_wanted = tui_wanted(args);
+        if tui_wanted {
+            let log = args.run_dir.join("fleetsim.log");
+            crate::logsink::to_file(&log).map_err(|e| {
+                Failure::Usage(format!(
+                    "--run-dir {}: cannot write the log file {}: {e}",
+                    args.run_dir.display(),
+                    log.display()
+                ))
+            })?;
+        }
         let api = match api_config(args)? {
             Some(cfg) => {
                 let server = fleet_api::serve(port.clone(), cfg)
@@ -64,16 +78,7 @@ impl Surfaces {
             }
             None => None,
         };
-        let run_done = Arc::new(AtomicBool::new(false));
-        let tui = if tui_wanted(args) {
-            let log = args.run_dir.join("fleetsim.log");
-            crate::logsink::to_file(&log).map_err(|e| {
-                Failure::Usage(format!(
-                    "--run-dir {}: cannot write the log file {}: {e}",
-                    args.run_dir.display(),
-                    log.display()
-                ))
-            })?;
+        let tui = if tui_wanted {
             let opts = fleet_tui::RunOptions {
                 attached: false,
                 stop_when: Some(run_done.clone()),
@@ -95,6 +100,13 @@ impl Surfaces {
             None
         };
         Ok(Surfaces { api, tui, run_done })
+    }
+}
+
+impl Surfaces {
+    /// Where the control API listens.
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api.as_ref().map(|a| a.local_addr)
     }
 }
 

@@ -102,10 +102,12 @@ fn render_status(frame: &mut Frame, app: &App, snap: Option<&FleetSnapshot>, are
         }
         None => {
             let source = snap.map_or("", |s| s.run.source.as_str());
-            let text = match (app.attached, source.is_empty()) {
-                (true, true) => " attached: commands go to every attached run".to_string(),
-                (true, false) => format!(" attached to {source}: commands go to every run"),
-                (false, _) => " local run".to_string(),
+            let text = match (app.attached, source) {
+                (true, "") => " attached: commands go to every attached run".to_string(),
+                (true, _) => format!(" attached to {source}: commands go to every run"),
+                (false, "" | "local") => " local run".to_string(),
+                // A local run says where else it can be reached (its control API).
+                (false, _) => format!(" {source}"),
             };
             Line::styled(text, t.dim())
         }
