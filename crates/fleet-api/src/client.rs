@@ -206,6 +206,24 @@ fn unreachable_error(t: &Target, e: String) -> PortError {
     )
 }
 
+/// A process's answer: the JSON of `T` when `ok`, its error (JSON or not) otherwise.
+fn answer<T: serde::de::DeserializeOwned>(
+    t: &Target,
+    ok: bool,
+    status: u16,
+    bytes: &[u8],
+) -> Result<T, PortError> {
+    if !ok {
+        return Err(port_error_from_http(&t.url, status, bytes));
+    }
+    serde_json::from_slice::<T>(bytes).map_err(|e| {
+        PortError::new(
+            ErrorKind::Unavailable,
+            format!("{}: unexpected answer: {e}", t.url),
+        )
+    })
+}
+
 impl FleetPort for RemoteFleet {
     fn snapshot(&self) -> Option<Arc<FleetSnapshot>> {
         self.latest.lock().clone()
@@ -229,18 +247,7 @@ impl FleetPort for RemoteFleet {
             Method::POST,
             path.to_string(),
             body,
-            |t, status, bytes| {
-                if (200..300).contains(&status) {
-                    serde_json::from_slice::<CommandAck>(bytes).map_err(|e| {
-                        PortError::new(
-                            ErrorKind::Unavailable,
-                            format!("{}: unexpected answer: {e}", t.url),
-                        )
-                    })
-                } else {
-                    Err(port_error_from_http(&t.url, status, bytes))
-                }
-            },
+            |t, status, bytes| answer::<CommandAck>(t, (200..300).contains(&status), status, bytes),
             |t, e| Err(unreachable_error(t, e)),
         )?;
         let n = results.len();
@@ -265,18 +272,7 @@ impl FleetPort for RemoteFleet {
             Method::GET,
             path,
             None,
-            |t, status, bytes| {
-                if status == 200 {
-                    serde_json::from_slice::<DeviceDetail>(bytes).map_err(|e| {
-                        PortError::new(
-                            ErrorKind::Unavailable,
-                            format!("{}: unexpected answer: {e}", t.url),
-                        )
-                    })
-                } else {
-                    Err(port_error_from_http(&t.url, status, bytes))
-                }
-            },
+            |t, status, bytes| answer::<DeviceDetail>(t, status == 200, status, bytes),
             |t, e| Err(unreachable_error(t, e)),
         )?;
         let mut first_error = None;
