@@ -120,11 +120,6 @@ impl RemoteFleet {
         })
     }
 
-    /// The URLs polled, as given (without a trailing slash).
-    pub fn urls(&self) -> Vec<String> {
-        self.targets.iter().map(|t| t.url.clone()).collect()
-    }
-
     /// Waits (at most `timeout`) until some process has answered; the latest merged snapshot.
     pub fn wait_for_snapshot(&self, timeout: Duration) -> Option<Arc<FleetSnapshot>> {
         let deadline = Instant::now() + timeout;
