@@ -356,7 +356,7 @@ pub struct RolloutArgs {
     #[arg(long, value_name = "HEX", requires = "url")]
     pub sha256: Option<String>,
 
-    /// Keep the scenario's own [[rollouts]] as well.
+    /// Keep the scenario's own `[[rollouts]]` as well.
     #[arg(long)]
     pub keep_scenario_rollouts: bool,
 }

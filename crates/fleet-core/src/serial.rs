@@ -128,8 +128,8 @@ pub enum RssiRaw {
 pub struct LinesRaw {
     /// One line per interval.
     pub interval: Option<String>,
-    /// The line: literal text with {sensor.<name>} ({sensor.<name>:.N} for N decimals), {seq},
-    /// {battery}, {uptime}, {ts}, {device_id}, {fw}.
+    /// The line: literal text with `{sensor.<name>}` (`{sensor.<name>:.N}` for N decimals),
+    /// `{seq}`, `{battery}`, `{uptime}`, `{ts}`, `{device_id}`, `{fw}`.
     pub template: String,
     /// What ends a line: "crlf" (default), "lf" or "cr".
     pub terminator: Option<String>,
