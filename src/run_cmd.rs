@@ -332,12 +332,12 @@ pub fn run(
             let (plan, port, surfaces) = steer(&args, plan, &control, &stop)?;
             describe_surfaces(&mut opts, surfaces.as_ref());
             tracing::info!(devices, shards, seed = settings.seed, duration = %settings.duration, "virtual run: simulated broker");
-            let out = fleet_engine::run_virtual(plan, &opts, stop.clone(), |s| {
-                progress.update(s);
-                if let Some(port) = &port {
-                    port.publish(s);
-                }
-            })
+            let out = fleet_engine::run_virtual(
+                plan,
+                &opts,
+                stop.clone(),
+                observer(&mut progress, &port),
+            )
             .map_err(|e| Failure::Runtime(e.into()))?;
             drop(surfaces);
             (out, desc)
@@ -460,12 +460,7 @@ pub fn run(
                 },
                 &opts,
                 stop.clone(),
-                |s| {
-                    progress.update(s);
-                    if let Some(port) = &port {
-                        port.publish(s);
-                    }
-                },
+                observer(&mut progress, &port),
             )
             .map_err(|e| Failure::Runtime(e.into()))?;
             drop(surfaces);
@@ -545,6 +540,19 @@ fn steer(
     let port = crate::port::LocalPort::new(plan.clone(), control.clone());
     let surfaces = crate::surfaces::Surfaces::start(args, port.clone(), stop.clone())?;
     Ok((plan, Some(port), Some(surfaces)))
+}
+
+/// What a run does with each snapshot: the progress line, and the port of its surfaces.
+fn observer<'a>(
+    progress: &'a mut Progress,
+    port: &'a Option<Arc<crate::port::LocalPort>>,
+) -> impl FnMut(&fleet_metrics::FleetSnapshot) + 'a {
+    move |s| {
+        progress.update(s);
+        if let Some(port) = port {
+            port.publish(s);
+        }
+    }
 }
 
 /// Where the run can be reached, for the dashboard's status line (its log is in a file then).

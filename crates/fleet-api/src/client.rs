@@ -82,13 +82,7 @@ impl RemoteFleet {
         }
         let targets = Arc::new(targets);
         let token: Option<Arc<str>> = token.map(Arc::from);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| ApiError::Start {
-                what: "runtime",
-                source,
-            })?;
+        let runtime = crate::error::runtime()?;
         let handle = runtime.handle().clone();
         let latest = Arc::new(Latest::default());
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -103,3 +103,14 @@ pub(crate) fn port_error_from_http(url: &str, status: u16, body: &[u8]) -> PortE
     };
     PortError::new(kind, format!("{url}: {message}"))
 }
+
+/// The current-thread runtime the server and the attach client each run on (a thread apiece).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ApiError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ApiError::Start {
+            what: "runtime",
+            source,
+        })
+}

@@ -109,13 +109,7 @@ pub fn serve(port: Arc<dyn FleetPort>, cfg: ApiConfig) -> Result<ApiServer, ApiE
     };
     let local_addr = listener.local_addr().map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| ApiError::Start {
-            what: "runtime",
-            source,
-        })?;
+    let runtime = crate::error::runtime()?;
     let app = router(AppState {
         port,
         token: cfg.token.map(Arc::from),
