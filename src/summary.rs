@@ -263,15 +263,7 @@ fn render_events(o: &mut String, r: &RunReport) {
         .iter()
         .filter(|e| e.kind == fleet_metrics::LiveEventKind::Control)
         .count();
-    let shown: Vec<_> = r
-        .events
-        .iter()
-        .rev()
-        .take(SUMMARY_EVENTS)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let shown = &r.events[r.events.len().saturating_sub(SUMMARY_EVENTS)..];
     for (i, e) in shown.iter().enumerate() {
         let _ = writeln!(
             o,

@@ -262,18 +262,10 @@ impl Device {
                     Err((job_id, _why)) => {
                         fx.events.push(Event::OtaBadMessage);
                         if let Some(job_id) = job_id {
-                            let doc = JobDoc {
-                                job_id,
-                                version: String::new(),
-                                url: None,
-                                size: None,
-                                sha256: None,
-                            };
-                            self.ota_reject(
+                            self.ota_reject_unreadable(
                                 now,
-                                &doc,
+                                job_id,
                                 JobSource::Generic,
-                                RejectReason::BadDocument,
                                 None,
                                 ctx,
                                 fx,
@@ -284,6 +276,34 @@ impl Device {
                 true
             }
         }
+    }
+
+    /// Rejects job `job_id`, whose document could not be read.
+    fn ota_reject_unreadable(
+        &mut self,
+        now: SimTime,
+        job_id: String,
+        source: JobSource,
+        version_number: Option<u64>,
+        ctx: &DeviceCtx,
+        fx: &mut Effects,
+    ) {
+        let doc = JobDoc {
+            job_id,
+            version: String::new(),
+            url: None,
+            size: None,
+            sha256: None,
+        };
+        self.ota_reject(
+            now,
+            &doc,
+            source,
+            RejectReason::BadDocument,
+            version_number,
+            ctx,
+            fx,
+        );
     }
 
     fn on_aws(
@@ -317,18 +337,10 @@ impl Device {
                         );
                     }
                     Err(_) => {
-                        let doc = JobDoc {
-                            job_id: id,
-                            version: String::new(),
-                            url: None,
-                            size: None,
-                            sha256: None,
-                        };
-                        self.ota_reject(
+                        self.ota_reject_unreadable(
                             now,
-                            &doc,
+                            id,
                             JobSource::Aws,
-                            RejectReason::BadDocument,
                             reply.version_number,
                             ctx,
                             fx,
