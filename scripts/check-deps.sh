@@ -42,4 +42,8 @@ forbid fleet-api ratatui "the API knows no UI"
 forbid fleet-api anyhow "libraries use thiserror"
 forbid fleet-engine fleet-api "the engine knows no control surface"
 forbid fleet-engine fleet-tui "the engine knows no UI"
+forbid fleet-core rustls "the device model holds TLS settings and secrets, not a TLS library"
+forbid fleet-engine rustls "the engine knows no protocol"
+forbid fleet-mqtt rcgen "the adapter uses certificates; fleetsim certs makes them"
+forbid fleetsim aws-lc-rs "one crypto provider: rustls and rcgen use ring"
 exit $fail

@@ -759,8 +759,8 @@ def tui_live(r, pane, screens, exit_file):
     pane.keys("1")
     wait(dashboard_up, 5, "overview-again")
     pane.keys("?")
-    v, text = wait(screen_has("Keys", "pause the fleet", "outage form"), 5, "help")
-    r.check("tui: ? shows the help overlay", v, "Keys: ... p pause the fleet ... o outage form" if v else
+    v, text = wait(screen_has("Keys", "pause the fleet", "fault form"), 5, "help")
+    r.check("tui: ? shows the help overlay", v, "Keys: ... p pause the fleet ... o network fault form" if v else
             "no help listing 'pause the fleet' within 5 s", text)
     pane.keys("Escape")
     v, text = wait(lambda t: "pause the fleet" not in t and dashboard_up(t), 5, "help-closed")

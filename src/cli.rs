@@ -70,6 +70,17 @@ Example: fleetsim top --attach http://127.0.0.1:9464\n\
 Example: fleetsim top --attach http://10.0.0.5:9464 --attach http://10.0.0.6:9464 --token $TOKEN"
     )]
     Top(TopArgs),
+    /// Make a test CA, a broker certificate and a client certificate per device of a cohort.
+    #[command(
+        long_about = "Make a test CA, a certificate for a test broker and a client certificate per device of a cohort, \
+for MQTT over TLS with client certificates (docs/security.md).\n\n\
+Writes DIR/ca.pem + ca.key (an existing CA in DIR is reused, so devices can be added later), DIR/server.pem + \
+server.key (names: localhost, 127.0.0.1, ::1 and every --server-name) and DIR/devices/<device_id>.pem + .key \
+(CN = the device id, as the run renders it). Keys are readable by their owner only. Prints the [broker.tls] \
+table to paste into the scenario and a mosquitto listener for these files.\n\n\
+Example: fleetsim certs scenarios/ingest-load.toml --cohort meters --out certs --devices 100"
+    )]
+    Certs(CertsArgs),
     /// Print a shell completion script.
     #[command(long_about = "Print a shell completion script.\n\n\
 Example: fleetsim completions bash > ~/.local/share/bash-completion/completions/fleetsim")]
@@ -93,6 +104,34 @@ pub struct TopArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Scenario file whose cohort's devices get certificates.
+    pub scenario: PathBuf,
+
+    /// The cohort, by its name in the scenario.
+    #[arg(long, value_name = "NAME")]
+    pub cohort: String,
+
+    /// Folder to write to (created if needed; a CA already in it is reused).
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    pub out: PathBuf,
+
+    /// Only the cohort's first N devices (default: all of them).
+    #[arg(long, value_name = "N")]
+    pub devices: Option<u32>,
+
+    /// Days the broker's and the devices' certificates are valid.
+    #[arg(long, value_name = "D", default_value_t = 365)]
+    pub days: u32,
+
+    /// Another name (DNS name or IP address) for the broker's certificate; repeat for more.
+    ///
+    /// Example: --server-name broker.lab.example --server-name 10.0.0.5
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_names: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -120,6 +159,16 @@ pub struct RunArgs {
     /// Example: --broker mqtt://10.0.0.5:1883
     #[arg(long, value_name = "URL")]
     pub broker: Vec<String>,
+
+    /// With mqtts:// brokers: trust the CA certificates in this PEM file (instead of the
+    /// scenario's [broker.tls] ca_file, or the system's store).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// With mqtts:// brokers: do NOT verify the broker's certificate (logged loudly; test
+    /// brokers only).
+    #[arg(long)]
+    pub insecure_skip_verify: bool,
 
     /// Total number of devices; every cohort is scaled in proportion.
     ///

@@ -1,6 +1,7 @@
 //! fleetsim: the binary. Parses the command line, sets up logging, and wires the crates.
 
 mod builtin;
+mod certs;
 mod cli;
 mod logsink;
 mod port;
@@ -118,6 +119,7 @@ fn main() -> ExitCode {
         Command::Run(args) => finish(run_cmd::run(*args, None)),
         Command::Rollout(args) => finish(run_cmd::rollout(*args)),
         Command::Top(args) => finish(surfaces::top(args)),
+        Command::Certs(args) => finish(certs::run(&args)),
     }
 }
 

@@ -150,12 +150,17 @@ fn ensure_writable(path: &Path, what: &str) -> Result<(), Failure> {
             ))
         })?;
     }
+    let existed = path.exists();
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map(|_| ())
-        .map_err(|e| Failure::Usage(format!("{what} {}: cannot write: {e}", path.display())))
+        .map_err(|e| Failure::Usage(format!("{what} {}: cannot write: {e}", path.display())))?;
+    if !existed {
+        // A run refused later (pre-flight, TLS files) leaves no empty file behind.
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 /// `fleetsim rollout`: the scenario with this rollout (and, if asked, its own).
@@ -264,6 +269,10 @@ pub fn run(
         mqtt_devices,
         settings.clock == Clock::Wall,
         settings.broker_urls.is_empty(),
+        settings
+            .broker_urls
+            .iter()
+            .any(|u| fleet_core::scenario::is_tls_url(u)),
     )
     .map_err(Failure::Usage)?;
     let modbus_plan =
@@ -388,6 +397,13 @@ pub fn run(
                 modbus_fds,
             )
             .map_err(Failure::Usage)?;
+            // Trust, client certificates and credentials are checked before anything starts.
+            let tls = mqtt_tls(&settings, &args, &fleet)?;
+            let auth = if embedded {
+                None
+            } else {
+                credentials(&settings, &args, &fleet)?
+            };
             let (targets, desc) = if mqtt_devices == 0 {
                 (Vec::new(), "none (no device speaks MQTT)".to_string())
             } else if embedded {
@@ -436,6 +452,8 @@ pub fn run(
                 _ => None,
             };
             let cfg = Arc::new(MqttConfig {
+                tls,
+                auth,
                 version,
                 targets,
                 source_addrs,
@@ -505,6 +523,13 @@ pub fn run(
             rollouts: outcome.rollouts.clone(),
         },
     );
+    if report.messages.unaccounted != 0 || report.messages.devices_unaccounted != 0 {
+        tracing::error!(
+            unaccounted = report.messages.unaccounted,
+            devices = report.messages.devices_unaccounted,
+            "fleetsim lost count of telemetry messages (a bug: please report it with the scenario and seed)"
+        );
+    }
     if let Some(path) = &args.report {
         write_report(path, &report).map_err(Failure::Runtime)?;
     }
@@ -614,4 +639,138 @@ fn write_report(path: &PathBuf, report: &RunReport) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&report.to_json()).context("encoding the report")?;
     std::fs::write(path, text + "\n")
         .with_context(|| format!("writing the report to {}", path.display()))
+}
+
+/// TLS for `mqtts://` brokers: the scenario's `[broker.tls]` with `--ca-file` /
+/// `--insecure-skip-verify` on top; the broker's certificate is verified unless told not to.
+fn mqtt_tls(
+    settings: &fleet_core::scenario::ScenarioSettings,
+    args: &RunArgs,
+    fleet: &Fleet,
+) -> Result<Option<Arc<fleet_mqtt::adapter::MqttTls>>, Failure> {
+    let urls = &settings.broker_urls;
+    let secure = urls
+        .iter()
+        .filter(|u| fleet_core::scenario::is_tls_url(u))
+        .count();
+    if secure == 0 {
+        if args.ca_file.is_some() || args.insecure_skip_verify {
+            return Err(Failure::Usage(
+                "--ca-file and --insecure-skip-verify apply to TLS brokers: use an mqtts:// URL"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if secure < urls.len() {
+        return Err(Failure::Usage(format!(
+            "broker URLs {} mix mqtts:// and mqtt://: every listener of a run speaks TLS or none does",
+            urls.join(", ")
+        )));
+    }
+    let mut cfg = settings
+        .broker_tls
+        .clone()
+        .unwrap_or(fleet_core::security::BrokerTls {
+            ca_file: None,
+            server_name: None,
+            insecure_skip_verify: false,
+            client_cert: None,
+            alpn: Vec::new(),
+        });
+    if let Some(ca) = &args.ca_file {
+        cfg.ca_file = Some(ca.clone());
+    }
+    cfg.insecure_skip_verify |= args.insecure_skip_verify;
+    let connector = fleet_mqtt::tls::TlsConnector::new(&cfg)
+        .map_err(|e| Failure::Usage(format!("[broker.tls]: {e}")))?;
+    if let Some(certs) = &cfg.client_cert {
+        check_client_certs(&connector, certs, fleet)?;
+    }
+    let host = fleet_mqtt::url::host(&urls[0]).unwrap_or("").to_string();
+    Ok(Some(Arc::new(fleet_mqtt::adapter::MqttTls {
+        connector,
+        host,
+        client_cert: cfg.client_cert,
+    })))
+}
+
+/// `[broker.auth]`: the credentials file read once, and checked to name every device that
+/// speaks MQTT (a device missing from it would be refused at every attempt).
+fn credentials(
+    settings: &fleet_core::scenario::ScenarioSettings,
+    args: &RunArgs,
+    fleet: &Fleet,
+) -> Result<Option<Arc<fleet_core::security::Credentials>>, Failure> {
+    let Some(auth) = &settings.broker_auth else {
+        return Ok(None);
+    };
+    let scenario = args
+        .scenario
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from(builtin::DEMO_PATH));
+    let file = scenario.display().to_string();
+    let credentials = auth
+        .load(&FsSource, &file, "broker.auth")
+        .map_err(Failure::Config)?;
+    let mut ids: Vec<Vec<u8>> = Vec::new();
+    for cohort in fleet.cohorts.iter().filter(|c| c.mqtt) {
+        for id in cohort.first_device..cohort.first_device + cohort.count {
+            let mut buf = Vec::new();
+            cohort.render_device_id(fleet_core::DeviceId(id), &mut buf);
+            ids.push(buf);
+        }
+    }
+    credentials
+        .check_devices(ids.iter().map(Vec::as_slice))
+        .map_err(|e| Failure::Config(e.into()))?;
+    Ok(Some(Arc::new(credentials)))
+}
+
+/// Every device that speaks MQTT has its certificate and key files; the first device's are
+/// read and checked to belong together (a run whose devices would all fail to connect stops
+/// here, with the file named).
+fn check_client_certs(
+    connector: &fleet_mqtt::tls::TlsConnector,
+    certs: &fleet_core::security::ClientCertTemplates,
+    fleet: &Fleet,
+) -> Result<(), Failure> {
+    let mut missing = Vec::new();
+    let mut missing_count = 0usize;
+    let mut first = None;
+    let mut buf = Vec::new();
+    for cohort in fleet.cohorts.iter().filter(|c| c.mqtt) {
+        for id in cohort.first_device..cohort.first_device + cohort.count {
+            let id = fleet_core::DeviceId(id);
+            buf.clear();
+            cohort.render_device_id(id, &mut buf);
+            let (cert, key) = certs.paths(&cohort.vars(id, &buf));
+            for path in [&cert, &key] {
+                if !path.is_file() {
+                    missing_count += 1;
+                    if missing.len() < 3 {
+                        missing.push(path.display().to_string());
+                    }
+                }
+            }
+            first.get_or_insert((cert, key));
+            if !certs.is_per_device() {
+                break; // one certificate for every device
+            }
+        }
+    }
+    if missing_count > 0 {
+        return Err(Failure::Usage(format!(
+            "[broker.tls] client_cert / client_key: {missing_count} file(s) missing, e.g. {}.\n  \
+             fix: create them (`fleetsim certs SCENARIO --cohort NAME` writes a test CA and a \
+             certificate per device) or correct the templates",
+            missing.join(", ")
+        )));
+    }
+    if let Some((cert, key)) = first {
+        connector
+            .check_client_cert(&cert, &key)
+            .map_err(|e| Failure::Usage(format!("[broker.tls] client certificate: {e}")))?;
+    }
+    Ok(())
 }

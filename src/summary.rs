@@ -89,6 +89,15 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
             .collect();
         let _ = writeln!(o, "             failed: {}", reasons.join(", "));
     }
+    let _ = writeln!(
+        o,
+        "             accounting: published = acked + in flight + buffered + failed; unaccounted: {}{}",
+        m.unaccounted,
+        match m.devices_unaccounted {
+            0 => String::new(),
+            d => format!(" (devices whose messages do not add up: {})", n(d)),
+        }
+    );
     let c = &r.connections;
     let _ = writeln!(
         o,
@@ -124,12 +133,35 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
     let cl = &r.latency_us.connect;
     let _ = writeln!(
         o,
-        "             connect       p50 {}  p99 {}  max {}  (n={})",
+        "             connect       p50 {}  p90 {}  p99 {}  max {}  (n={})",
         us(cl.p50),
+        us(cl.p90),
         us(cl.p99),
         us(cl.max),
         n(cl.count)
     );
+    if cl.count > 0 {
+        // The connect latency distribution: a reconnect storm is a second hump.
+        let mut lo = 0;
+        let buckets: Vec<String> = cl
+            .histogram
+            .iter()
+            .filter_map(|&(up_to, count)| {
+                let label = if up_to == cl.histogram.last().map_or(0, |b| b.0) {
+                    format!(">{}", us(lo))
+                } else {
+                    format!("<={}", us(up_to))
+                };
+                lo = up_to;
+                (count > 0).then(|| format!("{label} {}", n(count)))
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "             connects by latency: {}",
+            buckets.join(", ")
+        );
+    }
     let mb = &r.modbus.counters;
     if mb.requests > 0 || mb.connections > 0 || mb.malformed_frames > 0 {
         let exceptions: Vec<String> = mb

@@ -185,9 +185,14 @@ impl Drop for Proc {
     }
 }
 
+/// The run's report; every run these tests make must account for every message (outages,
+/// reboots and pauses on the wall clock with messages held for their link latency).
 fn report(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
-        .expect("report is JSON")
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
+        .expect("report is JSON");
+    assert_eq!(r["messages"]["unaccounted"], 0, "{}", r["messages"]);
+    assert_eq!(r["messages"]["devices_unaccounted"], 0, "{}", r["messages"]);
+    r
 }
 
 // ---------------------------------------------------------------------------------------------

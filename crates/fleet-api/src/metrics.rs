@@ -326,12 +326,7 @@ fn traffic(e: &mut Exposition, s: &FleetSnapshot) {
         Kind::Counter,
         "Telemetry lost, by reason.",
         "reason",
-        [
-            ("lost_link", t.failed_lost_link),
-            ("offline_buffer_full", t.failed_offline),
-            ("write", t.failed_write),
-            ("unacked", t.failed_unacked),
-        ],
+        t.failed_by_reason(),
     );
     e.single(
         "fleetsim_telemetry_retransmits_total",

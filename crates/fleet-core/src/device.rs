@@ -190,6 +190,14 @@ pub enum Event {
     DroppedOffline {
         seq: u64,
     },
+    /// QoS 0 telemetry produced while disconnected, dropped (`reporting.buffer_qos0 = false`).
+    DroppedQos0Offline {
+        seq: u64,
+    },
+    /// Buffered telemetry older than `reporting.max_age` when its turn came, dropped.
+    Expired {
+        seq: u64,
+    },
     Flushed {
         count: u32,
     },
@@ -304,13 +312,7 @@ pub struct DeviceCtx<'a> {
 
 impl DeviceCtx<'_> {
     pub fn vars<'b>(&'b self, id: DeviceId, device_id: &'b [u8]) -> TemplateVars<'b> {
-        TemplateVars {
-            id: id.0,
-            index: id.0 - self.cohort.first_device,
-            cohort: &self.cohort.name,
-            profile: &self.cohort.profile.name,
-            device_id,
-        }
+        self.cohort.vars(id, device_id)
     }
 }
 
@@ -518,11 +520,7 @@ impl Device {
 
     /// Renders the device id into `out`.
     pub fn render_device_id(&self, ctx: &DeviceCtx, out: &mut Vec<u8>) {
-        ctx.cohort
-            .profile
-            .identity
-            .device_id
-            .render_into(&ctx.vars(self.id, &[]), out);
+        ctx.cohort.render_device_id(self.id, out);
     }
 
     /// One step. Effects and events are appended to `fx`.
@@ -539,7 +537,7 @@ impl Device {
                     fx.events.push(Event::Connected);
                     self.next_drop = self.draw_next_drop(now, ctx);
                     self.publish_status(now, true, ctx, fx);
-                    self.flush_offline(ctx, fx);
+                    self.flush_offline(now, ctx, fx);
                     self.ota_connected(now, ctx, fx);
                 }
             }
@@ -824,6 +822,9 @@ impl Device {
         }
         if self.state == DeviceState::Online {
             self.push_publish(at, TopicKind::Telemetry, seq, start, false, ctx, fx);
+        } else if profile.reporting.qos == Qos::AtMostOnce && !profile.reporting.buffer_qos0 {
+            fx.events.push(Event::DroppedQos0Offline { seq });
+            fx.payload.truncate(start);
         } else {
             let cap = profile.reporting.offline_buffer as usize;
             if cap == 0 {
@@ -912,12 +913,20 @@ impl Device {
         }
     }
 
-    fn flush_offline(&mut self, ctx: &DeviceCtx, fx: &mut Effects) {
-        let count = self.offline.len() as u32;
-        if count == 0 {
+    fn flush_offline(&mut self, now: SimTime, ctx: &DeviceCtx, fx: &mut Effects) {
+        if self.offline.is_empty() {
             return;
         }
+        let max_age = ctx.cohort.profile.reporting.max_age;
+        let mut count = 0;
         while let Some(b) = self.offline.pop_front() {
+            if let Some(age) = max_age
+                && now.saturating_since(b.scheduled) > age
+            {
+                fx.events.push(Event::Expired { seq: b.seq });
+                continue;
+            }
+            count += 1;
             let start = fx.payload.len();
             fx.payload.extend_from_slice(&b.payload);
             self.push_publish(
@@ -931,7 +940,9 @@ impl Device {
             );
         }
         self.offline = VecDeque::new();
-        fx.events.push(Event::Flushed { count });
+        if count > 0 {
+            fx.events.push(Event::Flushed { count });
+        }
     }
 
     fn publish_status(&mut self, now: SimTime, online: bool, ctx: &DeviceCtx, fx: &mut Effects) {

@@ -18,6 +18,7 @@ pub mod payload;
 pub mod profile;
 pub mod rollout;
 pub mod scenario;
+pub mod security;
 pub mod seed;
 pub mod sensor;
 pub mod serial;

@@ -139,6 +139,31 @@ pub struct Cohort {
     pub modbus_faults: crate::modbus::ModbusFaults,
 }
 
+impl Cohort {
+    /// The template placeholders of device `id` of this cohort, whose id renders as `device_id`.
+    pub fn vars<'a>(
+        &'a self,
+        id: crate::DeviceId,
+        device_id: &'a [u8],
+    ) -> crate::template::TemplateVars<'a> {
+        crate::template::TemplateVars {
+            id: id.0,
+            index: id.0 - self.first_device,
+            cohort: &self.name,
+            profile: &self.profile.name,
+            device_id,
+        }
+    }
+
+    /// Renders device `id`'s device id (the profile's `identity.device_id`) into `out`.
+    pub fn render_device_id(&self, id: crate::DeviceId, out: &mut Vec<u8>) {
+        self.profile
+            .identity
+            .device_id
+            .render_into(&self.vars(id, &[]), out);
+    }
+}
+
 /// Where a cohort's Modbus register map is served (`Fleet::modbus_home`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModbusHome {

@@ -150,6 +150,11 @@ pub struct ReportingRaw {
     pub retain: bool,
     #[serde(default = "defaults::offline_buffer")]
     pub offline_buffer: u32,
+    /// Keep QoS 0 telemetry produced while disconnected (most client libraries drop it).
+    #[serde(default = "defaults::yes")]
+    pub buffer_qos0: bool,
+    /// Buffered telemetry older than this when it would be sent is dropped (`expired`).
+    pub max_age: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -378,6 +383,10 @@ pub struct Reporting {
     pub qos: Qos,
     pub retain: bool,
     pub offline_buffer: u32,
+    /// QoS 0 telemetry produced while disconnected goes to the offline buffer (else dropped).
+    pub buffer_qos0: bool,
+    /// Buffered telemetry older than this when its turn comes is dropped (`expired`).
+    pub max_age: Option<SimDuration>,
 }
 
 #[derive(Clone, Debug)]
@@ -631,6 +640,11 @@ impl ProfileFile {
             qos: Qos::from_u8(r.qos).unwrap_or(Qos::AtMostOnce),
             retain: r.retain,
             offline_buffer: r.offline_buffer,
+            buffer_qos0: r.buffer_qos0,
+            max_age: r
+                .max_age
+                .as_deref()
+                .map(|t| positive_duration(&mut c, "reporting.max_age", t)),
         };
         c.check(
             (0.0..1.0).contains(&r.jitter),

@@ -120,6 +120,10 @@ pub struct BrokerRaw {
     /// Several listeners of one broker (or a cluster): sessions are spread over them.
     #[serde(default)]
     pub urls: Vec<String>,
+    /// MQTT over TLS (`mqtts://` URLs): trust, the broker's name, client certificates.
+    pub tls: Option<crate::security::BrokerTlsRaw>,
+    /// Per-device user names and passwords (or tokens).
+    pub auth: Option<crate::security::BrokerAuthRaw>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -226,6 +230,25 @@ pub enum EventKind {
     ModbusFault,
     /// Serial ports disappear for `duration`, then come back.
     Unplug,
+    /// The network between a fraction of the fleet and the broker silently drops everything
+    /// for `duration`: connections stay open, keep-alive finds out.
+    Partition,
+    /// A fraction of the fleet's messages take `delay` longer for `duration`.
+    LatencySpike,
+}
+
+impl EventKind {
+    /// The name as written in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Outage => "outage",
+            EventKind::RebootWave => "reboot_wave",
+            EventKind::ModbusFault => "modbus_fault",
+            EventKind::Unplug => "unplug",
+            EventKind::Partition => "partition",
+            EventKind::LatencySpike => "latency_spike",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -246,7 +269,8 @@ pub struct EventRaw {
     pub fault: Option<String>,
     /// modbus_fault with fault = "exception": the code (default 6, server device busy).
     pub exception_code: Option<u8>,
-    /// modbus_fault with fault = "delay": added to every answer.
+    /// modbus_fault with fault = "delay": added to every answer; latency_spike: added to
+    /// every message.
     pub delay: Option<String>,
 }
 
@@ -292,6 +316,13 @@ pub enum FleetEventKind {
         duration: SimDuration,
     },
     Unplug {
+        duration: SimDuration,
+    },
+    Partition {
+        duration: SimDuration,
+    },
+    LatencySpike {
+        delay: SimDuration,
         duration: SimDuration,
     },
 }
@@ -409,6 +440,9 @@ pub struct ScenarioSettings {
     pub start_epoch_ms: Option<u64>,
     pub drain: SimDuration,
     pub broker_urls: Vec<String>,
+    /// `[broker.tls]` (also implied, with defaults, by `mqtts://` URLs).
+    pub broker_tls: Option<crate::security::BrokerTls>,
+    pub broker_auth: Option<crate::security::BrokerAuth>,
     pub mqtt_version: MqttVersion,
     pub tcp_nodelay: bool,
     pub source_addrs: Vec<std::net::IpAddr>,
@@ -446,7 +480,6 @@ pub fn validate_event(
         for field in [
             ("fault", e.fault.is_some()),
             ("exception_code", e.exception_code.is_some()),
-            ("delay", e.delay.is_some()),
         ] {
             if field.1 {
                 c.fail_key(
@@ -456,6 +489,29 @@ pub fn validate_event(
             }
         }
     }
+    if e.delay.is_some() && !matches!(e.kind, EventKind::ModbusFault | EventKind::LatencySpike) {
+        c.fail_key(
+            &format!("{key}.delay"),
+            "applies to kind = \"latency_spike\" or \"modbus_fault\" only",
+        );
+    }
+    if e.spread.is_some() && e.kind != EventKind::RebootWave {
+        c.fail_key(
+            &format!("{key}.spread"),
+            format!("applies to reboot_wave, not {}", e.kind.as_str()),
+        );
+    }
+    // How long the event lasts: required by every kind but reboot_wave.
+    let lasting = |c: &mut Checker, hint: &str| match &e.duration {
+        Some(d) => positive_duration(c, &format!("{key}.duration"), d),
+        None => {
+            c.fail_key(
+                &format!("{key}.duration"),
+                format!("is required for kind = \"{}\"{hint}", e.kind.as_str()),
+            );
+            SimDuration::ZERO
+        }
+    };
     let devices = e.devices.as_ref().map(|d| {
         if d.is_empty() {
             c.fail(
@@ -479,45 +535,28 @@ pub fn validate_event(
         );
     }
     let kind = match e.kind {
-        EventKind::Outage => {
-            if e.spread.is_some() {
-                c.fail_key(
-                    &format!("{key}.spread"),
-                    "applies to reboot_wave, not outage",
-                );
-            }
-            match &e.duration {
-                Some(d) => FleetEventKind::Outage {
-                    duration: positive_duration(c, &format!("{key}.duration"), d),
-                },
+        EventKind::Outage => FleetEventKind::Outage {
+            duration: lasting(c, ""),
+        },
+        EventKind::Partition => FleetEventKind::Partition {
+            duration: lasting(c, ""),
+        },
+        EventKind::LatencySpike => {
+            let duration = lasting(c, "");
+            let delay = match &e.delay {
+                Some(d) => positive_duration(c, &format!("{key}.delay"), d),
                 None => {
                     c.fail_key(
-                        &format!("{key}.duration"),
-                        "is required for kind = \"outage\"",
-                    );
-                    FleetEventKind::Outage {
-                        duration: SimDuration::ZERO,
-                    }
-                }
-            }
-        }
-        EventKind::ModbusFault => {
-            if e.spread.is_some() {
-                c.fail_key(
-                    &format!("{key}.spread"),
-                    "applies to reboot_wave, not modbus_fault",
-                );
-            }
-            let duration = match &e.duration {
-                Some(d) => positive_duration(c, &format!("{key}.duration"), d),
-                None => {
-                    c.fail_key(
-                        &format!("{key}.duration"),
-                        "is required for kind = \"modbus_fault\"",
+                        &format!("{key}.delay"),
+                        "is required for kind = \"latency_spike\" (added to every message, like \"800ms\")",
                     );
                     SimDuration::ZERO
                 }
             };
+            FleetEventKind::LatencySpike { delay, duration }
+        }
+        EventKind::ModbusFault => {
+            let duration = lasting(c, "");
             let fault = match e.fault.as_deref() {
                 Some("exception") => {
                     let code = e.exception_code.unwrap_or(6);
@@ -569,33 +608,14 @@ pub fn validate_event(
             }
             FleetEventKind::ModbusFault { fault, duration }
         }
-        EventKind::Unplug => {
-            if e.spread.is_some() {
-                c.fail_key(
-                    &format!("{key}.spread"),
-                    "applies to reboot_wave, not unplug",
-                );
-            }
-            match &e.duration {
-                Some(d) => FleetEventKind::Unplug {
-                    duration: positive_duration(c, &format!("{key}.duration"), d),
-                },
-                None => {
-                    c.fail_key(
-                        &format!("{key}.duration"),
-                        "is required for kind = \"unplug\" (how long the ports stay away)",
-                    );
-                    FleetEventKind::Unplug {
-                        duration: SimDuration::ZERO,
-                    }
-                }
-            }
-        }
+        EventKind::Unplug => FleetEventKind::Unplug {
+            duration: lasting(c, " (how long the ports stay away)"),
+        },
         EventKind::RebootWave => {
             if e.duration.is_some() {
                 c.fail_key(
                     &format!("{key}.duration"),
-                    "applies to outage; a reboot wave takes spread",
+                    "does not apply to a reboot wave, which takes spread",
                 );
             }
             FleetEventKind::RebootWave {
@@ -616,12 +636,19 @@ pub fn validate_event(
     }
 }
 
-/// `mqtt://host:port` (port defaults to 1883).
+/// Whether `url` asks for TLS (`mqtts://`, `ssl://`).
+pub fn is_tls_url(url: &str) -> bool {
+    url.starts_with("mqtts://") || url.starts_with("ssl://")
+}
+
+/// `mqtt://host:port` (port defaults to 1883) or `mqtts://host:port` (8883).
 pub fn check_broker_url(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or("must start with mqtt:// (mqtts:// comes with TLS support)")?;
+        .or_else(|| url.strip_prefix("mqtts://"))
+        .or_else(|| url.strip_prefix("ssl://"))
+        .ok_or("must start with mqtt:// or mqtts:// (TLS)")?;
     let (host, port) = split_host_port(rest.trim_end_matches('/'))?;
     if host.is_empty() {
         return Err("has no host".into());
@@ -679,6 +706,32 @@ impl ScenarioFile {
             if let Err(e) = check_broker_url(u) {
                 c.fail(&format!("broker.urls[{i}]"), format!("{u:?}"), e);
             }
+        }
+        let base_dir = std::path::Path::new(file)
+            .parent()
+            .unwrap_or(std::path::Path::new(""));
+        let broker_tls = self
+            .broker
+            .as_ref()
+            .and_then(|b| b.tls.as_ref())
+            .map(|t| t.validate(&mut c, "broker.tls", base_dir));
+        let broker_auth = self
+            .broker
+            .as_ref()
+            .and_then(|b| b.auth.as_ref())
+            .map(|a| a.validate(&mut c, "broker.auth", base_dir));
+        let secure = broker_urls.iter().filter(|u| is_tls_url(u)).count();
+        if secure > 0 && secure < broker_urls.len() {
+            c.fail_key(
+                "broker.urls",
+                "mixes mqtts:// and mqtt:// URLs: every listener of a run speaks TLS or none does",
+            );
+        }
+        if broker_tls.is_some() && secure == 0 && !broker_urls.is_empty() {
+            c.fail_key(
+                "broker.tls",
+                "is set but the broker URLs are mqtt://: use mqtts://host:8883 to connect over TLS",
+            );
         }
         let mut source_addrs = Vec::new();
         for (i, a) in self.mqtt.source_addrs.iter().enumerate() {
@@ -855,6 +908,8 @@ impl ScenarioFile {
             start_epoch_ms: self.start_epoch_ms,
             drain,
             broker_urls,
+            broker_tls,
+            broker_auth,
             mqtt_version: self.mqtt.version,
             tcp_nodelay: self.mqtt.tcp_nodelay,
             source_addrs,

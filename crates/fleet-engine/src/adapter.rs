@@ -21,6 +21,8 @@ pub enum NetInput {
         scheduled: SimTime,
         from_buffer: bool,
     },
+    /// The broker refused a QoS >= 1 telemetry message (MQTT 5 reason code >= 0x80).
+    Rejected { reason: u8 },
     /// A message arrived on one of the device's subscriptions (a command, an OTA job).
     Message { topic: Bytes, payload: Bytes },
     /// HTTP image download: progress, done (with the image's sha256, lowercase hex), failed.
@@ -84,6 +86,12 @@ pub trait Adapter {
     /// End the session: cleanly (DISCONNECT) or abruptly (the link died; the broker sends the
     /// will). Returns the number of QoS >= 1 telemetry messages that were still unacknowledged.
     fn close(&mut self, dev: u32, clean: bool) -> u32;
+
+    /// A network partition: until `until`, nothing passes between device `dev` and the broker
+    /// in either direction, though its connection stays open (keep-alive finds out; connect
+    /// attempts time out). What was written meanwhile passes when it heals, as TCP would
+    /// retransmit it. Adapters without sessions ignore it.
+    fn partition(&mut self, _dev: u32, _until: SimTime) {}
 
     /// Turns one of the adapter's events into inputs for devices.
     fn on_event(&mut self, event: Self::Event, now: SimTime, out: &mut Vec<(u32, NetInput)>);

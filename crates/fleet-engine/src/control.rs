@@ -300,6 +300,10 @@ pub fn describe_event(e: &FleetEvent) -> String {
         K::ModbusFault { fault, duration } => {
             format!("modbus fault {fault:?}{who} for {duration}")
         }
+        K::Partition { duration } => format!("network partition{who} for {duration}"),
+        K::LatencySpike { delay, duration } => {
+            format!("latency spike of +{delay}{who} for {duration}")
+        }
     }
 }
 

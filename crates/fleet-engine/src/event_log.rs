@@ -64,6 +64,8 @@ pub fn write_event(l: &mut Vec<u8>, e: &Event) {
         Event::Retransmit { seq } => write!(l, "retransmit seq={seq}"),
         Event::Buffered { seq } => write!(l, "buffered seq={seq}"),
         Event::DroppedOffline { seq } => write!(l, "dropped_offline seq={seq}"),
+        Event::DroppedQos0Offline { seq } => write!(l, "dropped_qos0_offline seq={seq}"),
+        Event::Expired { seq } => write!(l, "expired seq={seq}"),
         Event::Flushed { count } => write!(l, "flushed count={count}"),
         Event::Command { name } => write!(l, "command {name}"),
         Event::CommandRejected => write!(l, "command_rejected"),

@@ -23,6 +23,9 @@ pub enum Due {
         scheduled: SimTime,
         from_buffer: bool,
     },
+    /// The simulated network gives up on a session cut off by a partition: its keep-alive
+    /// expired (`connecting` false) or its connect attempt timed out.
+    SimCutOff { session: u32, connecting: bool },
     /// A message parked for its link latency is due to be written (wall clock).
     SendParked { slot: u32 },
     /// A session end that waits for the messages the same step parked (its last words).

@@ -4,6 +4,7 @@
 //! step a device, count and log what it did, hand its effects to the network (the simulated
 //! broker, or a protocol `Adapter`), and schedule its next wake-up.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +40,33 @@ pub enum Net<'a, A: Adapter> {
     Real(&'a mut A),
 }
 
+/// One device's telemetry, counted where each message goes: published = acked + in flight +
+/// buffered (the device's own count) + dropped, checked at every report.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    published: u32,
+    acked: u32,
+    dropped: u32,
+    in_flight: u32,
+}
+
+/// A partition or a latency spike under way for one device.
+#[derive(Clone, Copy, Debug, Default)]
+struct Disturbance {
+    partition_until: SimTime,
+    spike_until: SimTime,
+    spike: SimDuration,
+}
+
+/// Simulated broker, persistent sessions: what a device will send again on its next connection.
+#[derive(Clone, Debug, Default)]
+struct SimResend {
+    /// The device left cleanly with this session (and forgot what was in flight up to it).
+    forgotten_upto: Option<u32>,
+    /// Unacknowledged telemetry (scheduled time, from the buffer) waiting for a connection.
+    pending: Vec<(SimTime, bool)>,
+}
+
 /// A message held back for its simulated uplink latency (wall clock).
 struct Parked {
     dev: u32,
@@ -57,6 +85,12 @@ pub struct Shard {
     sessions: Vec<u32>,
     /// Devices that have had a session at least once.
     connected_once: Vec<bool>,
+    /// Per device: where its telemetry went.
+    tally: Vec<Tally>,
+    /// Devices under a partition or a latency spike (few, and only while it lasts).
+    disturbed: HashMap<u32, Disturbance>,
+    /// Simulated broker: persistent sessions' messages to send again.
+    sim_resend: HashMap<u32, SimResend>,
     pub sched: Scheduler,
     fx: Effects,
     pub metrics: ShardMetrics,
@@ -157,12 +191,29 @@ fn observation(e: &Event, now: SimTime) -> Option<(u16, SimTime, ObsKind)> {
     }
 }
 
-fn count(c: &mut Counters, e: &Event) {
+fn count(c: &mut Counters, t: &mut Tally, e: &Event) {
     match e {
-        Event::Report { .. } => c.published += 1,
-        Event::LostOnLink { .. } => c.failed_lost_link += 1,
+        Event::Report { .. } => {
+            c.published += 1;
+            t.published += 1;
+        }
+        Event::LostOnLink { .. } => {
+            c.failed_lost_link += 1;
+            t.dropped += 1;
+        }
         Event::Retransmit { .. } => c.retransmits += 1,
-        Event::DroppedOffline { .. } => c.failed_offline += 1,
+        Event::DroppedOffline { .. } => {
+            c.failed_offline += 1;
+            t.dropped += 1;
+        }
+        Event::DroppedQos0Offline { .. } => {
+            c.failed_qos0_offline += 1;
+            t.dropped += 1;
+        }
+        Event::Expired { .. } => {
+            c.failed_expired += 1;
+            t.dropped += 1;
+        }
         Event::Flushed { count } => c.flushed += u64::from(*count),
         Event::ConnectAttempt { .. } => c.connect_attempts += 1,
         Event::NoLink { .. } => c.connects_no_link += 1,
@@ -206,6 +257,9 @@ impl Shard {
             scheduled: vec![SimTime::NEVER; n],
             sessions: vec![0; n],
             connected_once: vec![false; n],
+            tally: vec![Tally::default(); n],
+            disturbed: HashMap::new(),
+            sim_resend: HashMap::new(),
             sched: Scheduler::with_capacity(n + 16),
             fx: Effects::default(),
             metrics: ShardMetrics::default(),
@@ -336,8 +390,48 @@ impl Shard {
             Due::SimConnected { session, started } => {
                 let d = &self.devices[dev as usize];
                 if session == self.sessions[dev as usize] && d.state() == DeviceState::Connecting {
+                    if self.partitioned(dev, now) {
+                        // The CONNACK is lost: the attempt times out.
+                        let timeout = self.plan.fleet.cohorts[usize::from(d.cohort.0)]
+                            .link
+                            .connect_timeout;
+                        let at = (started + timeout).max(now);
+                        let due = Due::SimCutOff {
+                            session,
+                            connecting: true,
+                        };
+                        self.sched.push(at, dev, due);
+                        return;
+                    }
                     self.connected(dev, now, now.saturating_since(started).as_micros());
+                    self.resend_sim(dev, now);
                     self.step(dev, now, Input::Connected, net);
+                }
+            }
+            Due::SimCutOff {
+                session,
+                connecting,
+            } => {
+                if session != self.sessions[dev as usize] {
+                    return;
+                }
+                if connecting {
+                    self.log_line(
+                        dev,
+                        now,
+                        format_args!("connect_error reason=connect timed out"),
+                        None,
+                    );
+                    self.step(dev, now, Input::ConnectFailed, net);
+                } else {
+                    self.sessions[dev as usize] = session.wrapping_add(1);
+                    self.log_line(
+                        dev,
+                        now,
+                        format_args!("session_error reason=keep-alive timeout (broker silent)"),
+                        None,
+                    );
+                    self.step(dev, now, Input::LinkLost, net);
                 }
             }
             Due::SimAck {
@@ -345,11 +439,16 @@ impl Shard {
                 scheduled,
                 from_buffer,
             } => {
-                self.sim_in_flight -= 1;
                 if session == self.sessions[dev as usize] {
+                    self.sim_in_flight -= 1;
                     self.acked(dev, now, scheduled, from_buffer);
+                } else if self.keeps_in_flight(dev, session) {
+                    // Still in flight: sent again on the device's next connection.
+                    let r = self.sim_resend.entry(dev).or_default();
+                    r.pending.push((scheduled, from_buffer));
                 } else {
-                    self.metrics.counters.failed_unacked += 1;
+                    self.sim_in_flight -= 1;
+                    self.unacked(dev, 1);
                 }
             }
             Due::SendParked { slot } => {
@@ -360,6 +459,7 @@ impl Shard {
                 self.parked_count -= 1;
                 if p.publish.topic == TopicKind::Telemetry {
                     self.parked_telemetry -= 1;
+                    self.tally[p.dev as usize].in_flight -= 1;
                 }
                 // The session it was sent on must still be the device's (any close, loss or
                 // new connect since makes it stale).
@@ -374,11 +474,13 @@ impl Shard {
                             &p.publish,
                             &p.payload,
                         );
-                        self.count_send(&p.publish, p.payload.len(), outcome);
+                        self.count_send(p.dev, &p.publish, p.payload.len(), outcome);
                     }
                     _ => {
+                        // Its session ended while it waited (no longer in flight, counted above).
                         if p.publish.topic == TopicKind::Telemetry {
                             self.metrics.counters.failed_unacked += 1;
+                            self.tally[p.dev as usize].dropped += 1;
                         }
                     }
                 }
@@ -478,6 +580,27 @@ impl Shard {
                 continue;
             }
             let input = match event.kind {
+                FleetEventKind::Partition { duration } => {
+                    self.partition(dev, now, now + duration, net);
+                    continue;
+                }
+                FleetEventKind::LatencySpike { delay, duration } => {
+                    let until = now + duration;
+                    let d = self.disturbed.entry(dev).or_default();
+                    d.spike_until = d.spike_until.max(until);
+                    d.spike = delay;
+                    self.log_line(
+                        dev,
+                        now,
+                        format_args!(
+                            "latency_spike delay_us={} until_s={:.3}",
+                            delay.as_micros(),
+                            until.as_secs_f64()
+                        ),
+                        None,
+                    );
+                    continue;
+                }
                 FleetEventKind::Outage { duration } => Input::Outage {
                     until: now + duration,
                 },
@@ -499,6 +622,69 @@ impl Shard {
             };
             self.step(dev, now, input, net);
         }
+    }
+
+    /// Cuts device `dev` off from the broker until `until` (see `Adapter::partition`); the
+    /// simulated network loses the session when its keep-alive runs out first.
+    fn partition<A: Adapter>(&mut self, dev: u32, now: SimTime, until: SimTime, net: &mut Net<A>) {
+        let d = self.disturbed.entry(dev).or_default();
+        d.partition_until = d.partition_until.max(until);
+        self.log_line(
+            dev,
+            now,
+            format_args!("partition until_s={:.3}", until.as_secs_f64()),
+            None,
+        );
+        match net {
+            // Adapters keep time on the run's real clock (ahead of device time by the pauses).
+            Net::Real(adapter) => {
+                adapter.partition(dev, until + SimDuration::from_millis(self.epoch_shift_ms))
+            }
+            Net::Sim => {
+                let d = &self.devices[dev as usize];
+                let keep_alive = self.plan.fleet.cohorts[usize::from(d.cohort.0)]
+                    .profile
+                    .mqtt
+                    .keep_alive;
+                let detect = now + keep_alive.mul_f64(1.5);
+                if d.state() == DeviceState::Online
+                    && keep_alive > SimDuration::ZERO
+                    && detect < until
+                {
+                    let due = Due::SimCutOff {
+                        session: self.sessions[dev as usize],
+                        connecting: false,
+                    };
+                    self.sched.push(detect, dev, due);
+                }
+            }
+        }
+    }
+
+    /// Whether a partition cuts device `dev` off at `at`.
+    fn partitioned(&self, dev: u32, at: SimTime) -> bool {
+        !self.disturbed.is_empty()
+            && self
+                .disturbed
+                .get(&dev)
+                .is_some_and(|d| d.partition_until > at)
+    }
+
+    /// The latency a spike adds to device `dev`'s messages at `now` (forgetting spent ones).
+    fn spike(&mut self, dev: u32, now: SimTime) -> SimDuration {
+        if self.disturbed.is_empty() {
+            return SimDuration::ZERO;
+        }
+        let Some(d) = self.disturbed.get(&dev) else {
+            return SimDuration::ZERO;
+        };
+        if d.spike_until > now {
+            return d.spike;
+        }
+        if d.partition_until <= now {
+            self.disturbed.remove(&dev);
+        }
+        SimDuration::ZERO
     }
 
     /// Hands a protocol's input to its device.
@@ -538,7 +724,7 @@ impl Shard {
                     unacked,
                     "session lost"
                 );
-                self.metrics.counters.failed_unacked += u64::from(unacked);
+                self.unacked(dev, unacked);
                 self.sessions[dev as usize] = self.sessions[dev as usize].wrapping_add(1);
                 self.log_line(
                     dev,
@@ -552,6 +738,18 @@ impl Shard {
                 scheduled,
                 from_buffer,
             } => self.acked(dev, now, scheduled, from_buffer),
+            NetInput::Rejected { reason } => {
+                self.metrics.counters.failed_rejected += 1;
+                let t = &mut self.tally[dev as usize];
+                t.in_flight -= 1;
+                t.dropped += 1;
+                self.log_line(
+                    dev,
+                    now,
+                    format_args!("rejected reason={reason:#04x}"),
+                    None,
+                );
+            }
             NetInput::Message { topic, payload } => self.step(
                 dev,
                 now,
@@ -638,6 +836,9 @@ impl Shard {
 
     fn acked(&mut self, dev: u32, now: SimTime, scheduled: SimTime, from_buffer: bool) {
         self.metrics.counters.acked += 1;
+        let t = &mut self.tally[dev as usize];
+        t.in_flight -= 1;
+        t.acked += 1;
         let latency = now.saturating_since(scheduled).as_micros();
         if !from_buffer {
             self.metrics.publish_ack_us.record(latency);
@@ -690,7 +891,7 @@ impl Shard {
         self.metrics.counters.steps += 1;
         let id = self.devices[i].id;
         for e in &fx.events {
-            count(&mut self.metrics.counters, e);
+            count(&mut self.metrics.counters, &mut self.tally[i], e);
             count_ota(&mut self.metrics.ota, e);
             if let Some((rollout, at, kind)) = observation(e, now) {
                 self.obs.push(Obs {
@@ -756,17 +957,22 @@ impl Shard {
                 let rng = d.link_rng();
                 // TCP handshake plus CONNECT/CONNACK: two round trips over the link.
                 let one_way_ms: f64 = (0..4).map(|_| link.latency_ms.sample(rng)).sum();
-                let latency =
+                let mut latency =
                     SimDuration::from_secs_f64(one_way_ms / 1e3 + service.sample(rng) / 1e6);
                 let session = self.sessions[i];
-                self.sched.push(
-                    now + latency,
-                    dev,
+                let due = if self.partitioned(dev, now) {
+                    latency = link.connect_timeout;
+                    Due::SimCutOff {
+                        session,
+                        connecting: true,
+                    }
+                } else {
                     Due::SimConnected {
                         session,
                         started: now,
-                    },
-                );
+                    }
+                };
+                self.sched.push(now + latency, dev, due);
             }
             Net::Real(adapter) => {
                 let d = &self.devices[i];
@@ -784,6 +990,7 @@ impl Shard {
         net: &mut Net<A>,
     ) {
         let i = dev as usize;
+        let delay = p.delay + self.spike(dev, now);
         if let Some(log) = &mut self.log {
             let r = log.line(
                 self.devices[i].id,
@@ -793,7 +1000,7 @@ impl Shard {
                     topic_name(p.topic),
                     p.seq,
                     p.qos as u8,
-                    p.delay.as_micros()
+                    delay.as_micros()
                 ),
                 Some(payload),
             );
@@ -810,8 +1017,10 @@ impl Shard {
                 }
                 if p.qos == Qos::AtMostOnce {
                     self.metrics.counters.acked += 1;
+                    self.tally[i].acked += 1;
                     return;
                 }
+                self.tally[i].in_flight += 1;
                 let service = &self.plan.fleet.settings.sim_broker_service_us;
                 let d = &mut self.devices[i];
                 let link = &self.plan.fleet.cohorts[usize::from(d.cohort.0)].link;
@@ -821,9 +1030,16 @@ impl Shard {
                     ms += link.latency_ms.sample(rng) * 2.0; // PUBREL / PUBCOMP
                 }
                 let back = SimDuration::from_secs_f64(ms / 1e3 + service.sample(rng) / 1e6);
+                // A partition holds the message until it heals (TCP retransmits it then).
+                let mut arrives = now + delay;
+                if let Some(d) = self.disturbed.get(&dev)
+                    && d.partition_until > arrives
+                {
+                    arrives = d.partition_until;
+                }
                 self.sim_in_flight += 1;
                 self.sched.push(
-                    now + p.delay + back,
+                    arrives + back,
                     dev,
                     Due::SimAck {
                         session: self.sessions[i],
@@ -833,7 +1049,7 @@ impl Shard {
                 );
             }
             Net::Real(adapter) => {
-                if p.delay > SimDuration::ZERO {
+                if delay > SimDuration::ZERO {
                     let parked = Parked {
                         dev,
                         session: self.sessions[i],
@@ -850,39 +1066,53 @@ impl Shard {
                             (self.parked.len() - 1) as u32
                         }
                     };
-                    self.sched
-                        .push(now + p.delay, dev, Due::SendParked { slot });
+                    self.sched.push(now + delay, dev, Due::SendParked { slot });
                     self.parked_count += 1;
                     if p.topic == TopicKind::Telemetry {
                         self.parked_telemetry += 1;
+                        self.tally[i].in_flight += 1;
                     }
-                    self.step_delay = self.step_delay.max(p.delay);
+                    self.step_delay = self.step_delay.max(delay);
                     return;
                 }
                 let d = &self.devices[i];
                 let outcome =
                     adapter.publish(dev, d, &ctx(&self.plan, self.epoch_shift_ms, d), p, payload);
-                self.count_send(p, payload.len(), outcome);
+                self.count_send(dev, p, payload.len(), outcome);
             }
         }
     }
 
-    fn count_send(&mut self, p: &Publish, len: usize, outcome: SendOutcome) {
+    fn count_send(&mut self, dev: u32, p: &Publish, len: usize, outcome: SendOutcome) {
         let c = &mut self.metrics.counters;
+        let t = &mut self.tally[dev as usize];
+        let telemetry = p.topic == TopicKind::Telemetry;
         match outcome {
             SendOutcome::Written | SendOutcome::AwaitingAck => {
                 c.sent += 1;
                 c.bytes_sent += len as u64;
-                if outcome == SendOutcome::Written && p.topic == TopicKind::Telemetry {
+                if telemetry && outcome == SendOutcome::Written {
                     c.acked += 1;
+                    t.acked += 1;
+                } else if telemetry {
+                    t.in_flight += 1;
                 }
             }
             SendOutcome::Failed => {
-                if p.topic == TopicKind::Telemetry {
+                if telemetry {
                     c.failed_write += 1;
+                    t.dropped += 1;
                 }
             }
         }
+    }
+
+    /// `n` telemetry messages of `dev` in flight when their session ended: lost.
+    fn unacked(&mut self, dev: u32, n: u32) {
+        self.metrics.counters.failed_unacked += u64::from(n);
+        let t = &mut self.tally[dev as usize];
+        t.in_flight -= n;
+        t.dropped += n;
     }
 
     fn close<A: Adapter>(&mut self, dev: u32, now: SimTime, clean: bool, net: &mut Net<A>) {
@@ -902,10 +1132,68 @@ impl Shard {
 
     fn close_now<A: Adapter>(&mut self, dev: u32, clean: bool, net: &mut Net<A>) {
         let i = dev as usize;
-        self.sessions[i] = self.sessions[i].wrapping_add(1);
-        if let Net::Real(adapter) = net {
-            let unacked = adapter.close(dev, clean);
-            self.metrics.counters.failed_unacked += u64::from(unacked);
+        let session = self.sessions[i];
+        self.sessions[i] = session.wrapping_add(1);
+        match net {
+            Net::Real(adapter) => {
+                let unacked = adapter.close(dev, clean);
+                self.unacked(dev, unacked);
+            }
+            Net::Sim if clean && self.persistent(dev) => {
+                // Leaving cleanly, the device forgets what it would have sent again.
+                let r = self.sim_resend.entry(dev).or_default();
+                r.forgotten_upto = Some(session);
+                let n = std::mem::take(&mut r.pending).len() as u32;
+                self.sim_in_flight -= u64::from(n);
+                self.unacked(dev, n);
+            }
+            Net::Sim => {}
+        }
+    }
+
+    /// The device's profile asks for a persistent session (`clean_session = false`).
+    fn persistent(&self, dev: u32) -> bool {
+        let d = &self.devices[dev as usize];
+        !self.plan.fleet.cohorts[usize::from(d.cohort.0)]
+            .profile
+            .mqtt
+            .clean_session
+    }
+
+    /// Simulated broker: whether a message sent on `session`, which has ended, is still the
+    /// device's to send again (a persistent session that has not left cleanly since).
+    fn keeps_in_flight(&self, dev: u32, session: u32) -> bool {
+        self.persistent(dev)
+            && self
+                .sim_resend
+                .get(&dev)
+                .and_then(|r| r.forgotten_upto)
+                .is_none_or(|upto| session > upto)
+    }
+
+    /// Simulated broker: a persistent session's first act on a new connection, its
+    /// unacknowledged messages again; each is acknowledged a link round trip later.
+    fn resend_sim(&mut self, dev: u32, now: SimTime) {
+        let Some(r) = self.sim_resend.get_mut(&dev) else {
+            return;
+        };
+        let pending = std::mem::take(&mut r.pending);
+        if pending.is_empty() {
+            return;
+        }
+        let session = self.sessions[dev as usize];
+        let d = &mut self.devices[dev as usize];
+        let link = &self.plan.fleet.cohorts[usize::from(d.cohort.0)].link;
+        let rng = d.link_rng();
+        for (scheduled, from_buffer) in pending {
+            let rtt_ms = link.latency_ms.sample(rng) * 2.0;
+            let due = Due::SimAck {
+                session,
+                scheduled,
+                from_buffer,
+            };
+            self.sched
+                .push(now + SimDuration::from_secs_f64(rtt_ms / 1e3), dev, due);
         }
     }
 
@@ -938,7 +1226,11 @@ impl Shard {
         let mut stages = [0u64; fleet_metrics::ota::OTA_STAGE_COUNT];
         let mut versions = vec![0u64; self.plan.version_labels.len()];
         let mut low_battery = 0u64;
-        for d in &self.devices {
+        let mut unaccounted = 0u64;
+        for (d, t) in self.devices.iter().zip(&self.tally) {
+            if t.published != t.acked + t.in_flight + t.dropped + d.buffered() as u32 {
+                unaccounted += 1;
+            }
             states[d.state().index()] += 1;
             if d.low_battery() && d.state() != DeviceState::Dead {
                 low_battery += 1;
@@ -964,6 +1256,7 @@ impl Shard {
         self.metrics.states = states;
         self.metrics.low_battery = low_battery;
         self.metrics.buffered = buffered;
+        self.metrics.devices_unaccounted = unaccounted;
         self.metrics.in_flight = self.in_flight(net);
         self.metrics.take_report(self.id, now.as_micros(), done)
     }

@@ -25,6 +25,7 @@ interval = "5s"
 jitter = 0.2
 qos = 1
 offline_buffer = 4
+max_age = "15s"
 [sensors.temp]
 kind = "sine"
 mean = 20.0
@@ -79,10 +80,23 @@ at = "12m"
 kind = "reboot_wave"
 fraction = 0.2
 spread = "30s"
+[[events]]
+at = "3m"
+kind = "latency_spike"
+fraction = 0.5
+delay = "2s"
+duration = "1m"
+[[events]]
+at = "15m"
+kind = "partition"
+fraction = 0.3
+duration = "2m"
 "#
     );
     if qos0_share {
         s.push_str("[[cohorts]]\nname = \"b\"\nprofile = \"sensor0.toml\"\ncount = 10\nlink = { loss = 0.1 }\n");
+        // Persistent sessions: what is in flight when a session dies is sent again.
+        s.push_str("[[cohorts]]\nname = \"kept\"\nprofile = \"kept.toml\"\ncount = 12\n");
         // Modbus-only slaves: they sample without a session; a scheduled fault reaches some.
         s.push_str(
             "[[cohorts]]\nname = \"slaves\"\nprofile = \"slave.toml\"\ncount = 7\nmqtt = false\n",
@@ -93,7 +107,7 @@ spread = "30s"
 }
 
 fn run(devices: u32, shards: u16, log: Option<&Path>) -> fleet_engine::RunOutcome {
-    let qos0 = PROFILE.replace("qos = 1", "qos = 0");
+    let qos0 = PROFILE.replace("qos = 1", "qos = 0\nbuffer_qos0 = false");
     let slave = format!(
         "{}\n[modbus]\n[[modbus.registers]]\nname = \"t\"\ntable = \"input\"\naddress = 0\ntype = \"f32\"\nsource = \"sensor.temp\"\n",
         PROFILE
@@ -105,6 +119,11 @@ fn run(devices: u32, shards: u16, log: Option<&Path>) -> fleet_engine::RunOutcom
             ("det.toml", scenario(devices, true)),
             ("sensor.toml", PROFILE.to_string()),
             ("sensor0.toml", qos0),
+            (
+                "kept.toml",
+                PROFILE.replace("name = \"sensor\"", "name = \"kept\"")
+                    + "[mqtt]\nclean_session = false\n",
+            ),
             ("slave.toml", slave),
             ("fw.toml", FIRMWARE.to_string()),
         ],
@@ -141,6 +160,11 @@ fn the_same_seed_gives_byte_identical_event_logs_for_one_two_and_four_shards() {
         "publish telemetry",
         "sample seq=",
         "modbus_fault",
+        "partition until_s",
+        "latency_spike delay_us=2000000",
+        "keep-alive timeout",
+        "expired seq=",
+        "dropped_qos0_offline seq=",
     ] {
         assert!(
             logs[0].iter().any(|l| l.contains(kind)),
@@ -173,6 +197,16 @@ fn every_published_message_is_acked_failed_or_in_flight() {
         t.failed_lost_link > 0 && t.retransmits > 0 && t.link_drops > 0,
         "{t:?}"
     );
+    // Every reason the simulated network can produce is seen, and every device adds up.
+    assert!(
+        t.failed_qos0_offline > 0 && t.failed_expired > 0 && t.failed_offline > 0,
+        "{t:?}"
+    );
+    assert!(
+        t.failed_unacked > 0,
+        "the partition cost in-flight messages: {t:?}"
+    );
+    assert_eq!(out.last.devices_unaccounted, 0, "{t:?}");
     assert!(out.last.publish_ack.count > 0);
     assert!(
         out.last.publish_ack.p50 > 40_000,
@@ -193,4 +227,47 @@ fn a_different_seed_gives_a_different_fleet() {
     let b = dir.path().join("b.log");
     run(20, 1, Some(&b));
     assert_eq!(common::sorted_lines(&a), common::sorted_lines(&b));
+}
+
+/// A partition longer than keep-alive on the virtual clock: sessions die; with persistent
+/// sessions what was in flight is sent again (nothing lost), with clean ones it is counted.
+#[test]
+fn a_partition_costs_clean_sessions_their_in_flight_messages_and_persistent_ones_nothing() {
+    let outcome = |mqtt: &str| {
+        let profile = PROFILE
+            .replace("loss = 0.02", "loss = 0.0")
+            .replace("mtbf = \"3m\"", "mtbf = \"1000h\"")
+            .replace(
+                "latency_ms = { dist = \"lognormal\", median = 40, sigma = 0.7 }",
+                "latency_ms = 300",
+            )
+            + mqtt;
+        let scenario = "name = \"p\"\nseed = 3\nduration = \"10m\"\nclock = \"virtual\"\n[[cohorts]]\nname = \"a\"\nprofile = \"sensor.toml\"\ncount = 40\n[[events]]\nat = \"2m\"\nkind = \"partition\"\nduration = \"3m\"\n";
+        common::run_files(
+            vec![
+                ("p.toml", scenario.to_string()),
+                ("sensor.toml", profile),
+                ("fw.toml", FIRMWARE.to_string()),
+            ],
+            2,
+            None,
+        )
+    };
+    let clean = outcome("[mqtt]\nkeep_alive = \"20s\"\n");
+    let kept = outcome("[mqtt]\nkeep_alive = \"20s\"\nclean_session = false\n");
+    for out in [&clean, &kept] {
+        let t = out.last.totals;
+        assert!(
+            t.sessions_lost >= 30,
+            "most of the 40 lose their session: {t:?}"
+        );
+        assert_eq!(out.last.devices_unaccounted, 0, "{t:?}");
+    }
+    assert!(
+        clean.last.totals.failed_unacked > 0,
+        "{:?}",
+        clean.last.totals
+    );
+    assert_eq!(kept.last.totals.failed_unacked, 0, "{:?}", kept.last.totals);
+    assert!(kept.last.totals.acked > clean.last.totals.acked);
 }

@@ -17,6 +17,12 @@ pub struct Counters {
     pub failed_write: u64,
     /// QoS >= 1 telemetry in flight when its session died.
     pub failed_unacked: u64,
+    /// QoS 0 telemetry produced while disconnected and not buffered (`buffer_qos0 = false`).
+    pub failed_qos0_offline: u64,
+    /// Buffered telemetry older than the profile's `max_age` when its turn came.
+    pub failed_expired: u64,
+    /// QoS >= 1 telemetry the broker refused (MQTT 5 PUBACK/PUBREC reason code >= 0x80).
+    pub failed_rejected: u64,
     /// Messages the link model delayed by a retransmission.
     pub retransmits: u64,
     /// Telemetry sent from the offline buffer after a reconnect.
@@ -42,8 +48,27 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Telemetry lost, by reason, under the names the report, `/metrics` and the dashboard use.
+    pub fn failed_by_reason(&self) -> [(&'static str, u64); 7] {
+        [
+            ("lost_on_link", self.failed_lost_link),
+            ("offline_buffer_full", self.failed_offline),
+            ("qos0_while_disconnected", self.failed_qos0_offline),
+            ("expired", self.failed_expired),
+            ("broker_rejected", self.failed_rejected),
+            ("write_error", self.failed_write),
+            ("unacked_when_session_lost", self.failed_unacked),
+        ]
+    }
+
     pub fn failed(&self) -> u64 {
-        self.failed_lost_link + self.failed_offline + self.failed_write + self.failed_unacked
+        self.failed_lost_link
+            + self.failed_offline
+            + self.failed_write
+            + self.failed_unacked
+            + self.failed_qos0_offline
+            + self.failed_expired
+            + self.failed_rejected
     }
 
     pub fn add(&mut self, o: &Counters) {
@@ -58,6 +83,9 @@ impl Counters {
             failed_offline,
             failed_write,
             failed_unacked,
+            failed_qos0_offline,
+            failed_expired,
+            failed_rejected,
             retransmits,
             flushed,
             bytes_sent,

@@ -129,12 +129,12 @@ pub struct DeviceDetail {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultRequest {
-    /// outage, reboot_wave, unplug, modbus_fault.
+    /// outage, partition, latency_spike, reboot_wave, unplug, modbus_fault.
     pub kind: String,
     /// Share of the selected devices (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fraction: Option<f64>,
-    /// outage, unplug, modbus_fault: how long ("30s", "5m").
+    /// Every kind but reboot_wave: how long ("30s", "5m").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
     /// reboot_wave: over how long the reboots spread.
@@ -148,6 +148,7 @@ pub struct FaultRequest {
     pub fault: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception_code: Option<u8>,
+    /// latency_spike: added to every message ("800ms"); modbus_fault "delay": to every answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<String>,
 }
@@ -218,6 +219,9 @@ impl Command {
                 }
                 if let Some(d) = &f.spread {
                     s.push_str(&format!(" over {d}"));
+                }
+                if let Some(d) = &f.delay {
+                    s.push_str(&format!(" (+{d})"));
                 }
                 s
             }

@@ -66,6 +66,7 @@ pub fn merge_snapshots(parts: &[(String, FleetSnapshot)]) -> FleetSnapshot {
         out.max_lag_us = out.max_lag_us.max(s.max_lag_us);
         out.in_flight += s.in_flight;
         out.buffered += s.buffered;
+        out.devices_unaccounted += s.devices_unaccounted;
         out.peak_online += s.peak_online;
         out.first_connects += s.first_connects;
         out.last_first_connect_s = out.last_first_connect_s.max(s.last_first_connect_s);

@@ -72,6 +72,10 @@ pub struct MessagesSection {
     /// acked / published (1.0 when nothing was published).
     pub delivered_ratio: f64,
     pub failed_by_reason: BTreeMap<&'static str, u64>,
+    /// published - (acked + in_flight + buffered + failed): 0 when every message is accounted.
+    pub unaccounted: i64,
+    /// Devices whose own messages do not add up that way (0 when every device's do).
+    pub devices_unaccounted: u64,
     pub retransmits: u64,
     pub flushed_from_buffer: u64,
     pub bytes_sent: u64,
@@ -106,8 +110,12 @@ pub struct CommandsSection {
 pub struct ConnectLatency {
     pub count: u64,
     pub p50: u64,
+    pub p90: u64,
     pub p99: u64,
     pub max: u64,
+    /// Connections per latency bucket, log scale: `[up_to_us, count]` from 1 ms doubling to
+    /// about 8 s, the last bucket open-ended. A reconnect storm shows as a second hump.
+    pub histogram: Vec<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -223,12 +231,7 @@ impl RunReport {
             .collect();
         let total = last.devices_total;
         let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
-        let failed_by_reason = BTreeMap::from([
-            ("lost_on_link", t.failed_lost_link),
-            ("offline_buffer_full", t.failed_offline),
-            ("write_error", t.failed_write),
-            ("unacked_when_session_lost", t.failed_unacked),
-        ]);
+        let failed_by_reason = BTreeMap::from(t.failed_by_reason());
         let steps_per_s = if run.elapsed_s > 0.0 {
             t.steps as f64 / run.elapsed_s
         } else {
@@ -250,6 +253,9 @@ impl RunReport {
                 buffered: last.buffered,
                 delivered_ratio: ratio(t.acked, t.published),
                 failed_by_reason,
+                unaccounted: t.published as i64
+                    - (t.acked + last.in_flight + last.buffered + t.failed()) as i64,
+                devices_unaccounted: last.devices_unaccounted,
                 retransmits: t.retransmits,
                 flushed_from_buffer: t.flushed,
                 bytes_sent: t.bytes_sent,
@@ -280,8 +286,10 @@ impl RunReport {
                 connect: ConnectLatency {
                     count: last.connect.count,
                     p50: last.connect.p50,
+                    p90: last.connect.p90,
                     p99: last.connect.p99,
                     max: last.connect.max,
+                    histogram: last.histograms.connect_us.log_buckets(1_000, 2.0, 14),
                 },
             },
             generator: GeneratorSection {

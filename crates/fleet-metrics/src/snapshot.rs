@@ -41,6 +41,9 @@ pub struct ShardMetrics {
     pub low_battery: u64,
     pub in_flight: u64,
     pub buffered: u64,
+    /// Devices whose own telemetry does not add up (published != acked + in flight + buffered
+    /// + dropped): 0 unless fleetsim lost count of a message.
+    pub devices_unaccounted: u64,
 }
 
 /// What a shard sends to the collector once a second: its metrics, with the interval's
@@ -161,6 +164,9 @@ pub struct FleetSnapshot {
     pub max_lag_us: u64,
     pub in_flight: u64,
     pub buffered: u64,
+    /// Devices whose telemetry does not add up (see `ShardMetrics::devices_unaccounted`).
+    #[serde(default)]
+    pub devices_unaccounted: u64,
     pub peak_online: u64,
     /// Devices that have connected at least once, and when the last of them first did.
     pub first_connects: u64,
@@ -225,6 +231,7 @@ struct ShardState {
     low_battery: u64,
     in_flight: u64,
     buffered: u64,
+    devices_unaccounted: u64,
     max_lag_us: u64,
     first_connects: u64,
     last_first_connect_us: u64,
@@ -290,6 +297,7 @@ impl Collector {
                 low_battery: m.low_battery,
                 in_flight: m.in_flight,
                 buffered: m.buffered,
+                devices_unaccounted: m.devices_unaccounted,
                 max_lag_us: m.max_lag_us,
                 first_connects: m.first_connects,
                 last_first_connect_us: m.last_first_connect_us,
@@ -375,6 +383,7 @@ impl Collector {
             snap.low_battery += s.low_battery;
             snap.in_flight += s.in_flight;
             snap.buffered += s.buffered;
+            snap.devices_unaccounted += s.devices_unaccounted;
             snap.max_lag_us = snap.max_lag_us.max(s.max_lag_us);
             snap.first_connects += s.first_connects;
             snap.last_first_connect_s = snap

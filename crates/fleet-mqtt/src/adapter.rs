@@ -6,18 +6,19 @@
 //! (TCP connect, CONNECT, wait for CONNACK, SUBSCRIBE), bounded per shard by a semaphore so a
 //! fleet that starts at once does not overflow the broker's listen backlog.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use fleet_core::profile::Qos;
 use fleet_core::{Device, DeviceCtx, Publish, SimTime, TopicKind};
 use fleet_engine::shard::Shard;
 use fleet_engine::{Adapter, NetInput, SendOutcome};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -54,6 +55,59 @@ pub struct MqttConfig {
     pub max_connecting: usize,
     /// HTTP image downloads in progress at once, for the whole process (shared by the shards).
     pub download_slots: crate::http::DownloadSlots,
+    /// MQTT over TLS (`mqtts://`); None: plain TCP.
+    pub tls: Option<Arc<MqttTls>>,
+    /// Per-device user names and passwords (`[broker.auth]`); None: CONNECT carries neither.
+    pub auth: Option<Arc<fleet_core::security::Credentials>>,
+}
+
+/// The shard's side of a connection: where it writes.
+pub enum Conn {
+    /// Plain TCP: the socket's write half, written without waiting (`try_write`).
+    Tcp(OwnedWriteHalf),
+    /// TLS: a task owns the encrypted stream and writes what it is given, in order.
+    Tls(mpsc::Sender<Bytes>),
+}
+
+/// Packets queued to a TLS session's writer task; beyond that the session's `out` holds them.
+const TLS_WRITE_QUEUE: usize = 64;
+
+impl Conn {
+    /// Writes what the connection takes now; returns how much. Err on a dead connection.
+    fn write_now(&self, bytes: &[u8]) -> Result<usize, ()> {
+        match self {
+            Conn::Tcp(w) => match w.try_write(bytes) {
+                Ok(n) => Ok(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+                Err(_) => Err(()),
+            },
+            Conn::Tls(tx) => match tx.try_reserve() {
+                Ok(permit) => {
+                    permit.send(Bytes::copy_from_slice(bytes));
+                    Ok(bytes.len())
+                }
+                Err(mpsc::error::TrySendError::Full(())) => Ok(0),
+                Err(mpsc::error::TrySendError::Closed(())) => Err(()),
+            },
+        }
+    }
+}
+
+/// A connection that got its CONNACK, and what was read past it.
+enum Established {
+    Tcp(TcpStream, BytesMut),
+    Tls(Box<crate::tls::TlsStream<TcpStream>>, BytesMut),
+}
+
+/// TLS settings shared by every session of the process.
+#[derive(Clone, Debug)]
+pub struct MqttTls {
+    pub connector: crate::tls::TlsConnector,
+    /// The broker URL's host (the name its certificate is checked against, unless
+    /// `[broker.tls] server_name` says otherwise).
+    pub host: String,
+    /// Per-device client certificate and key paths.
+    pub client_cert: Option<fleet_core::security::ClientCertTemplates>,
 }
 
 /// What the adapter's tasks tell the shard.
@@ -61,7 +115,7 @@ pub enum MqttEvent {
     Connected {
         dev: u32,
         epoch: u32,
-        write: OwnedWriteHalf,
+        write: Conn,
         reader: AbortHandle,
         latency_us: u64,
     },
@@ -98,7 +152,7 @@ enum State {
     Up,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Inflight {
     pkid: u16,
     telemetry: bool,
@@ -106,6 +160,8 @@ struct Inflight {
     released: bool,
     scheduled: SimTime,
     from_buffer: bool,
+    /// Persistent sessions: the PUBLISH as written, sent again (DUP) after a reconnect.
+    packet: Option<Box<[u8]>>,
 }
 
 /// A device's session as the shard holds it (about 120 bytes when idle).
@@ -113,13 +169,16 @@ struct Inflight {
 struct Session {
     epoch: u32,
     state: State,
-    write: Option<OwnedWriteHalf>,
+    write: Option<Conn>,
     reader: Option<AbortHandle>,
     /// Bytes the socket has not taken yet.
     out: BytesMut,
     next_pkid: u16,
     inflight: VecDeque<Inflight>,
     keep_alive_s: u16,
+    /// `clean_session = false`: unacknowledged QoS >= 1 messages outlive the connection and
+    /// are sent again on the next one, as MQTT asks of a client with a persistent session.
+    persistent: bool,
     /// Milliseconds of run time when the session last wrote and last heard something.
     last_write_ms: u32,
     last_read_ms: u32,
@@ -130,23 +189,29 @@ impl Session {
         self.inflight.iter().filter(|i| i.telemetry).count() as u32
     }
 
+    /// The next packet id for a PUBLISH (1 is the SUBSCRIBE's, sent on every connect).
     fn next_pkid(&mut self) -> u16 {
         self.next_pkid = self.next_pkid.wrapping_add(1);
-        if self.next_pkid == 0 {
-            self.next_pkid = 1;
+        if self.next_pkid < 2 {
+            self.next_pkid = 2;
         }
         self.next_pkid
     }
 
-    /// Drops the connection and all protocol state; returns the write half and pending bytes.
-    fn reset(&mut self) -> (Option<OwnedWriteHalf>, BytesMut) {
+    /// Drops the connection; returns the write half, pending bytes and the telemetry messages
+    /// given up. A persistent session keeps its unacknowledged messages unless `forget`.
+    fn reset(&mut self, forget: bool) -> (Option<Conn>, BytesMut, u32) {
         self.epoch = self.epoch.wrapping_add(1);
         self.state = State::Idle;
         if let Some(r) = self.reader.take() {
             r.abort();
         }
-        self.inflight = VecDeque::new();
-        (self.write.take(), std::mem::take(&mut self.out))
+        let mut lost = 0;
+        if forget || !self.persistent {
+            lost = self.telemetry_in_flight();
+            self.inflight = VecDeque::new();
+        }
+        (self.write.take(), std::mem::take(&mut self.out), lost)
     }
 }
 
@@ -160,27 +225,24 @@ pub struct MqttAdapter {
     /// Sessions whose `out` is not empty.
     blocked: Vec<u32>,
     /// Cleanly closed sessions still flushing their last bytes (DISCONNECT last).
-    closing: Vec<(OwnedWriteHalf, BytesMut)>,
+    closing: Vec<(Conn, BytesMut)>,
     open: u64,
     in_flight: u64,
     device_id: Vec<u8>,
     topic: Vec<u8>,
     packet: BytesMut,
     downloads: crate::downloads::Downloads,
+    /// Devices cut off by a partition, and until when (shard time).
+    partitioned: HashMap<u32, SimTime>,
+    /// What arrived for them meanwhile, handed over when the partition heals.
+    held: Vec<MqttEvent>,
+    /// TLS writer tasks still running (their last bytes and close_notify not yet sent).
+    tls_writers: Arc<AtomicUsize>,
 }
 
 /// Run time in milliseconds (wraps after 49 days; compared with wrapping arithmetic).
 fn millis(now: SimTime) -> u32 {
     now.as_millis() as u32
-}
-
-/// Writes what the socket takes now; returns what it did not take. Err on a dead socket.
-fn write_now(w: &OwnedWriteHalf, bytes: &[u8]) -> Result<usize, ()> {
-    match w.try_write(bytes) {
-        Ok(n) => Ok(n),
-        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
-        Err(_) => Err(()),
-    }
 }
 
 fn io_reason(e: &std::io::Error) -> &'static str {
@@ -218,6 +280,9 @@ impl MqttAdapter {
             topic: Vec::with_capacity(96),
             packet: BytesMut::with_capacity(1024),
             downloads,
+            partitioned: HashMap::new(),
+            held: Vec::new(),
+            tls_writers: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -240,12 +305,23 @@ impl MqttAdapter {
         true
     }
 
+    fn is_partitioned(&self, dev: u32) -> bool {
+        !self.partitioned.is_empty() && self.partitioned.contains_key(&dev)
+    }
+
     /// Queues `self.packet` on the session. False if the session cannot take it.
     fn send_packet(&mut self, dev: u32, now: SimTime) -> bool {
+        let held = self.is_partitioned(dev);
         let s = &mut self.sessions[dev as usize];
         let Some(w) = &s.write else { return false };
-        if s.out.is_empty() {
-            match write_now(w, &self.packet) {
+        if held {
+            // Cut off: the bytes wait (TCP's retransmission queue) until the partition heals.
+            if s.out.len() + self.packet.len() > MAX_PENDING_BYTES {
+                return false;
+            }
+            s.out.extend_from_slice(&self.packet);
+        } else if s.out.is_empty() {
+            match w.write_now(&self.packet) {
                 Ok(n) if n == self.packet.len() => {}
                 Ok(n) => {
                     s.out.extend_from_slice(&self.packet[n..]);
@@ -268,15 +344,58 @@ impl MqttAdapter {
             return;
         }
         let was_up = s.state == State::Up;
-        let unacked = s.telemetry_in_flight();
+        let (_, _, unacked) = s.reset(false);
         self.in_flight -= u64::from(unacked);
-        let _ = s.reset();
         if was_up {
             self.open -= 1;
             out.push((dev, NetInput::SessionLost { reason, unacked }));
         } else {
             out.push((dev, NetInput::ConnectFailed { reason }));
         }
+    }
+
+    /// Ends the partitions that are over: what waited to be written goes, what arrived meanwhile
+    /// is handed over (for the connection it came on, if it is still the device's).
+    fn heal(&mut self, now: SimTime, out: &mut Vec<(u32, NetInput)>) {
+        let before = self.partitioned.len();
+        self.partitioned.retain(|_, until| *until > now);
+        if self.partitioned.len() == before {
+            return;
+        }
+        for dev in 0..self.sessions.len() as u32 {
+            let s = &self.sessions[dev as usize];
+            if !s.out.is_empty() && !self.blocked.contains(&dev) && !self.is_partitioned(dev) {
+                self.blocked.push(dev);
+            }
+        }
+        let held = std::mem::take(&mut self.held);
+        for event in held {
+            self.on_event(event, now, out);
+        }
+    }
+
+    /// A persistent session's first act on a new connection: every unacknowledged PUBLISH again
+    /// (DUP set, same packet id), and PUBREL for QoS 2 messages the broker had received.
+    fn resend_inflight(&mut self, dev: u32, now: SimTime) {
+        let s = &mut self.sessions[dev as usize];
+        if s.inflight.is_empty() {
+            return;
+        }
+        let mut again = BytesMut::new();
+        for i in &s.inflight {
+            match &i.packet {
+                _ if i.released => codec::write_ack(&mut again, codec::PUBREL, i.pkid),
+                Some(p) => {
+                    let start = again.len();
+                    again.extend_from_slice(p);
+                    again[start] |= codec::DUP;
+                }
+                None => {}
+            }
+        }
+        std::mem::swap(&mut self.packet, &mut again);
+        self.send_packet(dev, now);
+        std::mem::swap(&mut self.packet, &mut again);
     }
 
     fn on_packet(
@@ -302,6 +421,15 @@ impl MqttAdapter {
                             from_buffer: i.from_buffer,
                         },
                     ));
+                }
+            }
+            Inbound::PubRefused { pkid, reason } => {
+                if let Some(pos) = s.inflight.iter().position(|i| i.pkid == pkid)
+                    && let Some(i) = s.inflight.remove(pos)
+                    && i.telemetry
+                {
+                    self.in_flight -= 1;
+                    out.push((dev, NetInput::Rejected { reason }));
                 }
             }
             Inbound::PubRec(pkid) => {
@@ -381,6 +509,19 @@ impl Adapter for MqttAdapter {
         if has_will {
             Shard::will_payload(device, ctx, now, &mut will_payload);
         }
+        let login = match self.cfg.auth.clone() {
+            None => None,
+            Some(credentials) => {
+                match credentials.lookup(&ctx.vars(device.id, &self.device_id)) {
+                    Ok(login) => Some(login),
+                    Err(why) => {
+                        // Checked before the run for credentials files; a template cannot fail.
+                        tracing::warn!(device = %String::from_utf8_lossy(&self.device_id), "{why}");
+                        None
+                    }
+                }
+            }
+        };
         let keep_alive_s = (profile.mqtt.keep_alive.as_micros() / 1_000_000).min(65_535) as u16;
         let session_expiry_s = match (profile.mqtt.clean_session, profile.mqtt.session_expiry) {
             (_, Some(d)) => Some((d.as_micros() / 1_000_000).min(u64::from(u32::MAX)) as u32),
@@ -402,8 +543,11 @@ impl Adapter for MqttAdapter {
                     qos: 1,
                     retain: true,
                 }),
-                username: None,
-                password: None,
+                username: login.as_ref().map(|l| l.username.as_slice()),
+                password: login
+                    .as_ref()
+                    .and_then(|l| l.password.as_ref())
+                    .map(|p| p.expose()),
             },
         );
         let mut filters: Vec<Vec<u8>> = Vec::new();
@@ -443,43 +587,89 @@ impl Adapter for MqttAdapter {
         });
 
         let s = &mut self.sessions[dev as usize];
-        let (_, _) = s.reset();
+        let (_, _, unacked) = s.reset(false);
+        debug_assert_eq!(unacked, 0, "connect() follows a close or a loss");
         s.state = State::Connecting;
         s.keep_alive_s = keep_alive_s;
-        s.next_pkid = 1; // 1 is the SUBSCRIBE's
+        s.persistent = !profile.mqtt.clean_session;
         let epoch = s.epoch;
         let timeout = ctx.cohort.link.connect_timeout.to_std();
+        if self.is_partitioned(dev) {
+            // The SYN goes nowhere.
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let reason = "connect timed out";
+                let _ = events
+                    .send(MqttEvent::ConnectFailed { dev, epoch, reason })
+                    .await;
+            });
+            return;
+        }
+        let tls = self.cfg.tls.clone();
+        let tls_writers = self.tls_writers.clone();
+        let cert_paths = tls
+            .as_ref()
+            .and_then(|t| t.client_cert.as_ref())
+            .map(|c| c.paths(&ctx.vars(device.id, &self.device_id)));
         let permits = self.connecting.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let result = tokio::time::timeout(timeout, async {
                 let _permit = permits.acquire_owned().await.map_err(|_| "shutting down")?;
-                handshake(
-                    target,
-                    source,
-                    nodelay,
-                    version,
-                    &hello,
-                    subscribe.as_deref(),
-                )
-                .await
+                let mut tcp = tcp_connect(target, source, nodelay).await?;
+                let sub = subscribe.as_deref();
+                let Some(tls) = &tls else {
+                    let leftover = mqtt_hello(&mut tcp, version, &hello, sub).await?;
+                    return Ok(Established::Tcp(tcp, leftover));
+                };
+                let certs = cert_paths.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+                let mut stream =
+                    tls.connector
+                        .connect(tcp, &tls.host, certs)
+                        .await
+                        .map_err(|e| {
+                            tracing::debug!(device = dev, error = %e, "TLS connect failed");
+                            e.reason
+                        })?;
+                let leftover = mqtt_hello(&mut stream, version, &hello, sub).await?;
+                Ok(Established::Tls(Box::new(stream), leftover))
             })
             .await;
             let latency_us = started.elapsed().as_micros() as u64;
             match result {
-                Ok(Ok((stream, leftover))) => {
+                Ok(Ok(established)) => {
                     let Ok(permit) = events.reserve().await else {
                         return;
                     };
-                    let (read, write) = stream.into_split();
-                    let reader = tokio::spawn(read_loop(
-                        dev,
-                        epoch,
-                        version,
-                        read,
-                        leftover,
-                        events.clone(),
-                    ));
+                    let (write, reader) = match established {
+                        Established::Tcp(stream, leftover) => {
+                            let (read, write) = stream.into_split();
+                            let reader = tokio::spawn(read_loop(
+                                dev,
+                                epoch,
+                                version,
+                                read,
+                                leftover,
+                                events.clone(),
+                            ));
+                            (Conn::Tcp(write), reader)
+                        }
+                        Established::Tls(stream, leftover) => {
+                            let (read, write) = tokio::io::split(*stream);
+                            let (tx, rx) = mpsc::channel(TLS_WRITE_QUEUE);
+                            tls_writers.fetch_add(1, Ordering::Relaxed);
+                            tokio::spawn(write_loop_tls(write, rx, tls_writers));
+                            let reader = tokio::spawn(read_loop_tls(
+                                dev,
+                                epoch,
+                                version,
+                                read,
+                                leftover,
+                                events.clone(),
+                            ));
+                            (Conn::Tls(tx), reader)
+                        }
+                    };
                     permit.send(MqttEvent::Connected {
                         dev,
                         epoch,
@@ -555,12 +745,14 @@ impl Adapter for MqttAdapter {
             return SendOutcome::Written;
         }
         let telemetry = p.topic == TopicKind::Telemetry;
-        self.sessions[dev as usize].inflight.push_back(Inflight {
+        let s = &mut self.sessions[dev as usize];
+        s.inflight.push_back(Inflight {
             pkid,
             telemetry,
             released: false,
             scheduled: p.scheduled,
             from_buffer: p.from_buffer,
+            packet: s.persistent.then(|| self.packet[..].into()),
         });
         if telemetry {
             self.in_flight += 1;
@@ -573,15 +765,16 @@ impl Adapter for MqttAdapter {
     fn close(&mut self, dev: u32, clean: bool) -> u32 {
         let s = &mut self.sessions[dev as usize];
         let was_up = s.state == State::Up;
-        let unacked = s.telemetry_in_flight();
-        let (write, mut pending) = s.reset();
+        // A link that drops keeps a persistent session's messages for the next connection; a
+        // device that leaves (reboot, end of run) forgets them.
+        let (write, mut pending, unacked) = s.reset(clean);
         if was_up {
             self.open -= 1;
         }
         self.in_flight -= u64::from(unacked);
         if let (true, Some(w)) = (clean, write) {
             codec::write_disconnect(&mut pending, self.cfg.version);
-            match write_now(&w, &pending) {
+            match w.write_now(&pending) {
                 Ok(n) if n == pending.len() => {}
                 Ok(n) => {
                     let _ = pending.split_to(n);
@@ -595,7 +788,18 @@ impl Adapter for MqttAdapter {
         unacked
     }
 
+    fn partition(&mut self, dev: u32, until: SimTime) {
+        let end = self.partitioned.entry(dev).or_insert(until);
+        *end = (*end).max(until);
+    }
+
     fn on_event(&mut self, event: MqttEvent, now: SimTime, out: &mut Vec<(u32, NetInput)>) {
+        if let MqttEvent::Packet { dev, .. } | MqttEvent::Closed { dev, .. } = &event
+            && self.is_partitioned(*dev)
+        {
+            self.held.push(event); // the device hears nothing meanwhile
+            return;
+        }
         match event {
             MqttEvent::Connected {
                 dev,
@@ -615,12 +819,14 @@ impl Adapter for MqttAdapter {
                 s.last_read_ms = millis(now);
                 s.last_write_ms = millis(now);
                 self.open += 1;
+                self.resend_inflight(dev, now);
                 out.push((dev, NetInput::Connected { latency_us }));
             }
             MqttEvent::ConnectFailed { dev, epoch, reason } => {
                 let s = &mut self.sessions[dev as usize];
                 if s.epoch == epoch && s.state == State::Connecting {
-                    let _ = s.reset();
+                    let (_, _, unacked) = s.reset(false);
+                    debug_assert_eq!(unacked, 0, "only persistent sessions keep messages");
                     out.push((dev, NetInput::ConnectFailed { reason }));
                 }
             }
@@ -710,6 +916,9 @@ impl Adapter for MqttAdapter {
                 },
             ));
         }
+        if !self.partitioned.is_empty() {
+            self.heal(now, out);
+        }
         let now_ms = millis(now);
         for dev in 0..self.sessions.len() as u32 {
             let s = &self.sessions[dev as usize];
@@ -734,9 +943,13 @@ impl Adapter for MqttAdapter {
         let mut i = 0;
         while i < self.blocked.len() {
             let dev = self.blocked[i];
+            if self.is_partitioned(dev) {
+                i += 1; // written when the partition heals
+                continue;
+            }
             let s = &mut self.sessions[dev as usize];
             let done = match &s.write {
-                Some(w) if !s.out.is_empty() => match write_now(w, &s.out) {
+                Some(w) if !s.out.is_empty() => match w.write_now(&s.out) {
                     Ok(n) => {
                         let _ = s.out.split_to(n);
                         s.out.is_empty()
@@ -753,7 +966,7 @@ impl Adapter for MqttAdapter {
             }
         }
         self.closing
-            .retain_mut(|(w, pending)| match write_now(w, pending) {
+            .retain_mut(|(w, pending)| match w.write_now(pending) {
                 Ok(n) => {
                     let _ = pending.split_to(n);
                     !pending.is_empty()
@@ -778,19 +991,20 @@ impl Adapter for MqttAdapter {
             .map(|d| self.sessions[*d as usize].out.len())
             .sum();
         let closing: usize = self.closing.iter().map(|(_, p)| p.len()).sum();
-        (open + closing) as u64
+        // A TLS session's writer that is still running has bytes (at least close_notify) to
+        // send; while sessions are up this counts them too, which is harmless: the engine
+        // asks only at the end, after every session was closed.
+        let tls = self.tls_writers.load(Ordering::Relaxed);
+        (open + closing + tls) as u64
     }
 }
 
-/// TCP connect (from `source` if given), CONNECT, wait for CONNACK, SUBSCRIBE.
-async fn handshake(
+/// TCP connect, from `source` if given.
+async fn tcp_connect(
     target: SocketAddr,
     source: Option<IpAddr>,
     nodelay: bool,
-    version: Version,
-    hello: &[u8],
-    subscribe: Option<&[u8]>,
-) -> Result<(TcpStream, BytesMut), &'static str> {
+) -> Result<TcpStream, &'static str> {
     let socket = if target.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -802,16 +1016,29 @@ async fn handshake(
             .bind(SocketAddr::new(ip, 0))
             .map_err(|e| io_reason(&e))?;
     }
-    let mut stream = socket.connect(target).await.map_err(|e| io_reason(&e))?;
+    let stream = socket.connect(target).await.map_err(|e| io_reason(&e))?;
     let _ = stream.set_nodelay(nodelay);
+    Ok(stream)
+}
+
+/// CONNECT, wait for CONNACK, SUBSCRIBE; returns what was read past the CONNACK.
+async fn mqtt_hello<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    version: Version,
+    hello: &[u8],
+    subscribe: Option<&[u8]>,
+) -> Result<BytesMut, &'static str> {
     stream.write_all(hello).await.map_err(|e| io_reason(&e))?;
+    stream.flush().await.map_err(|e| io_reason(&e))?;
     let mut buf = BytesMut::with_capacity(64);
     loop {
         match codec::read_packet(&mut buf, version) {
             Ok(Inbound::ConnAck { accepted: true, .. }) => break,
             Ok(Inbound::ConnAck {
-                accepted: false, ..
-            }) => return Err("refused by broker (CONNACK)"),
+                accepted: false,
+                code,
+                ..
+            }) => return Err(connack_refusal(version, code)),
             Ok(_) => return Err("protocol error: packet before CONNACK"),
             Err(DecodeError::Malformed(_)) => return Err("malformed CONNACK"),
             Err(DecodeError::Incomplete) => {
@@ -823,11 +1050,64 @@ async fn handshake(
     }
     if let Some(sub) = subscribe {
         stream.write_all(sub).await.map_err(|e| io_reason(&e))?;
+        stream.flush().await.map_err(|e| io_reason(&e))?;
     }
-    Ok((stream, buf))
+    Ok(buf)
 }
 
-/// Decodes inbound packets of one connection and forwards them to the shard.
+/// Why a broker refused a CONNECT, from its return (3.1.1) or reason (5) code.
+fn connack_refusal(version: Version, code: u8) -> &'static str {
+    match (version, code) {
+        (Version::V311, 4) | (Version::V5, 0x86) => "refused by broker: bad user name or password",
+        (Version::V311, 5) | (Version::V5, 0x87) => "refused by broker: not authorized",
+        (Version::V311, 2) | (Version::V5, 0x85) => "refused by broker: client id not allowed",
+        (Version::V311, 3) | (Version::V5, 0x88) | (Version::V5, 0x89) => {
+            "refused by broker: server unavailable or busy"
+        }
+        (Version::V5, 0x97) => "refused by broker: quota exceeded",
+        (Version::V5, 0x9F) => "refused by broker: connection rate exceeded",
+        _ => "refused by broker (CONNACK)",
+    }
+}
+
+/// Decodes the whole packets in `buf` and forwards them to the shard. False when the reader
+/// must stop: a malformed packet (reported) or the shard gone.
+async fn forward_packets(
+    buf: &mut BytesMut,
+    dev: u32,
+    epoch: u32,
+    version: Version,
+    events: &mpsc::Sender<MqttEvent>,
+) -> bool {
+    loop {
+        match codec::read_packet(buf, version) {
+            Ok(packet) => {
+                if events
+                    .send(MqttEvent::Packet { dev, epoch, packet })
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            Err(DecodeError::Incomplete) => return true,
+            Err(DecodeError::Malformed(_)) => {
+                let _ = events
+                    .send(MqttEvent::Closed {
+                        dev,
+                        epoch,
+                        reason: "malformed packet from broker",
+                        malformed: true,
+                    })
+                    .await;
+                return false;
+            }
+        }
+    }
+}
+
+/// Decodes inbound packets of one plain connection and forwards them to the shard. Waits for
+/// readability before taking a buffer, so idle sessions hold none.
 async fn read_loop(
     dev: u32,
     epoch: u32,
@@ -837,30 +1117,8 @@ async fn read_loop(
     events: mpsc::Sender<MqttEvent>,
 ) {
     let reason = loop {
-        loop {
-            match codec::read_packet(&mut buf, version) {
-                Ok(packet) => {
-                    if events
-                        .send(MqttEvent::Packet { dev, epoch, packet })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(DecodeError::Incomplete) => break,
-                Err(DecodeError::Malformed(_)) => {
-                    let _ = events
-                        .send(MqttEvent::Closed {
-                            dev,
-                            epoch,
-                            reason: "malformed packet from broker",
-                            malformed: true,
-                        })
-                        .await;
-                    return;
-                }
-            }
+        if !forward_packets(&mut buf, dev, epoch, version, &events).await {
+            return;
         }
         if buf.is_empty() && buf.capacity() > 0 {
             buf = BytesMut::new(); // idle sessions hold no read buffer
@@ -884,4 +1142,65 @@ async fn read_loop(
             malformed: false,
         })
         .await;
+}
+
+/// The reader of a TLS connection: decrypts, decodes and forwards.
+async fn read_loop_tls<R: AsyncRead + Unpin>(
+    dev: u32,
+    epoch: u32,
+    version: Version,
+    mut read: R,
+    mut buf: BytesMut,
+    events: mpsc::Sender<MqttEvent>,
+) {
+    let reason = loop {
+        if !forward_packets(&mut buf, dev, epoch, version, &events).await {
+            return;
+        }
+        buf.reserve(READ_CHUNK);
+        match read.read_buf(&mut buf).await {
+            Ok(0) => break "closed by broker",
+            Ok(_) => {}
+            Err(e) => break io_reason(&e),
+        }
+    };
+    let _ = events
+        .send(MqttEvent::Closed {
+            dev,
+            epoch,
+            reason,
+            malformed: false,
+        })
+        .await;
+}
+
+/// The writer of a TLS connection: writes what the shard queues, in order; when the shard lets
+/// go of the queue (the session ended), sends TLS close_notify and ends. Counted in `running`
+/// (by its spawner) until it ends, so that the end of a run waits for the last DISCONNECTs.
+async fn write_loop_tls<W: AsyncWrite + Unpin>(
+    mut write: W,
+    mut queue: mpsc::Receiver<Bytes>,
+    running: Arc<AtomicUsize>,
+) {
+    struct Running(Arc<AtomicUsize>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _running = Running(running);
+    while let Some(bytes) = queue.recv().await {
+        if write.write_all(&bytes).await.is_err() {
+            return;
+        }
+        while let Ok(more) = queue.try_recv() {
+            if write.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if write.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = write.shutdown().await;
 }

@@ -189,6 +189,8 @@ pub fn write_ack(out: &mut BytesMut, kind: u8, pkid: u16) {
     out.put_u16(pkid);
 }
 pub const PUBACK: u8 = 0x40;
+/// The DUP flag of a PUBLISH's first byte (a message sent again).
+pub const DUP: u8 = 0x08;
 pub const PUBREC: u8 = 0x50;
 pub const PUBREL: u8 = 0x62;
 pub const PUBCOMP: u8 = 0x70;
@@ -216,6 +218,12 @@ pub enum Inbound {
     },
     PubAck(u16),
     PubRec(u16),
+    /// MQTT 5: the broker refused a QoS 1/2 publish (PUBACK or PUBREC with a reason code of
+    /// 0x80 or more); the flow ends there.
+    PubRefused {
+        pkid: u16,
+        reason: u8,
+    },
     PubRel(u16),
     PubComp(u16),
     Publish {
@@ -242,16 +250,29 @@ pub enum DecodeError {
 }
 
 /// Decodes one packet from the front of `buf` (consuming it).
+///
+/// `Incomplete` leaves `buf` as it was (the reader appends and tries again). rumqttc also says
+/// "insufficient bytes" for a whole packet whose contents run past its own length, after taking
+/// it off the buffer: that packet is malformed, not incomplete (found by the `mqtt_packet` fuzz
+/// target; `fuzz/regressions/mqtt_packet/`).
 pub fn read_packet(buf: &mut BytesMut, version: Version) -> Result<Inbound, DecodeError> {
+    let before = buf.len();
+    let short = |buf: &BytesMut, e: &dyn std::fmt::Display| {
+        if buf.len() == before {
+            DecodeError::Incomplete
+        } else {
+            DecodeError::Malformed(format!("a packet shorter than its contents ({e})"))
+        }
+    };
     match version {
         Version::V311 => match m4::v4::Packet::read(buf, MAX_INBOUND_PACKET) {
             Ok(p) => Ok(map_v4(p)),
-            Err(m4::Error::InsufficientBytes(_)) => Err(DecodeError::Incomplete),
+            Err(e @ m4::Error::InsufficientBytes(_)) => Err(short(buf, &e)),
             Err(e) => Err(DecodeError::Malformed(e.to_string())),
         },
         Version::V5 => match m5::v5::Packet::read(buf, Some(MAX_INBOUND_PACKET as u32)) {
             Ok(p) => Ok(map_v5(p)),
-            Err(m5::Error::InsufficientBytes(_)) => Err(DecodeError::Incomplete),
+            Err(e @ m5::Error::InsufficientBytes(_)) => Err(short(buf, &e)),
             Err(e) => Err(DecodeError::Malformed(e.to_string())),
         },
     }
@@ -291,16 +312,87 @@ fn map_v4(p: m4::v4::Packet) -> Inbound {
     }
 }
 
+/// The reason code of a refusing PUBACK (MQTT 5 section 3.4.2.1), None when it accepts.
+fn puback_refusal(r: m5::v5::PubAckReason) -> Option<u8> {
+    use m5::v5::PubAckReason as R;
+    match r {
+        R::Success | R::NoMatchingSubscribers => None,
+        R::UnspecifiedError => Some(0x80),
+        R::ImplementationSpecificError => Some(0x83),
+        R::NotAuthorized => Some(0x87),
+        R::TopicNameInvalid => Some(0x90),
+        R::PacketIdentifierInUse => Some(0x91),
+        R::QuotaExceeded => Some(0x97),
+        R::PayloadFormatInvalid => Some(0x99),
+    }
+}
+
+/// The reason code of a refusing PUBREC, None when it accepts.
+fn pubrec_refusal(r: m5::v5::PubRecReason) -> Option<u8> {
+    use m5::v5::PubRecReason as R;
+    match r {
+        R::Success | R::NoMatchingSubscribers => None,
+        R::UnspecifiedError => Some(0x80),
+        R::ImplementationSpecificError => Some(0x83),
+        R::NotAuthorized => Some(0x87),
+        R::TopicNameInvalid => Some(0x90),
+        R::PacketIdentifierInUse => Some(0x91),
+        R::QuotaExceeded => Some(0x97),
+        R::PayloadFormatInvalid => Some(0x99),
+    }
+}
+
+/// The reason code on the wire of an MQTT 5 CONNACK (section 3.2.2.2).
+fn v5_connack_code(c: m5::v5::ConnectReturnCode) -> u8 {
+    use m5::v5::ConnectReturnCode as C;
+    match c {
+        C::Success => 0x00,
+        C::UnspecifiedError => 0x80,
+        C::MalformedPacket => 0x81,
+        C::ProtocolError => 0x82,
+        C::ImplementationSpecificError => 0x83,
+        C::UnsupportedProtocolVersion | C::RefusedProtocolVersion => 0x84,
+        C::ClientIdentifierNotValid | C::BadClientId => 0x85,
+        C::BadUserNamePassword => 0x86,
+        C::NotAuthorized => 0x87,
+        C::ServerUnavailable | C::ServiceUnavailable => 0x88,
+        C::ServerBusy => 0x89,
+        C::Banned => 0x8A,
+        C::BadAuthenticationMethod => 0x8C,
+        C::TopicNameInvalid => 0x90,
+        C::PacketTooLarge => 0x95,
+        C::QuotaExceeded => 0x97,
+        C::PayloadFormatInvalid => 0x99,
+        C::RetainNotSupported => 0x9A,
+        C::QoSNotSupported => 0x9B,
+        C::UseAnotherServer => 0x9C,
+        C::ServerMoved => 0x9D,
+        C::ConnectionRateExceeded => 0x9F,
+    }
+}
+
 fn map_v5(p: m5::v5::Packet) -> Inbound {
     use m5::v5::{ConnectReturnCode, Packet, SubscribeReasonCode};
     match p {
         Packet::ConnAck(c) => Inbound::ConnAck {
             accepted: c.code == ConnectReturnCode::Success,
-            code: c.code as u8,
+            code: v5_connack_code(c.code),
             session_present: c.session_present,
         },
-        Packet::PubAck(a) => Inbound::PubAck(a.pkid),
-        Packet::PubRec(a) => Inbound::PubRec(a.pkid),
+        Packet::PubAck(a) => match puback_refusal(a.reason) {
+            Some(reason) => Inbound::PubRefused {
+                pkid: a.pkid,
+                reason,
+            },
+            None => Inbound::PubAck(a.pkid),
+        },
+        Packet::PubRec(a) => match pubrec_refusal(a.reason) {
+            Some(reason) => Inbound::PubRefused {
+                pkid: a.pkid,
+                reason,
+            },
+            None => Inbound::PubRec(a.pkid),
+        },
         Packet::PubRel(a) => Inbound::PubRel(a.pkid),
         Packet::PubComp(a) => Inbound::PubComp(a.pkid),
         Packet::Publish(p) => Inbound::Publish {

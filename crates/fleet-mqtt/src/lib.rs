@@ -4,13 +4,15 @@
 //! - `adapter`: one shard's sessions (one per device), driven by the shard loop;
 //! - `broker`: the embedded rumqttd broker used when a scenario names none;
 //! - `url`: broker URLs;
-//! - `http`: a small HTTP/1.1 client that downloads firmware images from an artifact server.
+//! - `http`: a small HTTP/1.1 client that downloads firmware images from an artifact server;
+//! - `tls`: MQTT over TLS (rustls with ring): trust roots, per-device client certificates.
 
 pub mod adapter;
 pub mod broker;
 pub mod codec;
 pub mod downloads;
 pub mod http;
+pub mod tls;
 pub mod url;
 
 pub use adapter::{MqttAdapter, MqttConfig, MqttEvent};

@@ -1,4 +1,4 @@
-//! Broker URLs: `mqtt://host:port` (port 1883 when left out).
+//! Broker URLs: `mqtt://host:port` (port 1883 when left out), `mqtts://host:port` (TLS, 8883).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -14,15 +14,27 @@ pub enum UrlError {
     },
 }
 
+/// The host part of a broker URL, as written (the name a TLS certificate is checked against).
+pub fn host(url: &str) -> Option<&str> {
+    let rest = ["mqtt://", "tcp://", "mqtts://", "ssl://"]
+        .iter()
+        .find_map(|p| url.strip_prefix(p))?
+        .trim_end_matches('/');
+    fleet_core::scenario::split_host_port(rest)
+        .ok()
+        .map(|(h, _)| h)
+}
+
 /// Resolves a broker URL to a socket address (the first the resolver gives).
 pub fn resolve(url: &str) -> Result<SocketAddr, UrlError> {
     fleet_core::scenario::check_broker_url(url).map_err(|why| UrlError::Invalid {
         url: url.to_string(),
         why,
     })?;
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
+    let tls = fleet_core::scenario::is_tls_url(url);
+    let rest = ["mqtt://", "tcp://", "mqtts://", "ssl://"]
+        .iter()
+        .find_map(|p| url.strip_prefix(p))
         .unwrap_or(url)
         .trim_end_matches('/');
     let (host, port) =
@@ -37,7 +49,7 @@ pub fn resolve(url: &str) -> Result<SocketAddr, UrlError> {
         } else {
             host.to_string()
         },
-        port.unwrap_or(1883)
+        port.unwrap_or(if tls { 8883 } else { 1883 })
     );
     let mut addrs = host_port
         .to_socket_addrs()

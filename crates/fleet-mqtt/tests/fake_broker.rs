@@ -89,6 +89,8 @@ fn a_malformed_frame_is_counted_and_the_device_reconnects() {
         tcp_nodelay: true,
         max_connecting: 8,
         download_slots: fleet_mqtt::http::DownloadSlots::new(4),
+        tls: None,
+        auth: None,
     });
     let p = plan.clone();
     let out = run_wall(

@@ -63,7 +63,8 @@ pub enum FormKind {
 }
 
 impl Form {
-    /// Outage: percent of the fleet, duration, optional cohort.
+    /// A network fault: percent of the fleet, duration, optional cohort, then its kind (an
+    /// outage unless told otherwise) and, for a latency spike, the added delay.
     pub fn outage() -> Form {
         Form {
             kind: FormKind::Outage,
@@ -71,6 +72,8 @@ impl Form {
                 TextField::new("percent of the fleet", "0 < p <= 100", "10"),
                 TextField::new("duration", "30s, 5m, 1h30m", "30s"),
                 TextField::new("cohort", "optional: all cohorts when empty", ""),
+                TextField::new("kind", "outage, partition or latency_spike", "outage"),
+                TextField::new("delay", "latency_spike only: like 800ms", ""),
             ],
             focus: 0,
             error: None,
@@ -94,7 +97,7 @@ impl Form {
 
     pub fn title(&self) -> &'static str {
         match self.kind {
-            FormKind::Outage => "Outage",
+            FormKind::Outage => "Network fault",
             FormKind::Rollout => "Start a rollout",
         }
     }
@@ -135,11 +138,32 @@ impl Form {
         let cohort = Some(self.value(2))
             .filter(|c| !c.is_empty())
             .map(String::from);
+        let kind = match self.value(3) {
+            "" => "outage",
+            k @ ("outage" | "partition" | "latency_spike") => k,
+            other => {
+                return Err(format!(
+                    "kind = {other}: must be outage, partition or latency_spike"
+                ));
+            }
+        };
+        let delay = match (kind, self.value(4)) {
+            ("latency_spike", "") => {
+                return Err("delay: required for a latency spike (like 800ms)".into());
+            }
+            ("latency_spike", d) => {
+                parse_duration(d).map_err(|e| format!("delay: {e}"))?;
+                Some(d.to_string())
+            }
+            (_, "") => None,
+            (_, _) => return Err("delay: applies to latency_spike only".into()),
+        };
         Ok(Command::Fault(FaultRequest {
-            kind: "outage".into(),
+            kind: kind.into(),
             fraction: Some(p / 100.0),
             duration: Some(duration.into()),
             cohort,
+            delay,
             ..FaultRequest::default()
         }))
     }
@@ -206,6 +230,28 @@ mod tests {
         assert_eq!(f.fraction, Some(0.1));
         assert_eq!(f.duration.as_deref(), Some("30s"));
         assert_eq!(f.cohort, None);
+        assert_eq!(f.kind, "outage");
+    }
+
+    #[test]
+    fn the_fault_form_makes_partitions_and_latency_spikes() {
+        let mut form = Form::outage();
+        form.fields[3].value = "partition".into();
+        let Ok(Command::Fault(f)) = form.command() else {
+            panic!("a partition is valid");
+        };
+        assert_eq!((f.kind.as_str(), f.delay), ("partition", None));
+        form.fields[3].value = "latency_spike".into();
+        assert!(form.command().unwrap_err().contains("delay: required"));
+        form.fields[4].value = "800ms".into();
+        let Ok(Command::Fault(f)) = form.command() else {
+            panic!("a latency spike with a delay is valid");
+        };
+        assert_eq!(f.delay.as_deref(), Some("800ms"));
+        form.fields[3].value = "partition".into();
+        assert!(form.command().unwrap_err().contains("latency_spike only"));
+        form.fields[3].value = "flood".into();
+        assert!(form.command().unwrap_err().contains("kind = flood"));
     }
 
     #[test]

@@ -111,7 +111,7 @@ fn overview_shows_states_rates_latency_errors_and_lag() {
         "p99.9",
         "pub-ack 1s",
         "1,662",
-        "failed_offline",
+        "offline_buffer_full",
         "2,118",
         "modbus malformed frames",
         "10ms",
@@ -298,7 +298,7 @@ fn help_lists_every_key() {
     check("help", &s);
     for want in [
         "pause the fleet",
-        "outage form",
+        "fault form",
         "rollout form",
         "quit",
         "toggle this help",

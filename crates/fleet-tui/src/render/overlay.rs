@@ -21,7 +21,10 @@ pub const HELP: [(&str, &str); 16] = [
     ("/", "look up a device by number or id (opens screen 6)"),
     ("p", "pause the fleet (asks first)"),
     ("r", "resume the fleet (asks first)"),
-    ("o", "outage form: percent, duration, cohort (asks first)"),
+    (
+        "o",
+        "network fault form: outage, partition, latency spike (asks first)",
+    ),
     (
         "R",
         "rollout form: name, version, percent, waves (asks first)",

@@ -245,18 +245,20 @@ fn render_errors(frame: &mut Frame, t: Theme, snap: &FleetSnapshot, area: Rect) 
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let c = &snap.totals;
-    let errors = [
-        ("failed_lost_link", c.failed_lost_link),
-        ("failed_offline", c.failed_offline),
-        ("failed_write", c.failed_write),
-        ("failed_unacked", c.failed_unacked),
-        ("connects_failed", c.connects_failed),
-        ("connects_no_link", c.connects_no_link),
-        ("sessions_lost", c.sessions_lost),
-        ("malformed_packets", c.malformed_packets),
-        ("commands_rejected", c.commands_rejected),
-        ("modbus malformed frames", snap.modbus.malformed_frames),
-    ];
+    // Drop reasons only once they happen (seven of them would crowd the panel).
+    let errors: Vec<(&str, u64)> = c
+        .failed_by_reason()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .chain([
+            ("connects_failed", c.connects_failed),
+            ("connects_no_link", c.connects_no_link),
+            ("sessions_lost", c.sessions_lost),
+            ("malformed_packets", c.malformed_packets),
+            ("commands_rejected", c.commands_rejected),
+            ("modbus malformed frames", snap.modbus.malformed_frames),
+        ])
+        .collect();
     let mut items: Vec<_> = errors
         .iter()
         .map(|(k, n)| styled(*k, count(*n), if *n > 0 { t.err() } else { t.dim() }))
