@@ -124,7 +124,7 @@ fn footer_keys(app: &App) -> &'static [(&'static str, &'static str)] {
             ("/", "device"),
             ("p", "pause"),
             ("r", "resume"),
-            ("o", "outage"),
+            ("o", "fault"),
             ("R", "rollout"),
             ("1-6 Tab", "screens"),
             ("j/k", "scroll"),
