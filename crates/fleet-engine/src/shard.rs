@@ -58,14 +58,6 @@ struct Disturbance {
     spike: SimDuration,
 }
 
-/// Simulated broker, persistent sessions: what a device will send again on its next connection.
-#[derive(Clone, Debug, Default)]
-struct SimResend {
-    /// The device left cleanly with this session (and forgot what was in flight up to it).
-    forgotten_upto: Option<u32>,
-    /// Unacknowledged telemetry (scheduled time, from the buffer) waiting for a connection.
-    pending: Vec<(SimTime, bool)>,
-}
 
 /// A message held back for its simulated uplink latency (wall clock).
 struct Parked {
@@ -89,8 +81,12 @@ pub struct Shard {
     tally: Vec<Tally>,
     /// Devices under a partition or a latency spike (few, and only while it lasts).
     disturbed: HashMap<u32, Disturbance>,
-    /// Simulated broker: persistent sessions' messages to send again.
-    sim_resend: HashMap<u32, SimResend>,
+    /// Persistent sessions: the last session each device left cleanly (forgetting what was in
+    /// flight up to it).
+    forgotten: HashMap<u32, u32>,
+    /// Simulated broker: persistent sessions' unacknowledged telemetry (scheduled time, from
+    /// the buffer), to send again on the next connection.
+    sim_resend: HashMap<u32, Vec<(SimTime, bool)>>,
     pub sched: Scheduler,
     fx: Effects,
     pub metrics: ShardMetrics,
@@ -259,6 +255,7 @@ impl Shard {
             connected_once: vec![false; n],
             tally: vec![Tally::default(); n],
             disturbed: HashMap::new(),
+            forgotten: HashMap::new(),
             sim_resend: HashMap::new(),
             sched: Scheduler::with_capacity(n + 16),
             fx: Effects::default(),
@@ -445,7 +442,7 @@ impl Shard {
                 } else if self.keeps_in_flight(dev, session) {
                     // Still in flight: sent again on the device's next connection.
                     let r = self.sim_resend.entry(dev).or_default();
-                    r.pending.push((scheduled, from_buffer));
+                    r.push((scheduled, from_buffer));
                 } else {
                     self.sim_in_flight -= 1;
                     self.unacked(dev, 1);
@@ -463,7 +460,13 @@ impl Shard {
                 }
                 // The session it was sent on must still be the device's (any close, loss or
                 // new connect since makes it stale).
-                let live = p.session == self.sessions[p.dev as usize];
+                let telemetry = p.publish.topic == TopicKind::Telemetry;
+                // A persistent session still owes a QoS >= 1 message whose session died while
+                // it waited: the adapter sends it on the next connection.
+                let live = p.session == self.sessions[p.dev as usize]
+                    || (telemetry
+                        && p.publish.qos != Qos::AtMostOnce
+                        && self.keeps_in_flight(p.dev, p.session));
                 match net {
                     Net::Real(adapter) if live => {
                         let d = &self.devices[p.dev as usize];
@@ -1141,13 +1144,14 @@ impl Shard {
             }
             Net::Sim if clean && self.persistent(dev) => {
                 // Leaving cleanly, the device forgets what it would have sent again.
-                let r = self.sim_resend.entry(dev).or_default();
-                r.forgotten_upto = Some(session);
-                let n = std::mem::take(&mut r.pending).len() as u32;
+                let n = self.sim_resend.remove(&dev).map_or(0, |p| p.len()) as u32;
                 self.sim_in_flight -= u64::from(n);
                 self.unacked(dev, n);
             }
             Net::Sim => {}
+        }
+        if clean && self.persistent(dev) {
+            self.forgotten.insert(dev, session);
         }
     }
 
@@ -1160,27 +1164,22 @@ impl Shard {
             .clean_session
     }
 
-    /// Simulated broker: whether a message sent on `session`, which has ended, is still the
-    /// device's to send again (a persistent session that has not left cleanly since).
+    /// Whether a message sent on `session`, which has ended, is still the device's to send
+    /// again (a persistent session that has not left cleanly since).
     fn keeps_in_flight(&self, dev: u32, session: u32) -> bool {
         self.persistent(dev)
             && self
-                .sim_resend
+                .forgotten
                 .get(&dev)
-                .and_then(|r| r.forgotten_upto)
-                .is_none_or(|upto| session > upto)
+                .is_none_or(|upto| session > *upto)
     }
 
     /// Simulated broker: a persistent session's first act on a new connection, its
     /// unacknowledged messages again; each is acknowledged a link round trip later.
     fn resend_sim(&mut self, dev: u32, now: SimTime) {
-        let Some(r) = self.sim_resend.get_mut(&dev) else {
+        let Some(pending) = self.sim_resend.remove(&dev) else {
             return;
         };
-        let pending = std::mem::take(&mut r.pending);
-        if pending.is_empty() {
-            return;
-        }
         let session = self.sessions[dev as usize];
         let d = &mut self.devices[dev as usize];
         let link = &self.plan.fleet.cohorts[usize::from(d.cohort.0)].link;

@@ -28,6 +28,8 @@ pub const ADAPTER_TICK: SimDuration = SimDuration::from_millis(250);
 const BLOCKED_WRITE_RETRY: Duration = Duration::from_millis(1);
 /// At shutdown, how long to wait for queued bytes to reach the sockets.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// After a stop, how long the acknowledgements of messages in flight are waited for.
+const STOP_DRAIN: SimDuration = SimDuration::from_millis(1_000);
 
 fn now_since(start: Instant) -> SimTime {
     SimTime(start.elapsed().as_micros() as u64)
@@ -125,7 +127,7 @@ pub(crate) fn run_wall<A: Adapter>(
         shard.init();
         let start = ctl.start;
         let end = shard.plan.end;
-        let drain_until = end + shard.plan.drain;
+        let mut drain_until = end + shard.plan.drain;
         let mut phase = Phase::Running;
         let mut next_tick = SimTime::ZERO + SimDuration::from_secs(1);
         let mut next_adapter_tick = SimTime::ZERO + ADAPTER_TICK;
@@ -198,11 +200,14 @@ pub(crate) fn run_wall<A: Adapter>(
             }
             if phase == Phase::Running && (now >= end || ctl.stopped()) {
                 phase = Phase::Draining;
+                if now < end {
+                    // Stopped early (Ctrl-C, SIGTERM, `q`): a short wait for the acknowledgements
+                    // on their way, so that the report is out within seconds.
+                    drain_until = drain_until.min(now + STOP_DRAIN);
+                }
                 ctl.send_ended(shard.report(now.min(end), false, &net));
             }
-            if phase == Phase::Draining
-                && (shard.in_flight(&net) == 0 || now >= drain_until || ctl.stopped())
-            {
+            if phase == Phase::Draining && (shard.in_flight(&net) == 0 || now >= drain_until) {
                 shard.shutdown_devices(now, &mut net);
                 break;
             }

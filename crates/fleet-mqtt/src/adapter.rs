@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 use crate::codec::{self, ConnectOptions, DecodeError, Inbound, Version, Will};
 
@@ -39,6 +39,8 @@ pub const MAX_INFLIGHT_PER_SESSION: usize = 1024;
 const READ_CHUNK: usize = 512;
 /// Keep-alive: a session is dead when nothing was heard for this many keep-alive periods.
 const KEEPALIVE_GRACE: f64 = 1.5;
+/// How long the reader of a cleanly closed session waits for the broker to close its end.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often the engine calls `tick` (milliseconds; fleet_engine's ADAPTER_TICK).
 const TICK_MS: u32 = fleet_engine::wall_clock_tick_ms();
 
@@ -116,7 +118,7 @@ pub enum MqttEvent {
         dev: u32,
         epoch: u32,
         write: Conn,
-        reader: AbortHandle,
+        reader: JoinHandle<()>,
         latency_us: u64,
     },
     ConnectFailed {
@@ -170,7 +172,7 @@ struct Session {
     epoch: u32,
     state: State,
     write: Option<Conn>,
-    reader: Option<AbortHandle>,
+    reader: Option<JoinHandle<()>>,
     /// Bytes the socket has not taken yet.
     out: BytesMut,
     next_pkid: u16,
@@ -236,8 +238,9 @@ pub struct MqttAdapter {
     partitioned: HashMap<u32, SimTime>,
     /// What arrived for them meanwhile, handed over when the partition heals.
     held: Vec<MqttEvent>,
-    /// TLS writer tasks still running (their last bytes and close_notify not yet sent).
-    tls_writers: Arc<AtomicUsize>,
+    /// Tasks that still have a connection's end to see through: TLS writers (their last bytes
+    /// and close_notify) and the readers of cleanly closed sessions (until the broker closes).
+    closing_tasks: Arc<AtomicUsize>,
 }
 
 /// Run time in milliseconds (wraps after 49 days; compared with wrapping arithmetic).
@@ -282,7 +285,7 @@ impl MqttAdapter {
             downloads,
             partitioned: HashMap::new(),
             held: Vec::new(),
-            tls_writers: Arc::new(AtomicUsize::new(0)),
+            closing_tasks: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -606,7 +609,7 @@ impl Adapter for MqttAdapter {
             return;
         }
         let tls = self.cfg.tls.clone();
-        let tls_writers = self.tls_writers.clone();
+        let tls_writers = self.closing_tasks.clone();
         let cert_paths = tls
             .as_ref()
             .and_then(|t| t.client_cert.as_ref())
@@ -674,7 +677,7 @@ impl Adapter for MqttAdapter {
                         dev,
                         epoch,
                         write,
-                        reader: reader.abort_handle(),
+                        reader,
                         latency_us,
                     });
                 }
@@ -705,7 +708,11 @@ impl Adapter for MqttAdapter {
         payload: &[u8],
     ) -> SendOutcome {
         let s = &self.sessions[dev as usize];
-        if s.state != State::Up
+        // A persistent session holds QoS >= 1 messages while it has no connection: they go
+        // first thing on the next one (a message that waited out its link latency while the
+        // session died).
+        let queue_only = s.state != State::Up;
+        if (queue_only && !(s.persistent && p.qos != Qos::AtMostOnce))
             || (p.qos != Qos::AtMostOnce && s.inflight.len() >= MAX_INFLIGHT_PER_SESSION)
         {
             return SendOutcome::Failed;
@@ -738,7 +745,7 @@ impl Adapter for MqttAdapter {
             payload,
         );
         let now = SimTime(self.start.elapsed().as_micros() as u64);
-        if !self.send_packet(dev, now) {
+        if !queue_only && !self.send_packet(dev, now) {
             return SendOutcome::Failed;
         }
         if p.qos == Qos::AtMostOnce {
@@ -765,9 +772,23 @@ impl Adapter for MqttAdapter {
     fn close(&mut self, dev: u32, clean: bool) -> u32 {
         let s = &mut self.sessions[dev as usize];
         let was_up = s.state == State::Up;
+        // Leaving cleanly, the reader stays until the broker closes the connection: closing it
+        // with acknowledgements unread would make the kernel answer with a reset, and a broker
+        // that had not yet read the DISCONNECT would drop it and publish the will.
+        let reader = if clean { s.reader.take() } else { None };
         // A link that drops keeps a persistent session's messages for the next connection; a
         // device that leaves (reboot, end of run) forgets them.
         let (write, mut pending, unacked) = s.reset(clean);
+        if let Some(mut reader) = reader {
+            let tasks = self.closing_tasks.clone();
+            tasks.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                if tokio::time::timeout(CLOSE_LINGER, &mut reader).await.is_err() {
+                    reader.abort();
+                }
+                tasks.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
         if was_up {
             self.open -= 1;
         }
@@ -992,10 +1013,11 @@ impl Adapter for MqttAdapter {
             .sum();
         let closing: usize = self.closing.iter().map(|(_, p)| p.len()).sum();
         // A TLS session's writer that is still running has bytes (at least close_notify) to
-        // send; while sessions are up this counts them too, which is harmless: the engine
-        // asks only at the end, after every session was closed.
-        let tls = self.tls_writers.load(Ordering::Relaxed);
-        (open + closing + tls) as u64
+        // send, a lingering reader a close to see; while sessions are up this counts their
+        // writers too, which is harmless: the engine asks only at the end, after every session
+        // was closed.
+        let tasks = self.closing_tasks.load(Ordering::Relaxed);
+        (open + closing + tasks) as u64
     }
 }
 
