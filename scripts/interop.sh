@@ -52,17 +52,37 @@
 #    report interrupted, log lines in RUN_DIR/fleetsim.log only). `top --attach` over two runs
 #    in tmux: the merged header (processes 2, devices 600), pause and resume of both runs, q
 #    leaving both running, then Ctrl-C ending each with its report.
+# I  Reliability (scripts/reliability_interop.py; device-profiles/reliable-sensor.toml: 1 msg/s,
+#    QoS 1, persistent sessions, keep-alive 2 s), each check against its own mosquitto and a
+#    paho-mqtt subscriber that audits seq per device: mosquitto (persistence on) stopped with
+#    SIGTERM mid-run and started again 3 s later (every seq arrives, distinct = acked, nothing
+#    failed, unaccounted 0, sessions lost and the reconnect storm in the report); mosquitto
+#    frozen with SIGSTOP for 3 x keep-alive (keep-alive timeouts in the event log, all back
+#    online, nothing lost); scenarios/reliability.toml's partition, latency spike (arrival - ts
+#    >= the delay) and outage; the same faults through POST /api/v1/faults (and 400s naming the
+#    missing field); SIGINT and SIGTERM on 500 devices (exit within 5 s with the report, a
+#    DISCONNECT per device in mosquitto's log, no will); MQTT 5 with an acl_file denying one
+#    cohort's telemetry (PUBACK 0x87 counted as broker_rejected, exactly that cohort's
+#    messages); the pre-flight refusing more devices than the open-file limit allows.
+# J  TLS and identities (scripts/tls_interop.py; 200 env sensors): `fleetsim certs` (a CA, a
+#    broker certificate, one per device, keys 0600); mosquitto with require_certificate and
+#    use_identity_as_username: every device connects over mqtts:// with its own certificate and
+#    is named by its CN, mosquitto_sub over TLS gets telemetry from all 200, every device leaves
+#    with DISCONNECT; another CA's broker certificate refused with its reason;
+#    --insecure-skip-verify connecting with its warning; no client certificate refused; missing
+#    certificate files stopping the run before it starts; passwords from a CSV file against
+#    mosquitto's password_file (the wrong one refused and counted, no password in any output).
 #
 # Needs root (or sudo) for apt-get when mosquitto, mosquitto_sub/pub, python3, (for E) mbpoll,
 # (for F) socat or (for H) tmux are missing, and pip for pymodbus + pyserial (E, F), pynmea2 (F),
-# paho-mqtt (G) and prometheus_client (H) when python3 lacks them.
+# paho-mqtt (G, I) and prometheus_client (H) when python3 lacks them.
 # Environment:
-#   INTEROP_ONLY=E,...      run only these tests (letters A-H, comma-separated; "modbus" = E,
-#                           "serial" = F, "ota" = G, "tui" = H)
+#   INTEROP_ONLY=E,...      run only these tests (letters A-J, comma-separated; "modbus" = E,
+#                           "serial" = F, "ota" = G, "tui" = H, "reliability" = I, "tls" = J)
 #   FLEETSIM=path           use this binary instead of `cargo build --release`
 #   INTEROP_STRICT=0        report known fleetsim bugs as KNOWN instead of failing (default 1: they fail)
 #   INTEROP_KEEP_TMP=1      keep the temp folder (broker logs, subscriber output, reports, H's
-#                           screens H-tui-NN-*.txt and H-top-NN-*.txt)
+#                           screens H-tui-NN-*.txt and H-top-NN-*.txt, I's files under I/)
 #   INTEROP_BUILD_TIMEOUT   seconds for cargo build (default 3600)
 # Ends with the line "N passed, M failed"; exits 0 only when M is 0.
 
@@ -82,6 +102,8 @@ ONLY="${ONLY//,modbus,/,E,}"
 ONLY="${ONLY//,serial,/,F,}"
 ONLY="${ONLY//,ota,/,G,}"
 ONLY="${ONLY//,tui,/,H,}"
+ONLY="${ONLY//,reliability,/,I,}"
+ONLY="${ONLY//,tls,/,J,}"
 want() { [[ "$ONLY" == ",," || "$ONLY" == *",$1,"* ]]; } # want TEST: is test TEST selected?
 PASSED=0
 FAILED=0
@@ -143,8 +165,8 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-[[ "$ONLY" == ",," || "$ONLY" =~ ^,([A-H],)+$ ]] ||
-    die "INTEROP_ONLY=${INTEROP_ONLY:-}: want test letters A-H (or modbus, serial, ota, tui), comma-separated"
+[[ "$ONLY" == ",," || "$ONLY" =~ ^,([A-J],)+$ ]] ||
+    die "INTEROP_ONLY=${INTEROP_ONLY:-}: want test letters A-J (or modbus, serial, ota, tui, reliability, tls), comma-separated"
 
 # ---------------------------------------------------------------------------------------------
 # Tools
@@ -220,14 +242,14 @@ fi
 if want F; then
     log "socat: $(socat -V 2>/dev/null | grep -m1 'socat version' || echo '?'); pyserial, pynmea2, pymodbus: $(python3 -c 'import serial, pynmea2, pymodbus; print(serial.__version__, pynmea2.__version__, pymodbus.__version__)')"
 fi
-# Test G's job server: paho-mqtt, pinned (2.0 changed the callback API; the script uses
-# CallbackAPIVersion.VERSION2).
+# Test G's job server and test I's subscribers: paho-mqtt, pinned (2.0 changed the callback
+# API; the scripts use CallbackAPIVersion.VERSION2).
 PAHO_MQTT_VERSION=2.2.0
-if want G && ! python3 -c 'import sys, paho.mqtt; sys.exit(paho.mqtt.__version__ != sys.argv[1])' \
+if { want G || want I; } && ! python3 -c 'import sys, paho.mqtt; sys.exit(paho.mqtt.__version__ != sys.argv[1])' \
     "$PAHO_MQTT_VERSION" 2>/dev/null; then
     pip_install paho-mqtt "paho-mqtt==$PAHO_MQTT_VERSION"
 fi
-if want G; then
+if want G || want I; then
     log "paho-mqtt: $(python3 -c 'import paho.mqtt; print(paho.mqtt.__version__)')"
 fi
 # Test H's Prometheus parser: prometheus_client, pinned (its text parser is the reference
@@ -403,6 +425,8 @@ modbus_checks() { py_checks E modbus_interop.py "$@"; }
 serial_checks() { py_checks F serial_interop.py "$@"; }
 ota_checks() { py_checks G ota_interop.py "$@"; }
 tui_checks() { py_checks H tui_interop.py "$@"; }
+rel_checks() { py_checks I reliability_interop.py "$@"; }
+tls_checks() { py_checks J tls_interop.py "$@"; }
 
 # Tests A-D run scenarios/smoke.toml; each test sits in an `if want X` (INTEROP_ONLY), its
 # lines left as they were, not indented under it.
@@ -808,6 +832,30 @@ tui_checks 150 metrics "${H_ARGS[@]}" --run-timeout 100
 tui_checks 150 tui "${H_ARGS[@]}"
 # two run --headless --devices 300 --duration 40s --api-listen, and top --attach over both
 tui_checks 120 attach "${H_ARGS[@]}"
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want I; then
+log "Test I: reliability against mosquitto and paho-mqtt: broker restart, half-open, partition/spike/outage, signals, MQTT 5 rejects, pre-flight"
+# scripts/reliability_interop.py starts its own mosquittos (fresh config and port each; the
+# restart check's with persistence), subscribers and fleetsims, and ends them on the way out.
+# Configs, broker logs, reports and event logs: $TMP/I/ (INTEROP_KEEP_TMP=1 keeps them).
+I_ARGS=(--fleetsim "$FLEETSIM" --tmp "$TMP/I" --cwd "$ROOT")
+rel_checks 90 restart "${I_ARGS[@]}"   # 200 devices, 30 s; mosquitto down from 10 s to 13 s
+rel_checks 80 halfopen "${I_ARGS[@]}"  # 100 devices, 24 s; mosquitto frozen from 6 s to 12 s
+rel_checks 100 events "${I_ARGS[@]}"   # scenarios/reliability.toml: 200 devices, 40 s
+rel_checks 90 api "${I_ARGS[@]}"       # 100 devices, 30 s, faults through the control API
+rel_checks 90 signals "${I_ARGS[@]}"   # 500 devices, twice: SIGINT, SIGTERM once all are online
+rel_checks 60 reject "${I_ARGS[@]}"    # 20 devices over MQTT 5, 8 s, an acl_file
+rel_checks 60 preflight "${I_ARGS[@]}" # --devices (hard open-file limit + 10,000)
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want J; then
+log "Test J: TLS and identities against mosquitto: fleetsim certs, mqtts:// with per-device certificates, verification, passwords from a CSV"
+# scripts/tls_interop.py starts its own mosquittos (a TLS listener requiring certificates, a
+# listener with a password_file) and ends them on the way out. Files: $TMP/J/.
+tls_checks 300 --fleetsim "$FLEETSIM" --tmp "$TMP/J"   # seven short runs of 200 devices
 fi
 
 # cleanup (the EXIT trap) prints "N passed, M failed" and sets the exit code.
