@@ -58,7 +58,6 @@ struct Disturbance {
     spike: SimDuration,
 }
 
-
 /// A message held back for its simulated uplink latency (wall clock).
 struct Parked {
     dev: u32,
@@ -1167,11 +1166,7 @@ impl Shard {
     /// Whether a message sent on `session`, which has ended, is still the device's to send
     /// again (a persistent session that has not left cleanly since).
     fn keeps_in_flight(&self, dev: u32, session: u32) -> bool {
-        self.persistent(dev)
-            && self
-                .forgotten
-                .get(&dev)
-                .is_none_or(|upto| session > *upto)
+        self.persistent(dev) && self.forgotten.get(&dev).is_none_or(|upto| session > *upto)
     }
 
     /// Simulated broker: a persistent session's first act on a new connection, its

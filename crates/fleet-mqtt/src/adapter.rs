@@ -783,7 +783,10 @@ impl Adapter for MqttAdapter {
             let tasks = self.closing_tasks.clone();
             tasks.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                if tokio::time::timeout(CLOSE_LINGER, &mut reader).await.is_err() {
+                if tokio::time::timeout(CLOSE_LINGER, &mut reader)
+                    .await
+                    .is_err()
+                {
                     reader.abort();
                 }
                 tasks.fetch_sub(1, Ordering::Relaxed);
