@@ -270,6 +270,12 @@ pub fn read_packet(buf: &mut BytesMut, version: Version) -> Result<Inbound, Deco
             Err(e @ m4::Error::InsufficientBytes(_)) => Err(short(buf, &e)),
             Err(e) => Err(DecodeError::Malformed(e.to_string())),
         },
+        // MQTT 5 allows DISCONNECT without a reason code (remaining length 0, "normal
+        // disconnection"); rumqttc's decoder refuses that short form.
+        Version::V5 if buf.starts_with(&[0xE0, 0x00]) => {
+            let _ = buf.split_to(2);
+            Ok(Inbound::Disconnect)
+        }
         Version::V5 => match m5::v5::Packet::read(buf, Some(MAX_INBOUND_PACKET as u32)) {
             Ok(p) => Ok(map_v5(p)),
             Err(e @ m5::Error::InsufficientBytes(_)) => Err(short(buf, &e)),
@@ -555,6 +561,17 @@ mod tests {
         );
         let mut all = whole.clone();
         assert_eq!(read_packet(&mut all, Version::V311), Ok(Inbound::PubAck(5)));
+        let mut short_disconnect = BytesMut::from(&[0xE0u8, 0x00, 0xD0, 0x00][..]);
+        assert_eq!(
+            read_packet(&mut short_disconnect, Version::V5),
+            Ok(Inbound::Disconnect),
+            "MQTT 5's DISCONNECT without a reason code"
+        );
+        assert_eq!(
+            read_packet(&mut short_disconnect, Version::V5),
+            Ok(Inbound::PingResp),
+            "and what follows it is read on"
+        );
         let mut garbage = BytesMut::from(&[0x00u8, 0x00][..]);
         assert!(matches!(
             read_packet(&mut garbage, Version::V311),
