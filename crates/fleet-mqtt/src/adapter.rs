@@ -1159,6 +1159,12 @@ async fn read_loop(
             Err(e) => break io_reason(&e),
         }
     };
+    closed(&events, dev, epoch, reason).await;
+}
+
+/// Tells the shard that a connection's reader saw it end (not malformed: `forward_packets`
+/// reports that).
+async fn closed(events: &mpsc::Sender<MqttEvent>, dev: u32, epoch: u32, reason: &'static str) {
     let _ = events
         .send(MqttEvent::Closed {
             dev,
@@ -1189,14 +1195,7 @@ async fn read_loop_tls<R: AsyncRead + Unpin>(
             Err(e) => break io_reason(&e),
         }
     };
-    let _ = events
-        .send(MqttEvent::Closed {
-            dev,
-            epoch,
-            reason,
-            malformed: false,
-        })
-        .await;
+    closed(&events, dev, epoch, reason).await;
 }
 
 /// The writer of a TLS connection: writes what the shard queues, in order; when the shard lets

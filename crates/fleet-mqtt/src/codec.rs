@@ -318,34 +318,22 @@ fn map_v4(p: m4::v4::Packet) -> Inbound {
     }
 }
 
-/// The reason code of a refusing PUBACK (MQTT 5 section 3.4.2.1), None when it accepts.
-fn puback_refusal(r: m5::v5::PubAckReason) -> Option<u8> {
-    use m5::v5::PubAckReason as R;
-    match r {
-        R::Success | R::NoMatchingSubscribers => None,
-        R::UnspecifiedError => Some(0x80),
-        R::ImplementationSpecificError => Some(0x83),
-        R::NotAuthorized => Some(0x87),
-        R::TopicNameInvalid => Some(0x90),
-        R::PacketIdentifierInUse => Some(0x91),
-        R::QuotaExceeded => Some(0x97),
-        R::PayloadFormatInvalid => Some(0x99),
-    }
-}
-
-/// The reason code of a refusing PUBREC, None when it accepts.
-fn pubrec_refusal(r: m5::v5::PubRecReason) -> Option<u8> {
-    use m5::v5::PubRecReason as R;
-    match r {
-        R::Success | R::NoMatchingSubscribers => None,
-        R::UnspecifiedError => Some(0x80),
-        R::ImplementationSpecificError => Some(0x83),
-        R::NotAuthorized => Some(0x87),
-        R::TopicNameInvalid => Some(0x90),
-        R::PacketIdentifierInUse => Some(0x91),
-        R::QuotaExceeded => Some(0x97),
-        R::PayloadFormatInvalid => Some(0x99),
-    }
+/// The reason code of a refusing PUBACK or PUBREC (MQTT 5 sections 3.4.2.1, 3.5.2.1), None
+/// when it accepts. rumqttc has an enum for each, with the same variants.
+macro_rules! refusal {
+    ($reason:expr, $ty:ty) => {{
+        type R = $ty;
+        match $reason {
+            R::Success | R::NoMatchingSubscribers => None,
+            R::UnspecifiedError => Some(0x80),
+            R::ImplementationSpecificError => Some(0x83),
+            R::NotAuthorized => Some(0x87),
+            R::TopicNameInvalid => Some(0x90),
+            R::PacketIdentifierInUse => Some(0x91),
+            R::QuotaExceeded => Some(0x97),
+            R::PayloadFormatInvalid => Some(0x99),
+        }
+    }};
 }
 
 /// The reason code on the wire of an MQTT 5 CONNACK (section 3.2.2.2).
@@ -385,14 +373,14 @@ fn map_v5(p: m5::v5::Packet) -> Inbound {
             code: v5_connack_code(c.code),
             session_present: c.session_present,
         },
-        Packet::PubAck(a) => match puback_refusal(a.reason) {
+        Packet::PubAck(a) => match refusal!(a.reason, m5::v5::PubAckReason) {
             Some(reason) => Inbound::PubRefused {
                 pkid: a.pkid,
                 reason,
             },
             None => Inbound::PubAck(a.pkid),
         },
-        Packet::PubRec(a) => match pubrec_refusal(a.reason) {
+        Packet::PubRec(a) => match refusal!(a.reason, m5::v5::PubRecReason) {
             Some(reason) => Inbound::PubRefused {
                 pkid: a.pkid,
                 reason,

@@ -9,52 +9,18 @@
 
 #[path = "../../../fuzz/harness/fleet_mqtt.rs"]
 mod harness;
-
-use std::path::{Path, PathBuf};
+#[path = "../../../fuzz/harness/replay.rs"]
+mod replay;
 
 use bytes::{BufMut, BytesMut};
 use fleet_mqtt::codec::{self, DecodeError, Version, read_packet};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::RngSeed;
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        rng_seed: RngSeed::Fixed(7),
-        ..ProptestConfig::default()
-    }
-}
-
-fn corpus_files(kind: &str, target: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz")
-        .join(kind)
-        .join(target);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("a readable corpus folder").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files
-}
+use replay::{config, replay};
 
 #[test]
 fn the_regression_corpus_of_mqtt_packet_passes() {
-    let corpus = corpus_files("corpus", "mqtt_packet");
-    assert!(!corpus.is_empty(), "fuzz/corpus/mqtt_packet/ has no files");
-    for path in corpus
-        .iter()
-        .chain(&corpus_files("regressions", "mqtt_packet"))
-    {
-        let data = std::fs::read(path).expect("a readable corpus file");
-        let run = std::panic::catch_unwind(|| harness::mqtt_packet(&data));
-        assert!(run.is_ok(), "{} fails its checks", path.display());
-    }
+    replay("mqtt_packet", harness::mqtt_packet);
 }
 
 /// One packet a broker sends a client.
