@@ -439,9 +439,13 @@ impl Shard {
                     self.sim_in_flight -= 1;
                     self.acked(dev, now, scheduled, from_buffer);
                 } else if self.keeps_in_flight(dev, session) {
-                    // Still in flight: sent again on the device's next connection.
+                    // Still in flight: sent again on the device's next connection (at once if
+                    // it has one already).
                     let r = self.sim_resend.entry(dev).or_default();
                     r.push((scheduled, from_buffer));
+                    if self.devices[dev as usize].state() == DeviceState::Online {
+                        self.resend_sim(dev, now);
+                    }
                 } else {
                     self.sim_in_flight -= 1;
                     self.unacked(dev, 1);
