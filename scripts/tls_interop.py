@@ -218,10 +218,12 @@ def checks(args, r):
             rep is not None and rep["connections"]["succeeded"] >= DEVICES and "NOT verified" in err,
             f"exit {rc}, {rep and rep['connections']}, warning: {'NOT verified' in err}")
     nocert = scenario(tmp, "no-cert", port, tls={"ca_file": ca}, duration="4s")
-    rc, out, err, rep, _, _ = run_fleet(args, nocert, "no-cert")
-    r.check("verify: without a client certificate the broker refuses every device",
-            rep is not None and rep["connections"]["succeeded"] == 0 and rep["connections"]["failed"] > 0,
-            f"exit {rc}, {rep and rep['connections']}")
+    rc, out, err, rep, _, events = run_fleet(args, nocert, "no-cert")
+    reasons = set(re.findall(r"connect_error reason=(.*)", read(events)))
+    r.check("verify: without a client certificate the broker refuses every device, with the reason",
+            rep is not None and rep["connections"]["succeeded"] == 0 and rep["connections"]["failed"] > 0
+            and reasons == {"TLS handshake failed: broker requires a client certificate"},
+            f"exit {rc}, {rep and rep['connections']}, reasons in the event log: {sorted(reasons)}")
     missing = scenario(tmp, "missing-cert", port, tls=dict(tls, client_cert=f"{tmp}/nowhere/{{device_id}}.pem"))
     rc, out, err, rep, _, _ = run_fleet(args, missing, "missing-cert")
     r.check("verify: missing client certificate files stop the run before it starts, naming one",

@@ -248,6 +248,12 @@ fn millis(now: SimTime) -> u32 {
     now.as_millis() as u32
 }
 
+/// `io_reason`, or the TLS reason when TLS caused the error (under TLS 1.3 a broker's refusal
+/// of a client certificate arrives as an alert on the first read, after the handshake).
+fn tls_io_reason(e: &std::io::Error) -> &'static str {
+    crate::tls::error_reason(e).unwrap_or_else(|| io_reason(e))
+}
+
 fn io_reason(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(24) => "too many open files (EMFILE)",
@@ -622,7 +628,7 @@ impl Adapter for MqttAdapter {
                 let mut tcp = tcp_connect(target, source, nodelay).await?;
                 let sub = subscribe.as_deref();
                 let Some(tls) = &tls else {
-                    let leftover = mqtt_hello(&mut tcp, version, &hello, sub).await?;
+                    let leftover = mqtt_hello(&mut tcp, version, &hello, sub, io_reason).await?;
                     return Ok(Established::Tcp(tcp, leftover));
                 };
                 let certs = cert_paths.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
@@ -634,7 +640,8 @@ impl Adapter for MqttAdapter {
                             tracing::debug!(device = dev, error = %e, "TLS connect failed");
                             e.reason
                         })?;
-                let leftover = mqtt_hello(&mut stream, version, &hello, sub).await?;
+                let leftover =
+                    mqtt_hello(&mut stream, version, &hello, sub, tls_io_reason).await?;
                 Ok(Established::Tls(Box::new(stream), leftover))
             })
             .await;
@@ -1052,6 +1059,7 @@ async fn mqtt_hello<S: AsyncRead + AsyncWrite + Unpin>(
     version: Version,
     hello: &[u8],
     subscribe: Option<&[u8]>,
+    io_reason: fn(&std::io::Error) -> &'static str,
 ) -> Result<BytesMut, &'static str> {
     stream.write_all(hello).await.map_err(|e| io_reason(&e))?;
     stream.flush().await.map_err(|e| io_reason(&e))?;
@@ -1192,7 +1200,7 @@ async fn read_loop_tls<R: AsyncRead + Unpin>(
         match read.read_buf(&mut buf).await {
             Ok(0) => break "closed by broker",
             Ok(_) => {}
-            Err(e) => break io_reason(&e),
+            Err(e) => break tls_io_reason(&e),
         }
     };
     closed(&events, dev, epoch, reason).await;

@@ -270,10 +270,7 @@ fn pem_reason(e: &rustls::pki_types::pem::Error) -> String {
 /// broker's refusal of a client certificate arrives on the first read under TLS 1.3).
 /// Errors that are not TLS errors classify by their I/O kind.
 pub fn classify(e: &io::Error) -> TlsError {
-    if let Some(tls) = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
+    if let Some(tls) = rustls_error(e) {
         return TlsError::new(tls_reason(tls), tls.to_string());
     }
     let reason = match e.kind() {
@@ -284,6 +281,17 @@ pub fn classify(e: &io::Error) -> TlsError {
         _ => IO,
     };
     TlsError::new(reason, e.to_string())
+}
+
+fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// The reason of an I/O error on a TLS stream when TLS caused it (an alert from the broker, a
+/// refused certificate after the handshake), None for plain I/O errors.
+pub fn error_reason(e: &io::Error) -> Option<&'static str> {
+    rustls_error(e).map(tls_reason)
 }
 
 fn tls_reason(e: &rustls::Error) -> &'static str {
