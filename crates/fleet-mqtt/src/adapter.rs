@@ -640,8 +640,7 @@ impl Adapter for MqttAdapter {
                             tracing::debug!(device = dev, error = %e, "TLS connect failed");
                             e.reason
                         })?;
-                let leftover =
-                    mqtt_hello(&mut stream, version, &hello, sub, tls_io_reason).await?;
+                let leftover = mqtt_hello(&mut stream, version, &hello, sub, tls_io_reason).await?;
                 Ok(Established::Tls(Box::new(stream), leftover))
             })
             .await;
