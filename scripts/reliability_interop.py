@@ -462,6 +462,14 @@ count = {devices - north}
     return path
 
 
+def end(fleet, sub, broker):
+    """Ends what a check started: the fleet (if it got as far), the subscriber, the broker."""
+    if fleet:
+        fleet.kill()
+    sub.close()
+    broker.stop()
+
+
 def report_loaded(r, fleet, label):
     rep = fleet.load_report()
     if rep is None:
@@ -562,10 +570,7 @@ def cmd_restart(args, r):
         r.check(f"{label}: subscriber drained (its end marker came back)", drained,
                 f"{len(sub.msgs)} messages, {sub.connects} connects" if drained else "no marker within 30 s")
     finally:
-        if fleet:
-            fleet.kill()
-        sub.close()
-        broker.stop()
+        end(fleet, sub, broker)
     rep = report_loaded(r, fleet, label)
     if rep is None:
         return
@@ -625,10 +630,7 @@ def cmd_halfopen(args, r):
         r.check(f"{label}: fleetsim exit 0", rc == 0, f"exit {rc}" + ("" if rc == 0 else "\n" + fleet.tail()))
         r.check(f"{label}: subscriber drained", sub.drain(), f"{len(sub.msgs)} messages")
     finally:
-        if fleet:
-            fleet.kill()
-        sub.close()
-        broker.stop()
+        end(fleet, sub, broker)
     rep = report_loaded(r, fleet, label)
     if rep is None:
         return
@@ -671,10 +673,7 @@ def cmd_events(args, r):
                 + ("" if rc == 0 else "\n" + fleet.tail()))
         r.check(f"{label}: subscriber drained", sub.drain(), f"{len(sub.msgs)} messages")
     finally:
-        if fleet:
-            fleet.kill()
-        sub.close()
-        broker.stop()
+        end(fleet, sub, broker)
     rep = report_loaded(r, fleet, label)
     if rep is None:
         return
@@ -817,10 +816,7 @@ def cmd_api(args, r):
         r.check(f"{label}: fleetsim ended", rc in (0, 1), f"exit {rc}" + ("" if rc in (0, 1) else "\n" + fleet.tail()))
         r.check(f"{label}: subscriber drained", sub.drain(), f"{len(sub.msgs)} messages")
     finally:
-        if fleet:
-            fleet.kill()
-        sub.close()
-        broker.stop()
+        end(fleet, sub, broker)
     rep = report_loaded(r, fleet, label)
     if rep is None:
         return
@@ -865,10 +861,7 @@ def one_signal(args, r, sig):
                 + ("" if fleet.rc in (0, 1) else "\n" + fleet.tail()))
         sub.drain()
     finally:
-        if fleet:
-            fleet.kill()
-        sub.close()
-        broker.stop()
+        end(fleet, sub, broker)
     rep = report_loaded(r, fleet, label)
     if rep is not None:
         r.check(f"{label}: report run.interrupted", get(rep, "run.interrupted") is True,
@@ -926,10 +919,7 @@ def cmd_reject(args, r):
         r.check(f"{label}: fleetsim ended", rc in (0, 1), f"exit {rc}" + ("" if rc in (0, 1) else "\n" + fleet.tail()))
         sub.drain()
     finally:
-        if fleet:
-            fleet.kill()
-        sub.close()
-        broker.stop()
+        end(fleet, sub, broker)
     blog = broker.log()
     denied = re.findall(r"Denied PUBLISH from (rel-\d+)", blog)
     rc87 = re.findall(r"Sending PUBACK to (rel-\d+) \(m\d+, rc135\)", blog)
