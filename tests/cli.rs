@@ -133,6 +133,59 @@ fn a_bad_scenario_stops_the_run_with_exit_2_before_anything_starts() {
 }
 
 #[test]
+fn tls_settings_that_cannot_work_stop_the_run_before_it_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("r.json");
+    let report = report.to_str().expect("utf-8 path");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "--broker",
+                "mqtts://127.0.0.1:8883",
+                "--broker",
+                "mqtt://127.0.0.1:1883",
+            ],
+            "mix mqtts:// and mqtt://",
+        ),
+        (
+            &["--broker", "mqtt://127.0.0.1:1883", "--ca-file", "ca.pem"],
+            "apply to TLS brokers",
+        ),
+        (
+            &[
+                "--broker",
+                "mqtts://127.0.0.1:8883",
+                "--ca-file",
+                "no/such/ca.pem",
+            ],
+            "no/such/ca.pem",
+        ),
+        (&["--broker", "mqtts://"], "has no host"),
+    ];
+    for (extra, says) in cases {
+        let mut args = vec![
+            "run",
+            "scenarios/smoke.toml",
+            "--headless",
+            "--report",
+            report,
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(says),
+            "{extra:?} should say {says:?}: {}",
+            text(&o)
+        );
+        assert!(
+            !Path::new(report).exists(),
+            "{extra:?}: a refused run leaves no report file behind"
+        );
+    }
+}
+
+#[test]
 fn a_fleet_that_cannot_fit_the_open_files_limit_is_refused_with_advice() {
     // With the embedded broker every device needs two descriptors: half the limit plus one
     // device cannot fit (15,001 here, where the hard limit is 20,000).
