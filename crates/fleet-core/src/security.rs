@@ -216,13 +216,6 @@ impl ClientCertTemplates {
     }
 }
 
-impl BrokerTls {
-    /// The name to verify the broker's certificate against: `server_name`, else `url_host`.
-    pub fn server_name_for<'a>(&'a self, url_host: &'a str) -> &'a str {
-        self.server_name.as_deref().unwrap_or(url_host)
-    }
-}
-
 impl BrokerTlsRaw {
     /// Validates the table found at `key` (e.g. "broker.tls"); paths are resolved against
     /// `base_dir`, the scenario file's folder. Problems go to `c`.
@@ -557,11 +550,6 @@ impl Credentials {
             ),
         ))
     }
-
-    /// Devices in the credentials file (None without a file).
-    pub fn file_devices(&self) -> Option<usize> {
-        self.table.as_ref().map(|t| t.rows.len())
-    }
 }
 
 fn columns(username: bool, password: bool) -> &'static str {
@@ -880,7 +868,7 @@ mod tests {
         "#)
         .unwrap();
         assert_eq!(t.ca_file.as_deref(), Some(Path::new("/scen/certs/ca.pem")));
-        assert_eq!(t.server_name_for("10.0.0.1"), "broker.example.com");
+        assert_eq!(t.server_name.as_deref(), Some("broker.example.com"));
         assert_eq!(t.alpn, vec![b"mqtt".to_vec()]);
         let certs = t.client_cert.unwrap();
         assert!(certs.is_per_device());
@@ -893,7 +881,7 @@ mod tests {
     fn tls_defaults_verify_with_the_system_roots_and_the_url_host() {
         let t = tls("[tls]\n").unwrap();
         assert!(t.ca_file.is_none() && !t.insecure_skip_verify && t.client_cert.is_none());
-        assert_eq!(t.server_name_for("localhost"), "localhost");
+        assert_eq!(t.server_name, None, "the URL's host is checked");
     }
 
     #[test]
@@ -939,7 +927,6 @@ mod tests {
         let login = c.lookup(&vars(b"meter-000042")).unwrap();
         assert_eq!(login.username, b"meter-000042");
         assert_eq!(login.password.unwrap().expose(), b"s3cret-42");
-        assert_eq!(c.file_devices(), None);
         assert!(c.check_devices([b"anything".as_slice()]).is_ok());
     }
 
@@ -978,7 +965,6 @@ mod tests {
     #[test]
     fn a_credentials_file_is_read_once_with_quotes_comments_and_blank_lines() {
         let c = credentials("[auth]\ncredentials_file = \"creds.csv\"\n", CSV).unwrap();
-        assert_eq!(c.file_devices(), Some(3));
         let l = c.lookup(&vars(b"meter-000002")).unwrap();
         assert_eq!(l.username, b"bob, the second");
         assert_eq!(l.password.unwrap().expose(), b"p,w\"d");
