@@ -142,18 +142,16 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
     );
     if cl.count > 0 {
         // The connect latency distribution: a reconnect storm is a second hump.
-        let mut lo = 0;
+        let last = cl.histogram.len().saturating_sub(1);
         let buckets: Vec<String> = cl
             .histogram
             .iter()
-            .filter_map(|&(up_to, count)| {
-                let label = if up_to == cl.histogram.last().map_or(0, |b| b.0) {
-                    format!(">{}", us(lo))
-                } else {
-                    format!("<={}", us(up_to))
-                };
-                lo = up_to;
-                (count > 0).then(|| format!("{label} {}", n(count)))
+            .enumerate()
+            .filter(|(_, (_, count))| *count > 0)
+            .map(|(i, &(up_to, count))| match i {
+                // The last bucket is open-ended: everything above the one before it.
+                i if i == last && i > 0 => format!(">{} {}", us(cl.histogram[i - 1].0), n(count)),
+                _ => format!("<={} {}", us(up_to), n(count)),
             })
             .collect();
         let _ = writeln!(

@@ -641,15 +641,19 @@ pub fn is_tls_url(url: &str) -> bool {
     url.starts_with("mqtts://") || url.starts_with("ssl://")
 }
 
+/// The `host:port` of a broker URL (its scheme and a trailing `/` taken off); None when the
+/// scheme is not one fleetsim speaks.
+pub fn broker_authority(url: &str) -> Option<&str> {
+    ["mqtt://", "tcp://", "mqtts://", "ssl://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
+        .map(|rest| rest.trim_end_matches('/'))
+}
+
 /// `mqtt://host:port` (port defaults to 1883) or `mqtts://host:port` (8883).
 pub fn check_broker_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .or_else(|| url.strip_prefix("mqtts://"))
-        .or_else(|| url.strip_prefix("ssl://"))
-        .ok_or("must start with mqtt:// or mqtts:// (TLS)")?;
-    let (host, port) = split_host_port(rest.trim_end_matches('/'))?;
+    let rest = broker_authority(url).ok_or("must start with mqtt:// or mqtts:// (TLS)")?;
+    let (host, port) = split_host_port(rest)?;
     if host.is_empty() {
         return Err("has no host".into());
     }

@@ -457,21 +457,24 @@ impl Shard {
                 };
                 self.free_slots.push(slot);
                 self.parked_count -= 1;
-                if p.publish.topic == TopicKind::Telemetry {
+                let telemetry = p.publish.topic == TopicKind::Telemetry;
+                if telemetry {
                     self.parked_telemetry -= 1;
-                    self.tally[p.dev as usize].in_flight -= 1;
                 }
                 // The session it was sent on must still be the device's (any close, loss or
-                // new connect since makes it stale).
-                let telemetry = p.publish.topic == TopicKind::Telemetry;
-                // A persistent session still owes a QoS >= 1 message whose session died while
-                // it waited: the adapter sends it on the next connection.
+                // new connect since makes it stale); a persistent session still owes a QoS >= 1
+                // message whose session died while it waited: the adapter sends it on the next
+                // connection.
                 let live = p.session == self.sessions[p.dev as usize]
                     || (telemetry
                         && p.publish.qos != Qos::AtMostOnce
                         && self.keeps_in_flight(p.dev, p.session));
                 match net {
                     Net::Real(adapter) if live => {
+                        if telemetry {
+                            // Out of the parking; `count_send` counts where it goes now.
+                            self.tally[p.dev as usize].in_flight -= 1;
+                        }
                         let d = &self.devices[p.dev as usize];
                         let outcome = adapter.publish(
                             p.dev,
@@ -482,11 +485,10 @@ impl Shard {
                         );
                         self.count_send(p.dev, &p.publish, p.payload.len(), outcome);
                     }
+                    // Its session ended while it waited.
                     _ => {
-                        // Its session ended while it waited (no longer in flight, counted above).
-                        if p.publish.topic == TopicKind::Telemetry {
-                            self.metrics.counters.failed_unacked += 1;
-                            self.tally[p.dev as usize].dropped += 1;
+                        if telemetry {
+                            self.unacked(p.dev, 1);
                         }
                     }
                 }
@@ -1140,21 +1142,22 @@ impl Shard {
         let i = dev as usize;
         let session = self.sessions[i];
         self.sessions[i] = session.wrapping_add(1);
+        // Leaving cleanly, a persistent session's device forgets what it would have sent again.
+        let forget = clean && self.persistent(dev);
+        if forget {
+            self.forgotten.insert(dev, session);
+        }
         match net {
             Net::Real(adapter) => {
                 let unacked = adapter.close(dev, clean);
                 self.unacked(dev, unacked);
             }
-            Net::Sim if clean && self.persistent(dev) => {
-                // Leaving cleanly, the device forgets what it would have sent again.
+            Net::Sim if forget => {
                 let n = self.sim_resend.remove(&dev).map_or(0, |p| p.len()) as u32;
                 self.sim_in_flight -= u64::from(n);
                 self.unacked(dev, n);
             }
             Net::Sim => {}
-        }
-        if clean && self.persistent(dev) {
-            self.forgotten.insert(dev, session);
         }
     }
 

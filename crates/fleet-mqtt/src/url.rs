@@ -16,10 +16,7 @@ pub enum UrlError {
 
 /// The host part of a broker URL, as written (the name a TLS certificate is checked against).
 pub fn host(url: &str) -> Option<&str> {
-    let rest = ["mqtt://", "tcp://", "mqtts://", "ssl://"]
-        .iter()
-        .find_map(|p| url.strip_prefix(p))?
-        .trim_end_matches('/');
+    let rest = fleet_core::scenario::broker_authority(url)?;
     fleet_core::scenario::split_host_port(rest)
         .ok()
         .map(|(h, _)| h)
@@ -32,11 +29,7 @@ pub fn resolve(url: &str) -> Result<SocketAddr, UrlError> {
         why,
     })?;
     let tls = fleet_core::scenario::is_tls_url(url);
-    let rest = ["mqtt://", "tcp://", "mqtts://", "ssl://"]
-        .iter()
-        .find_map(|p| url.strip_prefix(p))
-        .unwrap_or(url)
-        .trim_end_matches('/');
+    let rest = fleet_core::scenario::broker_authority(url).unwrap_or(url);
     let (host, port) =
         fleet_core::scenario::split_host_port(rest).map_err(|why| UrlError::Invalid {
             url: url.to_string(),

@@ -124,56 +124,74 @@ type Received = (u16, bool, Vec<u8>);
 /// A 3.1.1 broker that acknowledges everything, but with `cut_after` = Some(n) its first
 /// connection acknowledges nothing and is cut after n PUBLISHes.
 fn broker(cut_after: Option<usize>, seen: Arc<Mutex<Seen>>) -> SocketAddr {
+    listen(move |n, mut stream| {
+        let mut buf = BytesMut::new();
+        let Some(v4::Packet::Connect(c)) = next(&mut stream, &mut buf, v4_packet) else {
+            return;
+        };
+        let idx = {
+            let mut s = seen.lock().expect("lock");
+            s.connections.push((c.clean_session, Vec::new()));
+            s.connections.len() - 1
+        };
+        let present = u8::from(n > 0 && cut_after.is_some());
+        let _ = stream.write_all(&[0x20, 0x02, present, 0x00]);
+        let mut count = 0;
+        while let Some(p) = next(&mut stream, &mut buf, v4_packet) {
+            match p {
+                v4::Packet::Publish(p) => {
+                    count += 1;
+                    seen.lock().expect("lock").connections[idx].1.push((
+                        p.pkid,
+                        p.dup,
+                        p.payload.to_vec(),
+                    ));
+                    if let (0, Some(cut)) = (n, cut_after) {
+                        if count >= cut {
+                            return; // the broker goes away, nothing acknowledged
+                        }
+                        continue;
+                    }
+                    let ack = [0x40, 0x02, (p.pkid >> 8) as u8, p.pkid as u8];
+                    if stream.write_all(&ack).is_err() {
+                        return;
+                    }
+                }
+                v4::Packet::PingReq => {
+                    let _ = stream.write_all(&[0xD0, 0x00]);
+                }
+                v4::Packet::Disconnect => return,
+                _ => {}
+            }
+        }
+    })
+}
+
+/// A broker on 127.0.0.1 (a port the OS picks) serving each connection, numbered from 0, in a
+/// thread of its own.
+fn listen(serve: impl Fn(usize, TcpStream) + Clone + Send + 'static) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for (n, stream) in listener.incoming().enumerate() {
-            let Ok(mut stream) = stream else { continue };
-            let seen = seen.clone();
-            std::thread::spawn(move || {
-                let mut buf = BytesMut::new();
-                let Some(v4::Packet::Connect(c)) = next(&mut stream, &mut buf, v4_packet) else {
-                    return;
-                };
-                let idx = {
-                    let mut s = seen.lock().expect("lock");
-                    s.connections.push((c.clean_session, Vec::new()));
-                    s.connections.len() - 1
-                };
-                let present = u8::from(n > 0 && cut_after.is_some());
-                let _ = stream.write_all(&[0x20, 0x02, present, 0x00]);
-                let mut count = 0;
-                while let Some(p) = next(&mut stream, &mut buf, v4_packet) {
-                    match p {
-                        v4::Packet::Publish(p) => {
-                            count += 1;
-                            seen.lock().expect("lock").connections[idx].1.push((
-                                p.pkid,
-                                p.dup,
-                                p.payload.to_vec(),
-                            ));
-                            if let (0, Some(cut)) = (n, cut_after) {
-                                if count >= cut {
-                                    return; // the broker goes away, nothing acknowledged
-                                }
-                                continue;
-                            }
-                            let ack = [0x40, 0x02, (p.pkid >> 8) as u8, p.pkid as u8];
-                            if stream.write_all(&ack).is_err() {
-                                return;
-                            }
-                        }
-                        v4::Packet::PingReq => {
-                            let _ = stream.write_all(&[0xD0, 0x00]);
-                        }
-                        v4::Packet::Disconnect => return,
-                        _ => {}
-                    }
-                }
-            });
+            let Ok(stream) = stream else { continue };
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(n, stream));
         }
     });
     addr
+}
+
+/// Every `seq` the broker received, over all connections, sorted, each once.
+fn distinct_seqs(seen: &Seen) -> Vec<u64> {
+    let mut seqs: Vec<u64> = seen
+        .connections
+        .iter()
+        .flat_map(|c| c.1.iter().map(|(_, _, p)| seq_of(p)))
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs
 }
 
 fn seq_of(payload: &[u8]) -> u64 {
@@ -213,13 +231,7 @@ fn a_persistent_session_sends_unacknowledged_messages_again_and_loses_none() {
         .collect();
     assert_eq!(again, first);
     // Every seq reached the broker; none counted lost; each device adds up.
-    let mut seqs: Vec<u64> = seen
-        .connections
-        .iter()
-        .flat_map(|c| c.1.iter().map(|(_, _, p)| seq_of(p)))
-        .collect();
-    seqs.sort_unstable();
-    seqs.dedup();
+    let seqs = distinct_seqs(&seen);
     assert_eq!(seqs.len() as u64, t.published, "{t:?}");
     assert_eq!(seqs.last().copied(), Some(t.published));
     assert_eq!(t.failed_unacked, 0, "{t:?}");
@@ -253,36 +265,28 @@ fn a_clean_session_counts_what_was_in_flight_as_lost() {
 
 /// An MQTT 5 broker that refuses every PUBLISH with PUBACK reason 0x87 (not authorized).
 fn refusing_broker() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = BytesMut::new();
-                let Some(v5::Packet::Connect(..)) = next(&mut stream, &mut buf, v5_packet) else {
-                    return;
-                };
-                let _ = stream.write_all(&[0x20, 0x03, 0x00, 0x00, 0x00]);
-                while let Some(p) = next(&mut stream, &mut buf, v5_packet) {
-                    match p {
-                        v5::Packet::Publish(p) => {
-                            let ack = [0x40, 0x04, (p.pkid >> 8) as u8, p.pkid as u8, 0x87, 0x00];
-                            if stream.write_all(&ack).is_err() {
-                                return;
-                            }
-                        }
-                        v5::Packet::PingReq(_) => {
-                            let _ = stream.write_all(&[0xD0, 0x00]);
-                        }
-                        v5::Packet::Disconnect(_) => return,
-                        _ => {}
+    listen(|_, mut stream| {
+        let mut buf = BytesMut::new();
+        let Some(v5::Packet::Connect(..)) = next(&mut stream, &mut buf, v5_packet) else {
+            return;
+        };
+        let _ = stream.write_all(&[0x20, 0x03, 0x00, 0x00, 0x00]);
+        while let Some(p) = next(&mut stream, &mut buf, v5_packet) {
+            match p {
+                v5::Packet::Publish(p) => {
+                    let ack = [0x40, 0x04, (p.pkid >> 8) as u8, p.pkid as u8, 0x87, 0x00];
+                    if stream.write_all(&ack).is_err() {
+                        return;
                     }
                 }
-            });
+                v5::Packet::PingReq(_) => {
+                    let _ = stream.write_all(&[0xD0, 0x00]);
+                }
+                v5::Packet::Disconnect(_) => return,
+                _ => {}
+            }
         }
-    });
-    addr
+    })
 }
 
 #[test]
@@ -326,13 +330,7 @@ fn a_partition_is_found_by_keep_alive_and_heals() {
         "attempts during the partition time out: {t:?}"
     );
     // Persistent session and offline buffer: the broker gets every seq.
-    let mut seqs: Vec<u64> = seen
-        .connections
-        .iter()
-        .flat_map(|c| c.1.iter().map(|(_, _, p)| seq_of(p)))
-        .collect();
-    seqs.sort_unstable();
-    seqs.dedup();
+    let seqs = distinct_seqs(&seen);
     assert_eq!(seqs.len() as u64, t.published, "{t:?}");
     assert_eq!(t.failed(), 0, "{t:?}");
     assert_eq!(out.last.devices_unaccounted, 0);
