@@ -286,6 +286,49 @@ pub struct RunArgs {
     #[arg(long, value_name = "BOOL")]
     pub tcp_nodelay: Option<bool>,
 
+    /// Own only the K-th of N slices of the fleet (K from 0): the K-th contiguous part of every
+    /// cohort's device ids, with the same ids, seeds and power-on times as in the whole fleet.
+    /// N processes with 0/N .. N-1/N run exactly the fleet of one (docs/deploy.md).
+    ///
+    /// Example: --shard 2/4
+    #[arg(long, value_name = "K/N", value_parser = parse_slice, conflicts_with_all = ["shards_total", "processes"])]
+    pub shard: Option<fleet_core::slice::Slice>,
+
+    /// Like --shard K/N, with K read from the environment variable JOB_COMPLETION_INDEX (set by
+    /// Kubernetes for each pod of an Indexed Job).
+    ///
+    /// Example: --shards-total 50
+    #[arg(long, value_name = "N", conflicts_with = "processes")]
+    pub shards_total: Option<u32>,
+
+    /// Run the fleet as N processes on this machine (each with its own open-file budget), each
+    /// owning a slice (--shard K/N), spread over the --broker listeners and --source-addr
+    /// addresses; their numbers are merged live (dashboard, /metrics) and into one report.
+    ///
+    /// Example: --processes 6 --broker mqtt://127.0.0.1:1883 --broker mqtt://127.0.0.1:1884
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub processes: Option<u32>,
+
+    /// Print which devices this process would own (per cohort, with --shard) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Write this process's results for `fleetsim report merge` into DIR: its counters
+    /// (shard-K-of-N.json) and an HdrHistogram interval log (shard-K-of-N.hlog).
+    ///
+    /// Example: --results out/results
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+
+    /// Serve only the control API's GET endpoints (/metrics, snapshots, devices): no pause,
+    /// faults or rollouts, and no token needed on any address (for Prometheus scraping).
+    #[arg(long, requires = "api_listen")]
+    pub api_read_only: bool,
+
+    /// Write the control API's address here once it listens (used by `--processes`).
+    #[arg(long, value_name = "PATH", hide = true, requires = "api_listen")]
+    pub api_addr_file: Option<PathBuf>,
+
     /// Progress line interval when not on a terminal (or with --headless).
     #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration_arg)]
     pub progress_every: fleet_core::SimDuration,
@@ -299,6 +342,10 @@ fn parse_api_listen(s: &str) -> Result<std::net::SocketAddr, String> {
     s.parse().map_err(|_| {
         format!("{s:?} is not a port (9464) or an address with a port (127.0.0.1:9464, [::1]:9464)")
     })
+}
+
+fn parse_slice(s: &str) -> Result<fleet_core::slice::Slice, String> {
+    fleet_core::slice::Slice::parse(s)
 }
 
 fn parse_duration_arg(s: &str) -> Result<fleet_core::SimDuration, String> {

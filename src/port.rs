@@ -147,7 +147,14 @@ impl LocalPort {
         // It starts at the orchestrator's next tick.
         spec.at = fleet_core::SimDuration::from_secs_f64(self.sim_time_s());
         let i = hub.len();
-        let plan = RolloutPlan::one(self.fleet(), self.plan.seed, i, &spec, &targets);
+        let plan = RolloutPlan::one(
+            self.fleet(),
+            self.plan.seed,
+            i,
+            &spec,
+            &targets,
+            &self.plan.owned,
+        );
         let n = plan.order.len();
         hub.add(plan)
             .map_err(|m| PortError::new(ErrorKind::Conflict, m))?;

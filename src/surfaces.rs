@@ -9,7 +9,6 @@ use fleet_metrics::FleetPort;
 
 use crate::Failure;
 use crate::cli::{RunArgs, TopArgs};
-use crate::port::LocalPort;
 
 /// Both ends of the terminal are a person's: the dashboard is the default.
 pub fn on_terminal() -> bool {
@@ -28,6 +27,7 @@ pub fn api_config(args: &RunArgs) -> Result<Option<fleet_api::ApiConfig>, Failur
     let cfg = fleet_api::ApiConfig {
         listen,
         token: args.api_token.clone(),
+        read_only: args.api_read_only,
     };
     cfg.check().map_err(|e| Failure::Usage(e.to_string()))?;
     Ok(Some(cfg))
@@ -49,7 +49,7 @@ impl Surfaces {
     /// does: sessions close and the report is written.
     pub fn start(
         args: &RunArgs,
-        port: Arc<LocalPort>,
+        port: Arc<dyn FleetPort>,
         stop: Arc<AtomicBool>,
     ) -> Result<Surfaces, Failure> {
         let run_done = Arc::new(AtomicBool::new(false));
@@ -70,10 +70,20 @@ impl Surfaces {
             Some(cfg) => {
                 let server = fleet_api::serve(port.clone(), cfg)
                     .map_err(|e| Failure::Usage(e.to_string()))?;
-                tracing::info!(
-                    "control API on http://{} (GET /metrics, /api/v1/snapshot, /api/v1/devices/ID; POST /api/v1/pause, resume, faults, rollouts; docs/api.md)",
-                    server.local_addr
-                );
+                if args.api_read_only {
+                    tracing::info!(
+                        "control API (read-only) on http://{} (GET /metrics, /api/v1/snapshot, /api/v1/devices/ID; docs/api.md)",
+                        server.local_addr
+                    );
+                } else {
+                    tracing::info!(
+                        "control API on http://{} (GET /metrics, /api/v1/snapshot, /api/v1/devices/ID; POST /api/v1/pause, resume, faults, rollouts; docs/api.md)",
+                        server.local_addr
+                    );
+                }
+                if let Some(path) = &args.api_addr_file {
+                    write_addr_file(path, server.local_addr)?;
+                }
                 Some(server)
             }
             None => None,
@@ -83,7 +93,6 @@ impl Surfaces {
                 attached: false,
                 stop_when: Some(run_done.clone()),
             };
-            let port: Arc<dyn FleetPort> = port;
             let thread = std::thread::Builder::new()
                 .name("tui".into())
                 .spawn(move || {
@@ -101,6 +110,15 @@ impl Surfaces {
         };
         Ok(Surfaces { api, tui, run_done })
     }
+}
+
+/// Writes the API's address for whoever started this process (`--processes`): to a temporary
+/// name first, so a reader never sees half of it.
+fn write_addr_file(path: &std::path::Path, addr: std::net::SocketAddr) -> Result<(), Failure> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Failure::Usage(format!("--api-addr-file {}: {e}", path.display())))
 }
 
 impl Surfaces {

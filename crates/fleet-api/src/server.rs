@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,8 +34,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
-    /// Required unless `listen` is a loopback address.
+    /// Required unless `listen` is a loopback address or the API is read-only.
     pub token: Option<String>,
+    /// Only GET endpoints (metrics, snapshot, devices): every POST is refused with 403, and no
+    /// token is needed on any address (`--api-read-only`, for Prometheus scraping).
+    pub read_only: bool,
 }
 
 impl ApiConfig {
@@ -44,7 +47,7 @@ impl ApiConfig {
     pub fn check(&self) -> Result<(), ApiError> {
         if let Some(token) = &self.token {
             crate::error::check_token("--api-token", token)?;
-        } else if !self.listen.ip().is_loopback() {
+        } else if !self.listen.ip().is_loopback() && !self.read_only {
             return Err(ApiError::TokenRequired {
                 listen: self.listen,
             });
@@ -113,6 +116,7 @@ pub fn serve(port: Arc<dyn FleetPort>, cfg: ApiConfig) -> Result<ApiServer, ApiE
     let app = router(AppState {
         port,
         token: cfg.token.map(Arc::from),
+        read_only: cfg.read_only,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
@@ -171,6 +175,7 @@ fn run(
 struct AppState {
     port: Arc<dyn FleetPort>,
     token: Option<Arc<str>>,
+    read_only: bool,
 }
 
 fn router(state: AppState) -> Router {
@@ -276,6 +281,14 @@ async fn blocking<T: Send + 'static>(
 
 /// Every endpoint requires `Authorization: Bearer <token>` when a token is set.
 async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.read_only && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return HttpError::new(
+            StatusCode::FORBIDDEN,
+            "read_only",
+            "this run's control API is read-only (--api-read-only): GET /metrics, /api/v1/snapshot and /api/v1/devices/ID only",
+        )
+        .into_response();
+    }
     let Some(expected) = &state.token else {
         return next.run(req).await;
     };

@@ -117,6 +117,7 @@ fn start(port: Arc<FakePort>, token: Option<&str>) -> ApiServer {
         ApiConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
             token: token.map(String::from),
+            read_only: false,
         },
     )
     .expect("serve")
@@ -562,6 +563,7 @@ fn a_non_loopback_address_without_a_token_is_refused() {
         ApiConfig {
             listen: "0.0.0.0:0".parse().unwrap(),
             token: None,
+            read_only: false,
         },
     )
     .unwrap_err();
@@ -577,6 +579,7 @@ fn a_non_loopback_address_without_a_token_is_refused() {
         ApiConfig {
             listen: "0.0.0.0:0".parse().unwrap(),
             token: Some("t".into()),
+            read_only: false,
         },
     )
     .unwrap();
@@ -598,10 +601,43 @@ fn a_non_loopback_address_without_a_token_is_refused() {
         ApiConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             token: Some(String::new()),
+            read_only: false,
         },
     )
     .unwrap_err();
     assert_eq!(err.to_string(), "--api-token: must not be empty");
+}
+
+#[test]
+fn a_read_only_api_serves_gets_anywhere_without_a_token_and_refuses_every_post() {
+    let port = FakePort::new(Some(fixture(10, &[1_000, 2_000])), &[]);
+    let server = serve(
+        port.clone(),
+        ApiConfig {
+            listen: "0.0.0.0:0".parse().unwrap(),
+            token: None,
+            read_only: true,
+        },
+    )
+    .expect("a read-only API needs no token off loopback");
+    let addr = SocketAddr::from(([127, 0, 0, 1], server.local_addr.port()));
+    assert_eq!(get(addr, "/metrics").status, 200);
+    assert_eq!(get(addr, "/api/v1/snapshot").status, 200);
+    for path in [
+        "/api/v1/pause",
+        "/api/v1/resume",
+        "/api/v1/faults",
+        "/api/v1/rollouts",
+    ] {
+        let r = post_json(addr, path, "{}");
+        assert_eq!(r.status, 403, "{path}");
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(body.contains("read_only"), "{path}: {body}");
+    }
+    assert!(
+        port.commands.lock().unwrap().is_empty(),
+        "no command reached the run through a read-only API"
+    );
 }
 
 #[test]
@@ -613,6 +649,7 @@ fn a_busy_address_is_reported_when_serving_starts() {
         ApiConfig {
             listen,
             token: None,
+            read_only: false,
         },
     )
     .unwrap_err();

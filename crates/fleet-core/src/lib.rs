@@ -22,6 +22,7 @@ pub mod security;
 pub mod seed;
 pub mod sensor;
 pub mod serial;
+pub mod slice;
 pub mod slo;
 pub mod template;
 pub mod time;

@@ -154,21 +154,24 @@ impl Control {
         let Some(id) = resolve_device(plan, key) else {
             return Err(PortError::new(
                 ErrorKind::NotFound,
-                format!(
-                    "no device {key:?} in this run (give its number, {} to {}, or its device id)",
-                    plan.devices.start,
-                    plan.devices.end.saturating_sub(1)
-                ),
+                match plan.owned.bounds() {
+                    Some((a, b)) if plan.slice.is_whole() => format!(
+                        "no device {key:?} in this run (give its number, {a} to {b}, or its device id)"
+                    ),
+                    _ => format!(
+                        "no device {key:?} in this process (shard {} owns {} devices of the fleet: give a number or a device id of its slice)",
+                        plan.slice,
+                        plan.owned.len()
+                    ),
+                },
             ));
         };
-        let (shard, local) = (0..plan.shards)
-            .find_map(|k| plan.local_index(k, id).map(|l| (k, l)))
-            .ok_or_else(|| {
-                PortError::new(
-                    ErrorKind::NotFound,
-                    format!("device {id} is not in this process"),
-                )
-            })?;
+        let (shard, local) = plan.locate(id).ok_or_else(|| {
+            PortError::new(
+                ErrorKind::NotFound,
+                format!("device {id} is not in this process"),
+            )
+        })?;
         let rx = self.inspect(shard, local)?;
         rx.recv_timeout(INSPECT_TIMEOUT).map_err(|_| {
             PortError::new(
@@ -241,9 +244,9 @@ impl Control {
 /// The number of the device `key` names: a number in the run, or a rendered device id (found
 /// by rendering the ids its digit runs may stand for).
 fn resolve_device(plan: &crate::RunPlan, key: &str) -> Option<u32> {
-    let range = plan.devices.clone();
+    let owned = &plan.owned;
     if let Ok(n) = key.parse::<u32>() {
-        return range.contains(&n).then_some(n);
+        return owned.contains(n).then_some(n);
     }
     let fleet = &plan.fleet;
     let mut out = Vec::new();
@@ -258,7 +261,7 @@ fn resolve_device(plan: &crate::RunPlan, key: &str) -> Option<u32> {
                 .iter()
                 .map(|c| c.first_device.saturating_add(n)),
         );
-        for id in candidates.filter(|id| range.contains(id)) {
+        for id in candidates.filter(|id| owned.contains(*id)) {
             let d = fleet_core::DeviceId(id);
             let ctx = fleet_core::DeviceCtx {
                 cohort: fleet.cohort_of(d),

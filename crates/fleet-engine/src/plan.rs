@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use fleet_core::scenario::{Clock, RampMode};
+use fleet_core::slice::Slice;
 use fleet_core::{DeviceId, Fleet, RunSeed, SimDuration, SimTime};
 use rand_distr_free::exp1;
 
@@ -23,9 +24,11 @@ pub struct RunPlan {
     pub drain: SimDuration,
     /// Wall-clock ms since the Unix epoch at SimTime 0.
     pub epoch_ms: u64,
-    /// Device ids this process simulates (all of them; a slice once processes share a fleet).
-    pub devices: Range<u32>,
-    /// Power-on times, indexed by device id - devices.start.
+    /// The part of the fleet this process simulates (`--shard K/N`; the whole fleet by default).
+    pub slice: Slice,
+    /// The device ids this process owns: its slice of each cohort, in id order.
+    pub owned: Owned,
+    /// Power-on times of the owned devices, by ordinal (see `Owned`).
     start_times: Arc<[SimTime]>,
     /// The orchestrator of the scenario's rollouts (None without rollouts).
     pub rollouts: Option<Arc<crate::rollout::RolloutHub>>,
@@ -36,12 +39,26 @@ pub struct RunPlan {
 
 impl RunPlan {
     pub fn new(fleet: Arc<Fleet>, shards: u16, epoch_ms: u64) -> RunPlan {
+        RunPlan::sliced(fleet, shards, epoch_ms, Slice::WHOLE)
+    }
+
+    /// The plan of one process's slice of the fleet: the same devices, seeds and power-on
+    /// times as in the whole fleet, only fewer of them.
+    pub fn sliced(fleet: Arc<Fleet>, shards: u16, epoch_ms: u64, slice: Slice) -> RunPlan {
         let s = &fleet.settings;
         let total = fleet.total_devices();
-        let start_times = ramp_times(RunSeed(s.seed), s.ramp_mode, s.ramp_per_second, total).into();
+        let owned = Owned::new(&fleet, slice);
+        // The ramp is the whole fleet's (a device powers on when it would in one process).
+        let all = ramp_times(RunSeed(s.seed), s.ramp_mode, s.ramp_per_second, total);
+        let start_times = owned
+            .ranges()
+            .iter()
+            .flat_map(|r| all[r.start as usize..r.end as usize].iter().copied())
+            .collect();
         let shards = shards.max(1);
         let rollouts =
-            crate::rollout::RolloutHub::new(&fleet, RunSeed(s.seed), shards, false).map(Arc::new);
+            crate::rollout::RolloutHub::new(&fleet, RunSeed(s.seed), shards, false, &owned)
+                .map(Arc::new);
         let (labels, base) = fleet.version_labels();
         RunPlan {
             rollouts,
@@ -53,7 +70,8 @@ impl RunPlan {
             end: SimTime::ZERO + s.duration,
             drain: s.drain,
             epoch_ms,
-            devices: 0..total,
+            slice,
+            owned,
             start_times,
             fleet,
         }
@@ -63,31 +81,42 @@ impl RunPlan {
     /// orchestrator keeps ticking even with no rollout. Wall clock only.
     pub fn with_live_rollouts(mut self) -> RunPlan {
         if self.clock == Clock::Wall {
-            self.rollouts =
-                crate::rollout::RolloutHub::new(&self.fleet, self.seed, self.shards, true)
-                    .map(Arc::new);
+            self.rollouts = crate::rollout::RolloutHub::new(
+                &self.fleet,
+                self.seed,
+                self.shards,
+                true,
+                &self.owned,
+            )
+            .map(Arc::new);
         }
         self
     }
 
-    /// The device ids shard `k` owns: every `shards`-th id from `devices.start + k`. Interleaved,
-    /// not contiguous, so every shard gets its share of every cohort: cohorts differ in how much
-    /// work a device makes, and contiguous ranges left one core idle while the other finished.
-    /// Stable for a given shard count, and the fleet's behaviour does not depend on it.
-    pub fn shard_ids(&self, k: u16) -> std::iter::StepBy<Range<u32>> {
-        let start = self
-            .devices
-            .start
-            .saturating_add(u32::from(k))
-            .min(self.devices.end);
-        (start..self.devices.end).step_by(usize::from(self.shards))
+    /// The device ids shard `k` owns: every `shards`-th of the owned devices, from the `k`-th.
+    /// Interleaved, not contiguous, so every shard gets its share of every cohort: cohorts
+    /// differ in how much work a device makes, and contiguous ranges left one core idle while
+    /// the other finished. Stable for a given shard count, and the fleet's behaviour does not
+    /// depend on it.
+    pub fn shard_ids(&self, k: u16) -> impl ExactSizeIterator<Item = u32> + '_ {
+        let start = u32::from(k).min(self.owned.len());
+        (start..self.owned.len())
+            .step_by(usize::from(self.shards))
+            .map(|o| self.owned.id_at(o))
     }
 
     /// The local index of device `id` in shard `k`, if that shard owns it.
     pub fn local_index(&self, k: u16, id: u32) -> Option<u32> {
-        let rel = id.checked_sub(self.devices.start)?;
+        let o = self.owned.ordinal(id)?;
         let n = u32::from(self.shards);
-        (id < self.devices.end && rel % n == u32::from(k)).then_some(rel / n)
+        (o % n == u32::from(k)).then_some(o / n)
+    }
+
+    /// The shard and local index of device `id`, if this process owns it.
+    pub fn locate(&self, id: u32) -> Option<(u16, u32)> {
+        let o = self.owned.ordinal(id)?;
+        let n = u32::from(self.shards);
+        Some(((o % n) as u16, o / n))
     }
 
     /// How many devices shard `k` owns.
@@ -96,14 +125,87 @@ impl RunPlan {
     }
 
     pub fn start_time(&self, id: DeviceId) -> SimTime {
-        self.start_times
-            .get((id.0 - self.devices.start) as usize)
+        self.owned
+            .ordinal(id.0)
+            .and_then(|o| self.start_times.get(o as usize))
             .copied()
             .unwrap_or(SimTime::ZERO)
     }
 
+    /// Devices this process simulates.
     pub fn total_devices(&self) -> u32 {
-        self.devices.end - self.devices.start
+        self.owned.len()
+    }
+}
+
+/// The device ids a process owns, as ranges in id order (one per cohort, empty ones left out),
+/// numbered by "ordinal" 0..len across the ranges.
+#[derive(Clone, Debug)]
+pub struct Owned {
+    ranges: Arc<[Range<u32>]>,
+    /// Ordinal of each range's first id.
+    firsts: Arc<[u32]>,
+    len: u32,
+}
+
+impl Owned {
+    pub fn new(fleet: &Fleet, slice: Slice) -> Owned {
+        let ranges: Vec<Range<u32>> = slice
+            .ranges(fleet.cohorts.iter().map(|c| (c.first_device, c.count)))
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .collect();
+        let mut firsts = Vec::with_capacity(ranges.len());
+        let mut len = 0u32;
+        for r in &ranges {
+            firsts.push(len);
+            len += r.end - r.start;
+        }
+        Owned {
+            ranges: ranges.into(),
+            firsts: firsts.into(),
+            len,
+        }
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn ranges(&self) -> &[Range<u32>] {
+        &self.ranges
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        self.ordinal(id).is_some()
+    }
+
+    /// The position of device `id` among the owned devices.
+    pub fn ordinal(&self, id: u32) -> Option<u32> {
+        let i = self
+            .ranges
+            .partition_point(|r| r.start <= id)
+            .checked_sub(1)?;
+        let r = &self.ranges[i];
+        (id < r.end).then(|| self.firsts[i] + (id - r.start))
+    }
+
+    /// The device at ordinal `o` (`o < len`).
+    pub fn id_at(&self, o: u32) -> u32 {
+        let i = self.firsts.partition_point(|&f| f <= o).saturating_sub(1);
+        match self.ranges.get(i) {
+            Some(r) => r.start + (o - self.firsts[i]),
+            None => o,
+        }
+    }
+
+    /// The lowest and highest owned ids (for messages), if any.
+    pub fn bounds(&self) -> Option<(u32, u32)> {
+        Some((self.ranges.first()?.start, self.ranges.last()?.end - 1))
     }
 }
 

@@ -48,8 +48,7 @@ pub enum QueryError {
 #[derive(Clone)]
 pub struct QueryRouter {
     senders: Arc<[mpsc::Sender<Query>]>,
-    first: u32,
-    end: u32,
+    owned: crate::plan::Owned,
     shards: u32,
 }
 
@@ -82,8 +81,7 @@ impl QueryRouter {
         (
             QueryRouter {
                 senders: senders.into(),
-                first: plan.devices.start,
-                end: plan.devices.end,
+                owned: plan.owned.clone(),
                 shards: u32::from(plan.shards.max(1)),
             },
             Arc::new(QueryInboxes(Mutex::new(receivers))),
@@ -92,10 +90,7 @@ impl QueryRouter {
 
     /// The shard and index of device `id` (the plan's interleaving).
     fn locate(&self, id: DeviceId) -> Result<(usize, u32), QueryError> {
-        if id.0 < self.first || id.0 >= self.end {
-            return Err(QueryError::NotHere(id.0));
-        }
-        let k = id.0 - self.first;
+        let k = self.owned.ordinal(id.0).ok_or(QueryError::NotHere(id.0))?;
         Ok(((k % self.shards) as usize, k / self.shards))
     }
 
@@ -128,7 +123,7 @@ impl std::fmt::Debug for QueryRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueryRouter")
             .field("shards", &self.shards)
-            .field("devices", &(self.first..self.end))
+            .field("devices", &self.owned.ranges())
             .finish()
     }
 }

@@ -40,14 +40,16 @@ pub struct RolloutPlan {
 }
 
 impl RolloutPlan {
-    pub fn build(fleet: &Fleet, seed: RunSeed) -> Vec<RolloutPlan> {
+    /// The plans of the scenario's rollouts over the devices this process owns (a process
+    /// shard orchestrates its own slice: the same waves, of its devices).
+    pub fn build(fleet: &Fleet, seed: RunSeed, owned: &crate::plan::Owned) -> Vec<RolloutPlan> {
         fleet
             .settings
             .rollouts
             .iter()
             .zip(&fleet.rollouts)
             .enumerate()
-            .map(|(i, (spec, targets))| RolloutPlan::one(fleet, seed, i, spec, targets))
+            .map(|(i, (spec, targets))| RolloutPlan::one(fleet, seed, i, spec, targets, owned))
             .collect()
     }
 
@@ -58,6 +60,7 @@ impl RolloutPlan {
         i: usize,
         spec: &RolloutSpec,
         targets: &fleet_core::load::RolloutTargets,
+        owned: &crate::plan::Owned,
     ) -> RolloutPlan {
         let salt = TARGET_SALT ^ i as u64;
         let order_salt = ORDER_SALT ^ i as u64;
@@ -69,6 +72,9 @@ impl RolloutPlan {
         {
             for id in c.first_device..c.first_device + c.count {
                 let d = DeviceId(id);
+                if !owned.contains(id) {
+                    continue;
+                }
                 if spec.fraction >= 1.0 || seed.unit_draw(salt, d) < spec.fraction {
                     chosen.push((seed.unit_draw(order_salt, d), id));
                 }
@@ -608,8 +614,14 @@ impl std::fmt::Debug for RolloutHub {
 impl RolloutHub {
     /// None when the fleet has no rollouts (and rollouts cannot be added: `live` is false, or
     /// no device takes updates).
-    pub fn new(fleet: &Fleet, seed: RunSeed, shards: u16, live: bool) -> Option<RolloutHub> {
-        let plans: Vec<Arc<RolloutPlan>> = RolloutPlan::build(fleet, seed)
+    pub fn new(
+        fleet: &Fleet,
+        seed: RunSeed,
+        shards: u16,
+        live: bool,
+        owned: &crate::plan::Owned,
+    ) -> Option<RolloutHub> {
+        let plans: Vec<Arc<RolloutPlan>> = RolloutPlan::build(fleet, seed, owned)
             .into_iter()
             .map(Arc::new)
             .collect();

@@ -107,6 +107,15 @@ duration = "2m"
 }
 
 fn run(devices: u32, shards: u16, log: Option<&Path>) -> fleet_engine::RunOutcome {
+    run_sliced(devices, shards, fleet_core::slice::Slice::WHOLE, log)
+}
+
+fn run_sliced(
+    devices: u32,
+    shards: u16,
+    slice: fleet_core::slice::Slice,
+    log: Option<&Path>,
+) -> fleet_engine::RunOutcome {
     let qos0 = PROFILE.replace("qos = 1", "qos = 0\nbuffer_qos0 = false");
     let slave = format!(
         "{}\n[modbus]\n[[modbus.registers]]\nname = \"t\"\ntable = \"input\"\naddress = 0\ntype = \"f32\"\nsource = \"sensor.temp\"\n",
@@ -114,7 +123,7 @@ fn run(devices: u32, shards: u16, log: Option<&Path>) -> fleet_engine::RunOutcom
             .replace("name = \"sensor\"", "name = \"slave\"")
             .replace("s-{id:05}", "m-{id:05}")
     );
-    common::run_files(
+    common::run_slice(
         vec![
             ("det.toml", scenario(devices, true)),
             ("sensor.toml", PROFILE.to_string()),
@@ -128,8 +137,54 @@ fn run(devices: u32, shards: u16, log: Option<&Path>) -> fleet_engine::RunOutcom
             ("fw.toml", FIRMWARE.to_string()),
         ],
         shards,
+        slice,
         log,
     )
+}
+
+#[test]
+fn process_slices_together_are_exactly_the_fleet_of_one_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let whole_log = dir.path().join("whole.log");
+    let whole = run(150, 2, Some(&whole_log));
+    let whole_lines = common::sorted_lines(&whole_log);
+    assert!(whole_lines.len() > 10_000, "{}", whole_lines.len());
+    // Three processes (of 1, 2 and 3 engine threads): their event logs together, sorted, are
+    // the one process's, line for line; their counters add up to its counters.
+    let mut lines = Vec::new();
+    let mut published = 0;
+    let mut acked = 0;
+    let mut devices = 0;
+    let mut hist = fleet_metrics::LatencyHistogram::new();
+    for k in 0..3u32 {
+        let slice = fleet_core::slice::Slice::new(k, 3).expect("slice");
+        let log = dir.path().join(format!("slice-{k}.log"));
+        let out = run_sliced(150, (k + 1) as u16, slice, Some(&log));
+        devices += out.last.devices_total;
+        published += out.last.totals.published;
+        acked += out.last.totals.acked;
+        hist.add(&out.last.histograms.publish_ack_us);
+        let part = common::sorted_lines(&log);
+        assert!(!part.is_empty(), "slice {k} logged");
+        lines.extend(part);
+    }
+    lines.sort();
+    assert_eq!(devices, whole.last.devices_total);
+    assert_eq!(published, whole.last.totals.published);
+    assert_eq!(acked, whole.last.totals.acked);
+    let one = &whole.last.histograms.publish_ack_us;
+    assert_eq!(hist.count(), one.count());
+    for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+        assert_eq!(hist.quantile(q), one.quantile(q), "quantile {q}");
+    }
+    if lines != whole_lines {
+        let first_diff = whole_lines.iter().zip(&lines).find(|(a, b)| a != b);
+        panic!(
+            "3 slices logged {} lines, one process {}: first difference {first_diff:?}",
+            lines.len(),
+            whole_lines.len()
+        );
+    }
 }
 
 #[test]

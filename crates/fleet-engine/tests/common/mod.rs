@@ -15,6 +15,16 @@ pub fn run_files(
     shards: u16,
     log: Option<&Path>,
 ) -> RunOutcome {
+    run_slice(files, shards, fleet_core::slice::Slice::WHOLE, log)
+}
+
+/// Like `run_files`, for one process's slice of the fleet (`--shard K/N`).
+pub fn run_slice(
+    files: Vec<(&'static str, String)>,
+    shards: u16,
+    slice: fleet_core::slice::Slice,
+    log: Option<&Path>,
+) -> RunOutcome {
     let scenario = files[0].0;
     let files: Vec<(&'static str, &'static str)> = files
         .into_iter()
@@ -22,10 +32,11 @@ pub fn run_files(
         .collect();
     let files: &'static [(&'static str, &'static str)] = Box::leak(files.into_boxed_slice());
     let fleet = load_fleet(&EmbeddedSource(files), Path::new(scenario)).expect("valid scenario");
-    let plan = Arc::new(RunPlan::new(
+    let plan = Arc::new(RunPlan::sliced(
         Arc::new(fleet),
         shards,
         fleet_core::defaults::VIRTUAL_EPOCH_MS,
+        slice,
     ));
     let opts = RunOptions {
         event_log: log.map(Path::to_path_buf),
