@@ -81,6 +81,19 @@ table to paste into the scenario and a mosquitto listener for these files.\n\n\
 Example: fleetsim certs scenarios/ingest-load.toml --cohort meters --out certs --devices 100"
     )]
     Certs(CertsArgs),
+    /// Merge the results of a run as several processes (`run --shard K/N --results DIR`).
+    #[command(
+        long_about = "Work with run results. `fleetsim report merge` adds up the results that the processes of one run \
+(`fleetsim run --shard K/N --results DIR`, a Kubernetes Indexed Job with --shards-total N) wrote: counters add, \
+HdrHistogram interval logs add losslessly, and the scenario's SLOs are evaluated on the merged figures \
+(docs/report.md#merged-reports).\n\n\
+Exit code as for `run`: 0 every SLO met, 1 an SLO failed, 2 the inputs are unreadable or not parts of one run \
+(the message names the files), 3 shards are missing (the merged report is still written and printed, marked \
+incomplete, with the device ids of each missing shard).\n\n\
+Example: fleetsim report merge results/ --report merged.json\n\
+Example: fleetsim report merge pod-0/shard-0-of-2.json pod-1/shard-1-of-2.json"
+    )]
+    Report(ReportArgs),
     /// Print a shell completion script.
     #[command(long_about = "Print a shell completion script.\n\n\
 Example: fleetsim completions bash > ~/.local/share/bash-completion/completions/fleetsim")]
@@ -132,6 +145,39 @@ pub struct CertsArgs {
     /// Example: --server-name broker.lab.example --server-name 10.0.0.5
     #[arg(long = "server-name", value_name = "NAME")]
     pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(subcommand)]
+    pub command: ReportCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Add up the results of the processes of one run and evaluate its SLOs on the sum.
+    #[command(
+        long_about = "Add up the results of the processes of one run (`run --shard K/N --results DIR`) and evaluate \
+the scenario's SLOs on the sum: every counter adds, latency histograms add losslessly (the percentiles are \
+those one process running every device would have measured). Parts of different runs, or the same shard \
+twice, are refused. A missing shard is named with its device ids; the report then says `complete: false` \
+and the exit code is 3.\n\n\
+Example: fleetsim report merge results/ --report merged.json"
+    )]
+    Merge(ReportMergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportMergeArgs {
+    /// Results folders (every shard-K-of-N.json in them, each with its .hlog) or files.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Write the merged report (JSON) here. Keys: docs/report.md.
+    ///
+    /// Example: --report out/merged.json
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

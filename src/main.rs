@@ -6,7 +6,9 @@ mod cli;
 mod logsink;
 mod port;
 mod preflight;
+mod processes;
 mod progress;
+mod report_cmd;
 mod run_cmd;
 mod signals;
 mod summary;
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         Command::Rollout(args) => finish(run_cmd::rollout(*args)),
         Command::Top(args) => finish(surfaces::top(args)),
         Command::Certs(args) => finish(certs::run(&args)),
+        Command::Report(args) => finish(report_cmd::run(args)),
     }
 }
 

@@ -1,6 +1,6 @@
 //! `fleetsim run`: load, size, check, start the broker, run, report.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,6 +9,7 @@ use anyhow::Context;
 use fleet_core::Fleet;
 use fleet_core::load::{FsSource, load_fleet};
 use fleet_core::scenario::{Clock, MqttVersion};
+use fleet_core::slice::Slice;
 use fleet_engine::{RunOptions, RunPlan, SATURATION_LAG_US, process};
 use fleet_metrics::{ProcessStats, RunInfo, RunReport};
 use fleet_mqtt::{MqttAdapter, MqttConfig, Version};
@@ -107,6 +108,93 @@ fn apply_overrides(fleet: &mut Fleet, args: &RunArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The slice of the fleet this process owns: `--shard K/N`, or `--shards-total N` with K from
+/// `JOB_COMPLETION_INDEX`; the whole fleet otherwise.
+fn slice_of(args: &RunArgs) -> Result<Slice, Failure> {
+    if let Some(s) = args.shard {
+        return Ok(s);
+    }
+    let Some(n) = args.shards_total else {
+        return Ok(Slice::WHOLE);
+    };
+    let k = std::env::var(JOB_INDEX_ENV).map_err(|_| {
+        Failure::Usage(format!(
+            "--shards-total {n}: the environment variable {JOB_INDEX_ENV} (the shard's index, 0 to {}) is not set; \
+             Kubernetes sets it in the pods of an Indexed Job, elsewhere give --shard K/{n}",
+            n.saturating_sub(1)
+        ))
+    })?;
+    let k: u32 = k.trim().parse().map_err(|_| {
+        Failure::Usage(format!(
+            "{JOB_INDEX_ENV}={k:?}: expected the shard's index, a number from 0 to {}",
+            n.saturating_sub(1)
+        ))
+    })?;
+    Slice::new(k, n)
+        .map_err(|e| Failure::Usage(format!("--shards-total {n} with {JOB_INDEX_ENV}={k}: {e}")))
+}
+
+/// Where Kubernetes puts a pod's index in an Indexed Job.
+pub const JOB_INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
+
+/// Devices served over Modbus or a serial port keep their addresses (ports, unit ids, PTYs)
+/// in the whole fleet's layout, which a slice would tear apart: those fleets run in one process.
+fn check_sliceable(fleet: &Fleet) -> Result<(), Failure> {
+    for c in fleet.cohorts.iter().filter(|c| c.count > 0) {
+        let modbus = fleet.modbus_home(c).is_some();
+        let serial = c.profile.serial.is_some() && fleet.has_serial_ports(c);
+        if modbus || serial {
+            return Err(Failure::Usage(format!(
+                "cohort {:?} is served over {}: --shard, --shards-total and --processes cut MQTT fleets only \
+                 (a Modbus map or serial ports belong to one process); run such cohorts in a scenario of their own without them",
+                c.name,
+                if modbus { "Modbus" } else { "serial ports" }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--dry-run`: the devices this process would own, per cohort (global ids, half-open).
+fn dry_run(fleet: &Fleet, slice: Slice) -> String {
+    use std::fmt::Write;
+    let s = &fleet.settings;
+    let mut out = String::from("dry run: nothing is started\n");
+    let _ = writeln!(
+        out,
+        "scenario {}, seed {}, {} devices in {} cohorts",
+        s.name,
+        s.seed,
+        fleet.total_devices(),
+        fleet.cohorts.len()
+    );
+    let ranges = slice.ranges(fleet.cohorts.iter().map(|c| (c.first_device, c.count)));
+    let owned: usize = ranges.iter().map(|r| r.len()).sum();
+    let _ = writeln!(out, "shard {slice} owns {owned} devices:");
+    let mut buf = Vec::new();
+    let mut render = |c: &fleet_core::Cohort, id: u32| {
+        buf.clear();
+        c.render_device_id(fleet_core::DeviceId(id), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    for (c, r) in fleet.cohorts.iter().zip(&ranges) {
+        if r.is_empty() {
+            let _ = writeln!(out, "  {}: ids {}..{} (0 devices)", c.name, r.start, r.end);
+        } else {
+            let (first, last) = (render(c, r.start), render(c, r.end - 1));
+            let _ = writeln!(
+                out,
+                "  {}: ids {}..{} ({} devices, {first} .. {last})",
+                c.name,
+                r.start,
+                r.end,
+                r.len()
+            );
+        }
+    }
+    out
+}
+
 /// rumqttd (the embedded broker) refuses subscriptions to topics that start with `$`, which
 /// AWS IoT Jobs devices need: say so before the run instead of letting every device fail.
 fn check_embedded_broker_topics(fleet: &Fleet) -> Result<(), Failure> {
@@ -140,7 +228,7 @@ fn run_id() -> String {
     )
 }
 
-fn ensure_writable(path: &Path, what: &str) -> Result<(), Failure> {
+pub fn ensure_writable(path: &Path, what: &str) -> Result<(), Failure> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
             Failure::Usage(format!(
@@ -165,6 +253,13 @@ fn ensure_writable(path: &Path, what: &str) -> Result<(), Failure> {
 
 /// `fleetsim rollout`: the scenario with this rollout (and, if asked, its own).
 pub fn rollout(args: RolloutArgs) -> Result<bool, Failure> {
+    if args.run.processes.is_some_and(|n| n > 1) {
+        return Err(Failure::Usage(
+            "fleetsim rollout runs in one process (or one per --shard K/N, each orchestrating its slice); \
+             for --processes, put the rollout in the scenario's [[rollouts]] and use fleetsim run"
+                .into(),
+        ));
+    }
     use fleet_core::rollout::{AbortRaw, RateRaw, RolloutRaw};
     // Options that only mean something with another: say so instead of ignoring them.
     if args.abort_failure_percent.is_none() {
@@ -241,13 +336,26 @@ pub fn run(
             .map_err(Failure::Config)?;
     }
     check_embedded_broker_topics(&fleet)?;
+    let slice = slice_of(&args)?;
+    if !slice.is_whole() {
+        check_sliceable(&fleet)?;
+    }
+    if args.dry_run {
+        print!("{}", dry_run(&fleet, slice));
+        return Ok(true);
+    }
+    if let Some(n) = args.processes.filter(|&n| n > 1) {
+        return crate::processes::run(args, fleet, n);
+    }
     if let Some(p) = &args.report {
         ensure_writable(p, "--report")?;
     }
     if let Some(p) = &args.event_log {
         ensure_writable(p, "--event-log")?;
     }
-    let devices = fleet.total_devices();
+    // Devices this process simulates (its slice of the fleet).
+    let owned = |c: &fleet_core::Cohort| slice.of_cohort(c.first_device, c.count).len() as u32;
+    let devices: u32 = fleet.cohorts.iter().map(owned).sum();
     let shards = args
         .shards
         .unwrap_or_else(|| {
@@ -258,12 +366,7 @@ pub fn run(
         .min(devices.max(1).min(u32::from(u16::MAX)) as u16);
     let settings = fleet.settings.clone();
     // Devices with an MQTT session (the others only sample, for Modbus).
-    let mqtt_devices: u32 = fleet
-        .cohorts
-        .iter()
-        .filter(|c| c.mqtt)
-        .map(|c| c.count)
-        .sum();
+    let mqtt_devices: u32 = fleet.cohorts.iter().filter(|c| c.mqtt).map(owned).sum();
     preflight::check_memory(
         devices,
         mqtt_devices,
@@ -330,12 +433,38 @@ pub fn run(
     );
 
     let version_labels = fleet.version_labels().0;
+    let cohorts: Vec<fleet_metrics::results::CohortSpan> = fleet
+        .cohorts
+        .iter()
+        .map(|c| fleet_metrics::results::CohortSpan {
+            name: c.name.clone(),
+            first: c.first_device,
+            count: c.count,
+        })
+        .collect();
+    let mut results = match &args.results {
+        None => None,
+        Some(dir) => {
+            let start_ms = match settings.clock {
+                Clock::Virtual => settings
+                    .start_epoch_ms
+                    .unwrap_or(fleet_core::defaults::VIRTUAL_EPOCH_MS),
+                Clock::Wall => SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            };
+            Some(
+                fleet_metrics::results::ResultsWriter::create(dir, slice, start_ms)
+                    .map_err(|e| Failure::Usage(format!("--results {}: {e}", dir.display())))?,
+            )
+        }
+    };
     let (outcome, broker_desc) = match settings.clock {
         Clock::Virtual => {
             let epoch_ms = settings
                 .start_epoch_ms
                 .unwrap_or(fleet_core::defaults::VIRTUAL_EPOCH_MS);
-            let plan = RunPlan::new(Arc::new(fleet), shards, epoch_ms);
+            let plan = RunPlan::sliced(Arc::new(fleet), shards, epoch_ms, slice);
             let desc = "simulated (virtual clock)".to_string();
             opts.meta.broker = desc.clone();
             let (plan, port, surfaces) = steer(&args, plan, &control, &stop)?;
@@ -345,7 +474,7 @@ pub fn run(
                 plan,
                 &opts,
                 stop.clone(),
-                observer(&mut progress, &port),
+                observer(&mut progress, &port, &mut results),
             )
             .map_err(|e| Failure::Runtime(e.into()))?;
             drop(surfaces);
@@ -419,7 +548,7 @@ pub fn run(
             opts.meta.broker = desc.clone();
             let (plan, port, surfaces) = steer(
                 &args,
-                RunPlan::new(fleet.clone(), shards, epoch_ms),
+                RunPlan::sliced(fleet.clone(), shards, epoch_ms, slice),
                 &control,
                 &stop,
             )?;
@@ -478,7 +607,7 @@ pub fn run(
                 },
                 &opts,
                 stop.clone(),
-                observer(&mut progress, &port),
+                observer(&mut progress, &port, &mut results),
             )
             .map_err(|e| Failure::Runtime(e.into()))?;
             drop(surfaces);
@@ -504,7 +633,9 @@ pub fn run(
         },
         fleetsim_version: env!("CARGO_PKG_VERSION").into(),
         interrupted: outcome.interrupted,
+        processes: 1,
     };
+    let report_labels = version_labels;
     let stats = ProcessStats {
         rss_peak_bytes: usage.rss_peak_bytes,
         cpu_user_s: usage.cpu_user_s,
@@ -519,7 +650,7 @@ pub fn run(
         SATURATION_LAG_US,
         &settings.slos,
         fleet_metrics::OtaInputs {
-            version_labels,
+            version_labels: report_labels.clone(),
             rollouts: outcome.rollouts.clone(),
         },
     );
@@ -532,6 +663,24 @@ pub fn run(
     }
     if let Some(path) = &args.report {
         write_report(path, &report).map_err(Failure::Runtime)?;
+    }
+    if let Some(w) = results {
+        let out = fleet_metrics::results::ShardResults {
+            slice,
+            cohorts,
+            run: report.run.clone(),
+            process: stats,
+            slos: settings.slos.clone(),
+            saturation_threshold_us: SATURATION_LAG_US,
+            version_labels: report_labels,
+            rollouts: outcome.rollouts.clone(),
+            at_end: outcome.at_end.clone(),
+            ..Default::default()
+        };
+        let path = w
+            .finish(out, &outcome.last)
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("--results: {e}")))?;
+        tracing::info!("results for `fleetsim report merge`: {}", path.display());
     }
     print!("{}", summary::render(&report, args.report.as_deref()));
     Ok(report.ok)
@@ -567,15 +716,26 @@ fn steer(
     Ok((plan, Some(port), Some(surfaces)))
 }
 
-/// What a run does with each snapshot: the progress line, and the port of its surfaces.
+/// What a run does with each snapshot: the progress line, the port of its surfaces, the
+/// results' interval log.
 fn observer<'a>(
     progress: &'a mut Progress,
     port: &'a Option<Arc<crate::port::LocalPort>>,
+    results: &'a mut Option<fleet_metrics::results::ResultsWriter>,
 ) -> impl FnMut(&fleet_metrics::FleetSnapshot) + 'a {
     move |s| {
         progress.update(s);
         if let Some(port) = port {
             port.publish(s);
+        }
+        if let Some(w) = results
+            && let Err(e) = w.observe(s)
+        {
+            tracing::error!(
+                "--results: cannot write the interval log {}: {e}; no results from this process",
+                w.log_path().display()
+            );
+            *results = None;
         }
     }
 }
@@ -635,7 +795,7 @@ fn announce_modbus(plan: &fleet_modbus::ModbusPlan, servers: &fleet_modbus::Modb
     );
 }
 
-fn write_report(path: &PathBuf, report: &RunReport) -> anyhow::Result<()> {
+pub fn write_report(path: &Path, report: &RunReport) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&report.to_json()).context("encoding the report")?;
     std::fs::write(path, text + "\n")
         .with_context(|| format!("writing the report to {}", path.display()))

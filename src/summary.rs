@@ -41,12 +41,17 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
     );
     let _ = writeln!(
         o,
-        "  seed {}  clock {}  duration {}s  elapsed {:.1}s  shards {}  broker {}  mqtt {}{}",
+        "  seed {}  clock {}  duration {}s  elapsed {:.1}s  shards {}{}  broker {}  mqtt {}{}",
         run.seed,
         run.clock,
         run.duration_s,
         run.elapsed_s,
         run.shards,
+        if run.processes > 1 {
+            format!(" in {} processes", run.processes)
+        } else {
+            String::new()
+        },
         run.broker,
         run.mqtt_version,
         if run.interrupted {
@@ -239,11 +244,20 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
     let pr = &r.process;
     let _ = writeln!(
         o,
-        "process      cpu {:.1} s user + {:.1} s system  peak RSS {:.1} MiB",
+        "process      cpu {:.1} s user + {:.1} s system  peak RSS {:.1} MiB{}",
         pr.cpu_user_s,
         pr.cpu_system_s,
-        pr.rss_peak_bytes as f64 / (1024.0 * 1024.0)
+        pr.rss_peak_bytes as f64 / (1024.0 * 1024.0),
+        if run.processes > 1 {
+            format!(
+                "  (summed over {} processes: RSS is the sum of their peaks)",
+                run.processes
+            )
+        } else {
+            String::new()
+        }
     );
+    render_parts(&mut o, r);
     render_events(&mut o, r);
     for (i, s) in r.slo.iter().enumerate() {
         let value = s
@@ -275,12 +289,61 @@ pub fn render(r: &RunReport, report_path: Option<&Path>) -> String {
     } else {
         format!("FAILED: {failed} of {} SLOs not met", r.slo.len())
     };
+    let missing = r.missing_parts().count();
+    let verdict = if r.complete {
+        verdict
+    } else {
+        format!(
+            "INCOMPLETE: {missing} of {} shards missing (the figures cover the others); {verdict}",
+            r.parts.len()
+        )
+    };
     let _ = write!(o, "result       {verdict}");
     if let Some(p) = report_path {
         let _ = write!(o, "  (report: {})", p.display());
     }
     let _ = writeln!(o);
     o
+}
+
+/// Missing shards named in the summary; the report lists them all.
+const SUMMARY_MISSING: usize = 10;
+
+/// The shards of a run as several processes: how many were merged, and each missing one with
+/// its device ids and why.
+fn render_parts(o: &mut String, r: &RunReport) {
+    if r.parts.is_empty() {
+        return;
+    }
+    let missing: Vec<_> = r.missing_parts().collect();
+    let _ = writeln!(
+        o,
+        "parts        {} of {} shards merged",
+        n((r.parts.len() - missing.len()) as u64),
+        n(r.parts.len() as u64)
+    );
+    for p in missing.iter().take(SUMMARY_MISSING) {
+        let ranges: Vec<String> = p
+            .ranges
+            .iter()
+            .filter(|(_, [a, b])| a < b)
+            .map(|(cohort, [a, b])| format!("{cohort} {a}..{b}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "             shard {} ({}) {}",
+            p.shard,
+            ranges.join(", "),
+            p.status
+        );
+    }
+    if missing.len() > SUMMARY_MISSING {
+        let _ = writeln!(
+            o,
+            "             ... {} more shards missing (the report lists them)",
+            missing.len() - SUMMARY_MISSING
+        );
+    }
 }
 
 /// Notable events shown in the summary; the report keeps them all.

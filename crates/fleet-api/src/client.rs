@@ -27,6 +27,7 @@ pub struct RemoteFleet {
     targets: Arc<Vec<Target>>,
     token: Option<Arc<str>>,
     latest: Arc<Latest>,
+    lost: Lost,
     runtime: tokio::runtime::Handle,
     stop: Option<watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
@@ -42,6 +43,9 @@ impl std::fmt::Debug for RemoteFleet {
             .finish_non_exhaustive()
     }
 }
+
+/// Processes known to be gone for good (`RemoteFleet::mark_lost`), with why, by target.
+type Lost = Arc<Mutex<Vec<Option<String>>>>;
 
 /// The latest merged snapshot, and a signal for `wait_for_snapshot`.
 #[derive(Default)]
@@ -86,10 +90,12 @@ impl RemoteFleet {
         let handle = runtime.handle().clone();
         let latest = Arc::new(Latest::default());
         let (stop_tx, stop_rx) = watch::channel(false);
+        let lost: Lost = Arc::new(Mutex::new(vec![None; targets.len()]));
         let poller = Poller {
             targets: targets.clone(),
             token: token.clone(),
             latest: latest.clone(),
+            lost: lost.clone(),
             state: targets.iter().map(|_| TargetState::default()).collect(),
             notes: Vec::new(),
             seq: 0,
@@ -108,6 +114,7 @@ impl RemoteFleet {
             targets,
             token,
             latest,
+            lost,
             runtime: handle,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -132,6 +139,20 @@ impl RemoteFleet {
         }
     }
 
+    /// Process number `index` (in the order of the URLs) is gone for good, for the reason
+    /// given (`run --processes` knows when a child died): it leaves the merged view at the next
+    /// poll, with a note in the event feed and in `run.source`, instead of showing its last
+    /// numbers as if it were still running.
+    pub fn mark_lost(&self, index: usize, why: String) {
+        let mut lost = self
+            .lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = lost.get_mut(index) {
+            slot.get_or_insert(why);
+        }
+    }
+
     /// Runs `f` for every target on the polling thread's runtime, all at once; their results
     /// in the targets' order.
     fn on_every_target<T: Send + 'static>(
@@ -146,9 +167,19 @@ impl RemoteFleet {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let targets = self.targets.clone();
         let token = self.token.clone();
+        // Lost processes are not asked (they are gone; the others still answer).
+        let live: Vec<usize> = {
+            let lost = self
+                .lost
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (0..targets.len())
+                .filter(|&i| lost.get(i).is_none_or(Option::is_none))
+                .collect()
+        };
         self.runtime.spawn(async move {
-            let mut tasks = Vec::with_capacity(targets.len());
-            for (i, _) in targets.iter().enumerate() {
+            let mut tasks = Vec::with_capacity(live.len());
+            for &i in &live {
                 let (targets, token) = (targets.clone(), token.clone());
                 let (method, path, body) = (method.clone(), path.clone(), body.clone());
                 tasks.push(tokio::spawn(async move {
@@ -160,7 +191,7 @@ impl RemoteFleet {
                 }));
             }
             let mut out = Vec::with_capacity(tasks.len());
-            for (task, t) in tasks.into_iter().zip(targets.iter()) {
+            for (task, t) in tasks.into_iter().zip(live.iter().map(|&i| &targets[i])) {
                 out.push(match task.await {
                     Ok(r) => r,
                     Err(e) => on_error(t, format!("task failed: {e}")),
@@ -293,6 +324,8 @@ struct TargetState {
     down: bool,
     /// Why it did not answer last, when it never has.
     never_answered: Option<String>,
+    /// Gone for good (`RemoteFleet::mark_lost`): no longer polled nor merged.
+    lost: bool,
 }
 
 /// The polling loop's own state (on the "api-attach" thread).
@@ -300,6 +333,7 @@ struct Poller {
     targets: Arc<Vec<Target>>,
     token: Option<Arc<str>>,
     latest: Arc<Latest>,
+    lost: Lost,
     state: Vec<TargetState>,
     /// Events of the view itself (a process stopped or started answering again).
     notes: Vec<LiveEvent>,
@@ -323,10 +357,30 @@ impl Poller {
     }
 
     async fn poll_once(&mut self) {
+        let lost: Vec<Option<String>> = self
+            .lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut changes = Vec::new();
+        for ((st, why), t) in self.state.iter_mut().zip(&lost).zip(self.targets.iter()) {
+            if let Some(why) = why
+                && !st.lost
+            {
+                st.lost = true;
+                st.last = None;
+                st.never_answered = None;
+                changes.push(format!("{} lost: {why}", t.url));
+            }
+        }
         let mut tasks = Vec::with_capacity(self.targets.len());
         for i in 0..self.targets.len() {
+            if self.state[i].lost {
+                tasks.push(None);
+                continue;
+            }
             let (targets, token) = (self.targets.clone(), self.token.clone());
-            tasks.push(tokio::spawn(async move {
+            tasks.push(Some(tokio::spawn(async move {
                 let t = &targets[i];
                 let (status, bytes) = t
                     .request(token.as_deref(), Method::GET, "/api/v1/snapshot", None)
@@ -336,10 +390,10 @@ impl Poller {
                 }
                 serde_json::from_slice::<FleetSnapshot>(&bytes)
                     .map_err(|e| format!("not a snapshot: {e}"))
-            }));
+            })));
         }
-        let mut changes = Vec::new();
         for (i, task) in tasks.into_iter().enumerate() {
+            let Some(task) = task else { continue };
             let result = task
                 .await
                 .unwrap_or_else(|e| Err(format!("task failed: {e}")));
@@ -415,6 +469,14 @@ impl Poller {
                 "{}; never answered: {}",
                 merged.run.source,
                 silent.join(", ")
+            );
+        }
+        let lost = self.state.iter().filter(|st| st.lost).count();
+        if lost > 0 {
+            merged.run.source = format!(
+                "{}; {lost} of {} processes lost (their devices are not counted)",
+                merged.run.source,
+                self.targets.len()
             );
         }
         *self.latest.lock() = Some(Arc::new(merged));

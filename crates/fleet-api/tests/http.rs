@@ -755,6 +755,49 @@ fn remote_fleet_merges_two_processes_and_commands_reach_both() {
     assert!(err.message.contains("not answering"), "{}", err.message);
 }
 
+#[test]
+fn a_process_marked_lost_leaves_the_merged_view_and_is_not_asked_again() {
+    let port_a = FakePort::new(Some(fixture(30, &[1_000])), &[1]);
+    let port_b = FakePort::new(Some(fixture(70, &[2_000])), &[7]);
+    let (a, b) = (start(port_a.clone(), None), start(port_b.clone(), None));
+    let remote = RemoteFleet::connect(
+        vec![
+            format!("http://{}", a.local_addr),
+            format!("http://{}", b.local_addr),
+        ],
+        None,
+    )
+    .unwrap();
+    eventually("both processes", || {
+        remote.snapshot().filter(|s| s.devices_total == 100)
+    });
+    remote.mark_lost(1, "shard 1/2 (a 35..70) was killed by signal 9".into());
+    let snap = eventually("the lost process to leave", || {
+        remote.snapshot().filter(|s| s.devices_total == 30)
+    });
+    let said: Vec<&str> = snap
+        .events
+        .iter()
+        .map(|e| e.message.as_str())
+        .filter(|m| m.contains("lost"))
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].ends_with("lost: shard 1/2 (a 35..70) was killed by signal 9"),
+        "{said:?}"
+    );
+    assert!(
+        snap.run.source.contains("1 of 2 processes lost"),
+        "{}",
+        snap.run.source
+    );
+    // Commands go to the processes still there, and succeed.
+    let ack = remote.command(Command::Pause).unwrap();
+    assert_eq!(ack.message, "pause");
+    assert_eq!(port_a.commands(), [Command::Pause]);
+    assert!(port_b.commands().is_empty());
+}
+
 /// The URL of the second process, as the merged view names it.
 fn urls_b_prefix(snap: &FleetSnapshot) -> String {
     snap.run

@@ -1,5 +1,7 @@
 //! SLO thresholds: a metric of the run report and a bound it must keep.
 
+use serde::{Deserialize, Serialize};
+
 /// Report values an SLO may name. `fleet-metrics` computes each of them.
 pub const METRIC_NAMES: &[&str] = &[
     "latency_us.publish_ack.p50",
@@ -44,13 +46,15 @@ pub fn metric_is_known(name: &str) -> bool {
     METRIC_NAMES.contains(&name)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// In JSON (shard results): `{"max": 250000.0}` or `{"min": 0.99}`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SloBound {
     Max(f64),
     Min(f64),
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SloSpec {
     pub name: String,
     pub metric: String,

@@ -75,3 +75,16 @@ mod tests {
         assert!(rss_bytes().is_some_and(|b| b > 0));
     }
 }
+
+/// Asks process `pid` to stop (SIGTERM): how `run --processes` passes Ctrl-C or a
+/// termination on to its children. A pid that is gone is no error.
+pub fn terminate(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) takes no pointers; sending SIGTERM has no effect on this process's memory.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}

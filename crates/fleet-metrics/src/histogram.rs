@@ -103,6 +103,37 @@ impl LatencyHistogram {
     pub fn inner(&self) -> &Histogram<u64> {
         &self.h
     }
+
+    /// Values above `LATENCY_MAX_US` that were recorded as `LATENCY_MAX_US`.
+    pub(crate) fn clamped(&self) -> u64 {
+        self.clamped
+    }
+
+    pub(crate) fn set_clamped(&mut self, clamped: u64) {
+        self.clamped = clamped;
+    }
+
+    /// What was recorded since `earlier`, a copy of this histogram taken before (the same
+    /// histogram can only have grown since). `None` when `earlier` holds a value this one
+    /// does not: it was not an earlier state of this histogram.
+    pub(crate) fn since(&self, earlier: &LatencyHistogram) -> Option<Histogram<u64>> {
+        let mut h = self.h.clone();
+        h.subtract(&earlier.h).ok()?;
+        Some(h)
+    }
+
+    /// Adds a histogram from elsewhere (an interval log); values outside our bounds are
+    /// clamped like `record` does.
+    pub(crate) fn add_hdr(&mut self, other: &Histogram<u64>) {
+        if self.h.add(other).is_err() {
+            for v in other.iter_recorded() {
+                self.h.saturating_record_n(
+                    v.value_iterated_to().clamp(1, LATENCY_MAX_US),
+                    v.count_at_value(),
+                );
+            }
+        }
+    }
 }
 
 /// On the wire (the API's snapshot, for `top --attach` to merge losslessly): the HdrHistogram
@@ -132,14 +163,7 @@ impl<'de> Deserialize<'de> for LatencyHistogram {
             .map_err(|e| serde::de::Error::custom(format!("histogram: {e:?}")))?;
         let mut out = LatencyHistogram::new();
         // Values outside our bounds cannot be added: clamp them like `record` does.
-        if out.h.add(&h).is_err() {
-            for v in h.iter_recorded() {
-                out.h.saturating_record_n(
-                    v.value_iterated_to().clamp(1, LATENCY_MAX_US),
-                    v.count_at_value(),
-                );
-            }
-        }
+        out.add_hdr(&h);
         out.clamped = clamped;
         Ok(out)
     }

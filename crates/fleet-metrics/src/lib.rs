@@ -14,6 +14,7 @@ pub mod merge;
 pub mod modbus;
 pub mod ota;
 mod report;
+pub mod results;
 pub mod serial;
 mod snapshot;
 
@@ -39,7 +40,13 @@ pub use live::{
 pub use merge::merge_snapshots;
 pub use modbus::ModbusCounters;
 pub use ota::{OtaCounters, RolloutReport};
-pub use report::{OtaInputs, ProcessStats, RunInfo, RunReport, SloResult, evaluate_slos};
+pub use report::{
+    OtaInputs, PART_OK, PartReport, ProcessStats, RunInfo, RunReport, SloResult, evaluate_slos,
+};
+pub use results::{
+    MergedResults, MissingSlice, ResultsError, ResultsWriter, ShardPart, ShardResults,
+    merge_results, read_results,
+};
 pub use serial::SerialCounters;
 pub use snapshot::{
     Collector, FleetSnapshot, STATE_COUNT, ShardLoad, ShardMetrics, ShardReport, SnapshotHistograms,

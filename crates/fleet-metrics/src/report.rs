@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 
 use fleet_core::DeviceState;
 use fleet_core::slo::SloSpec;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::histogram::Percentiles;
 use crate::snapshot::FleetSnapshot;
 
 /// Facts about the run that the metrics do not know.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RunInfo {
     pub id: String,
     pub seed: u64,
@@ -29,10 +29,19 @@ pub struct RunInfo {
     pub fleetsim_version: String,
     /// The run stopped early (Ctrl-C / SIGTERM).
     pub interrupted: bool,
+    /// Processes whose results this report holds: 1 for a run, the parts merged otherwise.
+    #[serde(default = "one")]
+    pub processes: u32,
 }
 
-/// What the process cost, read from the OS at the end of the run.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+fn one() -> u32 {
+    1
+}
+
+/// What the process cost, read from the OS at the end of the run. Merged results: CPU summed,
+/// `rss_peak_bytes` the sum of each process's peak (they may have peaked at different moments:
+/// an upper bound of the memory held at once), `open_files_limit` the lowest.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct ProcessStats {
     pub rss_peak_bytes: u64,
     pub cpu_user_s: f64,
@@ -177,6 +186,43 @@ pub struct OtaInputs {
     pub rollouts: Vec<crate::ota::RolloutReport>,
 }
 
+/// One slice of a fleet run as several processes (`--shard K/N`), in a merged report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PartReport {
+    /// `K/N`.
+    pub shard: String,
+    /// Devices in the slice (the sum of its ranges).
+    pub devices: u64,
+    /// The slice's device ids per cohort, in the cohorts' (and ids') order: `[first, end)`
+    /// (end excluded). In JSON a map {"cohort": [first, end]}.
+    #[serde(serialize_with = "ranges_map")]
+    pub ranges: Vec<(String, [u32; 2])>,
+    /// What the process cost; null when its results are missing.
+    pub rss_peak_bytes: Option<u64>,
+    pub cpu_s: Option<f64>,
+    pub interrupted: Option<bool>,
+    /// `ok`, or `missing: <why>`.
+    pub status: String,
+}
+
+fn ranges_map<S: serde::Serializer>(v: &[(String, [u32; 2])], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(v.len()))?;
+    for (cohort, range) in v {
+        m.serialize_entry(cohort, range)?;
+    }
+    m.end()
+}
+
+impl PartReport {
+    pub fn is_missing(&self) -> bool {
+        self.status != PART_OK
+    }
+}
+
+/// `PartReport::status` of a slice whose results were merged.
+pub const PART_OK: &str = "ok";
+
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
     pub run: RunInfo,
@@ -197,6 +243,12 @@ pub struct RunReport {
     /// reconnect storms, rollout waves, SLO breaches seen while running.
     pub events: Vec<crate::live::LiveEvent>,
     pub slo: Vec<SloResult>,
+    /// The slices of a run as several processes (`fleetsim report merge`, `run --processes`),
+    /// present or missing; empty for a run of one process.
+    pub parts: Vec<PartReport>,
+    /// False when a slice's results are missing: the figures cover only the slices present.
+    pub complete: bool,
+    /// Every SLO met, and (merged results) no slice missing.
     pub ok: bool,
 }
 
@@ -308,11 +360,26 @@ impl RunReport {
             events: last.events.clone(),
             run,
             slo: Vec::new(),
+            parts: Vec::new(),
+            complete: true,
             ok: true,
         };
         report.slo = evaluate_slos(&report, slos);
         report.ok = report.slo.iter().all(|s| s.ok);
         report
+    }
+
+    /// Adds the slices of a run as several processes; a missing one makes the report
+    /// incomplete and not ok.
+    pub fn set_parts(&mut self, parts: Vec<PartReport>) {
+        self.complete = parts.iter().all(|p| !p.is_missing());
+        self.parts = parts;
+        self.ok = self.complete && self.slo.iter().all(|s| s.ok);
+    }
+
+    /// Slices whose results are missing.
+    pub fn missing_parts(&self) -> impl Iterator<Item = &PartReport> {
+        self.parts.iter().filter(|p| p.is_missing())
     }
 
     pub fn to_json(&self) -> Value {
