@@ -72,13 +72,38 @@
 #    --insecure-skip-verify connecting with its warning; no client certificate refused; missing
 #    certificate files stopping the run before it starts; passwords from a CSV file against
 #    mosquitto's password_file (the wrong one refused and counted, no password in any output).
+# K  Kubernetes (scripts/k8s_check.py; no cluster): the kustomize base and every overlay under
+#    deploy/kubernetes render with `kubectl kustomize`; every object is valid against the
+#    Kubernetes 1.29 and 1.37 schemas (kubernetes-validate, strict, offline); the Job is Indexed
+#    with completions = parallelism = --shards-total, mounts the rendered ConfigMap holding its
+#    scenario, has the Prometheus annotations on its metrics port, requests and limits sized for
+#    its pods' sessions, a non-root read-only pod, a podFailurePolicy; a headless Service selects
+#    its pods; the ConfigMap's scenario passes `fleetsim validate` in the image's layout; each
+#    pod's command and args, run here with JOB_COMPLETION_INDEX=k and --dry-run, own the k-th
+#    contiguous slice of every cohort (every pod of the small overlays, whose slices cover every
+#    device exactly once; first, middle and last of 1m-devices); the Dockerfile's shape; a
+#    missing or bad JOB_COMPLETION_INDEX exits 2; broken copies of an overlay are caught. Then
+#    overlays/smoke's 3 pods run for real for 15 s on loopback: the readiness probe's and the
+#    scrape annotations' paths answer, the API is read-only, a pod killed mid-run and started
+#    again on its index leaves its slice missing from a merge until it ends, and the results
+#    reader's `fleetsim report merge` gives the whole fleet, each slice where the dry run said.
+# L  Past one process, against real mosquittos and subscribers (scripts/scaleout_interop.py):
+#    `run --processes 3` with three `--broker` listeners: each mosquitto serves exactly one
+#    slice's client ids, the subscribers together see every device's seqs without a gap and as
+#    many as the merged report's acked, the parent's /metrics counts the whole fleet, one joined
+#    event log, `report merge` of the results folder gives the report again; a child killed with
+#    SIGKILL is named at once with its devices, its devices stop while the others go on, exit 3,
+#    the report names the slice missing; SIGTERM to the parent stops every child cleanly (a
+#    DISCONNECT for every session) with the merged report.
 #
 # Needs root (or sudo) for apt-get when mosquitto, mosquitto_sub/pub, python3, (for E) mbpoll,
-# (for F) socat or (for H) tmux are missing, and pip for pymodbus + pyserial (E, F), pynmea2 (F),
-# paho-mqtt (G, I) and prometheus_client (H) when python3 lacks them.
+# (for F) socat, (for H) tmux or (for K) kubectl are missing, and pip for pymodbus + pyserial (E,
+# F), pynmea2 (F), paho-mqtt (G, I, L), prometheus_client (H) and kubernetes-validate with PyYAML (K)
+# when python3 lacks them.
 # Environment:
-#   INTEROP_ONLY=E,...      run only these tests (letters A-J, comma-separated; "modbus" = E,
-#                           "serial" = F, "ota" = G, "tui" = H, "reliability" = I, "tls" = J)
+#   INTEROP_ONLY=E,...      run only these tests (letters A-L, comma-separated; "modbus" = E,
+#                           "serial" = F, "ota" = G, "tui" = H, "reliability" = I, "tls" = J,
+#                           "kubernetes" = K, "scaleout" = L)
 #   FLEETSIM=path           use this binary instead of `cargo build --release`
 #   INTEROP_STRICT=0        report known fleetsim bugs as KNOWN instead of failing (default 1: they fail)
 #   INTEROP_KEEP_TMP=1      keep the temp folder (broker logs, subscriber output, reports, H's
@@ -104,6 +129,8 @@ ONLY="${ONLY//,ota,/,G,}"
 ONLY="${ONLY//,tui,/,H,}"
 ONLY="${ONLY//,reliability,/,I,}"
 ONLY="${ONLY//,tls,/,J,}"
+ONLY="${ONLY//,kubernetes,/,K,}"
+ONLY="${ONLY//,scaleout,/,L,}"
 want() { [[ "$ONLY" == ",," || "$ONLY" == *",$1,"* ]]; } # want TEST: is test TEST selected?
 PASSED=0
 FAILED=0
@@ -165,8 +192,8 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-[[ "$ONLY" == ",," || "$ONLY" =~ ^,([A-J],)+$ ]] ||
-    die "INTEROP_ONLY=${INTEROP_ONLY:-}: want test letters A-J (or modbus, serial, ota, tui, reliability, tls), comma-separated"
+[[ "$ONLY" == ",," || "$ONLY" =~ ^,([A-L],)+$ ]] ||
+    die "INTEROP_ONLY=${INTEROP_ONLY:-}: want test letters A-L (or modbus, serial, ota, tui, reliability, tls, kubernetes, scaleout), comma-separated"
 
 # ---------------------------------------------------------------------------------------------
 # Tools
@@ -184,6 +211,10 @@ fi
 if want H; then
     APT_PACKAGES+=(tmux)
     TOOLS+=(tmux)
+fi
+if want K; then
+    APT_PACKAGES+=(kubectl)
+    TOOLS+=(kubectl)
 fi
 for tool in "${TOOLS[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || need_install=1
@@ -245,11 +276,11 @@ fi
 # Test G's job server and test I's subscribers: paho-mqtt, pinned (2.0 changed the callback
 # API; the scripts use CallbackAPIVersion.VERSION2).
 PAHO_MQTT_VERSION=2.2.0
-if { want G || want I; } && ! python3 -c 'import sys, paho.mqtt; sys.exit(paho.mqtt.__version__ != sys.argv[1])' \
+if { want G || want I || want L; } && ! python3 -c 'import sys, paho.mqtt; sys.exit(paho.mqtt.__version__ != sys.argv[1])' \
     "$PAHO_MQTT_VERSION" 2>/dev/null; then
     pip_install paho-mqtt "paho-mqtt==$PAHO_MQTT_VERSION"
 fi
-if want G || want I; then
+if want G || want I || want L; then
     log "paho-mqtt: $(python3 -c 'import paho.mqtt; print(paho.mqtt.__version__)')"
 fi
 # Test H's Prometheus parser: prometheus_client, pinned (its text parser is the reference
@@ -262,6 +293,19 @@ sys.exit(version("prometheus-client") != sys.argv[1])' "$PROMETHEUS_CLIENT_VERSI
 fi
 if want H; then
     log "tmux: $(tmux -V); prometheus_client: $(python3 -c 'from importlib.metadata import version; print(version("prometheus-client"))')"
+fi
+# Test K's schema check: kubernetes-validate, pinned (it bundles the Kubernetes JSON schemas of
+# 1.25-1.37 and validates offline), with its dependencies importlib-resources and packaging, and
+# PyYAML for reading kubectl's output; pinned too.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+K_PIP=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "importlib-resources==7.1.0" "packaging==26.3" "PyYAML==6.0.3")
+if want K && ! python3 -c 'import sys, yaml, kubernetes_validate.utils
+from importlib.metadata import version
+sys.exit(version("kubernetes-validate") != sys.argv[1])' "$KUBERNETES_VALIDATE_VERSION" 2>/dev/null; then
+    pip_install kubernetes-validate "${K_PIP[@]}"
+fi
+if want K; then
+    log "kubectl: $(kubectl version --client 2>/dev/null | tr '\n' ' '); kubernetes-validate: $(python3 -c 'from importlib.metadata import version; print(version("kubernetes-validate"))')"
 fi
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/fleetsim-interop.XXXXXX")"
@@ -427,6 +471,8 @@ ota_checks() { py_checks G ota_interop.py "$@"; }
 tui_checks() { py_checks H tui_interop.py "$@"; }
 rel_checks() { py_checks I reliability_interop.py "$@"; }
 tls_checks() { py_checks J tls_interop.py "$@"; }
+k8s_checks() { py_checks K k8s_check.py "$@"; }
+scaleout_checks() { py_checks L scaleout_interop.py "$@"; }
 
 # Tests A-D run scenarios/smoke.toml; each test sits in an `if want X` (INTEROP_ONLY), its
 # lines left as they were, not indented under it.
@@ -856,6 +902,22 @@ log "Test J: TLS and identities against mosquitto: fleetsim certs, mqtts:// with
 # scripts/tls_interop.py starts its own mosquittos (a TLS listener requiring certificates, a
 # listener with a password_file) and ends them on the way out. Files: $TMP/J/.
 tls_checks 300 --fleetsim "$FLEETSIM" --tmp "$TMP/J"   # seven short runs of 200 devices
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want K; then
+log "Test K: Kubernetes deployment without a cluster: kustomize renders, schemas, the Job's rules, fleetsim validate, each pod's slice (--dry-run)"
+# scripts/k8s_check.py runs `kubectl kustomize` on deploy/kubernetes/base and every overlay, and
+# fleetsim (validate, certs, run --dry-run) in a copy of each pod's file system under $TMP/K
+# (INTEROP_KEEP_TMP=1 keeps it, with the live pods' logs); then overlays/smoke's 3 pods for
+# 15 s (servers on 127.0.0.1 only, each ended by the script). About 25 s in all.
+k8s_checks 180 --fleetsim "$FLEETSIM" --kubectl "$(command -v kubectl)" --tmp "$TMP/K"
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want L; then
+log "Test L: past one process against three mosquittos: --processes 3, a child killed, SIGTERM to the parent"
+scaleout_checks 240 all --fleetsim "$FLEETSIM" --tmp "$TMP/L"   # three runs, about 50 s
 fi
 
 # cleanup (the EXIT trap) prints "N passed, M failed" and sets the exit code.
