@@ -991,10 +991,13 @@ COMMANDS = {"restart": cmd_restart, "halfopen": cmd_halfopen, "events": cmd_even
             "signals": cmd_signals, "reject": cmd_reject, "preflight": cmd_preflight}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checks", nargs="+", choices=list(COMMANDS) + ["all"], help="which checks, in order")
-    p.add_argument("--test", default=TEST, help="label printed on each line (default I)")
+def main(doc=__doc__, commands=None, test=TEST):
+    """Runs the named checks of `commands` (this script's by default) and ends what they started;
+    also the runner of scaleout_interop.py."""
+    commands = commands or COMMANDS
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checks", nargs="+", choices=list(commands) + ["all"], help="which checks, in order")
+    p.add_argument("--test", default=test, help=f"label printed on each line (default {test})")
     p.add_argument("--fleetsim", required=True, help="the fleetsim binary")
     p.add_argument("--tmp", required=True, help="a folder for configs, logs, reports")
     p.add_argument("--cwd", default=ROOT, help="fleetsim's working directory (default: the repository)")
@@ -1008,12 +1011,12 @@ def main():
 
     signal.signal(signal.SIGTERM, on_term)
     r = Results(args.test)
-    checks = list(COMMANDS) if "all" in args.checks else args.checks
+    checks = list(commands) if "all" in args.checks else args.checks
     try:
         for name in checks:
             t0 = time.monotonic()
             try:
-                COMMANDS[name](args, r)
+                commands[name](args, r)
             except Exception as e:  # a check that could not go on fails with its reason
                 r.check(f"{name}: could not complete", False, f"{type(e).__name__}: {e}")
             note(f"{name}: took {time.monotonic() - t0:.0f} s")

@@ -30,18 +30,15 @@ two cohorts, "north" and "south" (the scenario maker of test I). Subcommands:
              for all 300).
 """
 
-import argparse
 import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 
 import reliability_interop as rel
-from interop_common import Results
 from reliability_interop import Broker, Subscriber, continuity, get, indent, note, read, wait_until
 
 TEST = "L"
@@ -334,42 +331,7 @@ COMMANDS = {"processes": cmd_processes, "kill": cmd_kill, "sigterm": cmd_sigterm
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checks", nargs="+", choices=list(COMMANDS) + ["all"], help="which checks, in order")
-    p.add_argument("--test", default=TEST, help="label printed on each line (default L)")
-    p.add_argument("--fleetsim", required=True, help="the fleetsim binary")
-    p.add_argument("--tmp", required=True, help="a folder for configs, logs, reports")
-    p.add_argument("--cwd", default=rel.ROOT, help="fleetsim's working directory (default: the repository)")
-    args = p.parse_args()
-    args.fleetsim = os.path.abspath(args.fleetsim)
-    os.makedirs(args.tmp, exist_ok=True)
-
-    def on_term(*_):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        sys.exit(143)
-
-    signal.signal(signal.SIGTERM, on_term)
-    r = Results(args.test)
-    checks = list(COMMANDS) if "all" in args.checks else args.checks
-    try:
-        for name in checks:
-            t0 = time.monotonic()
-            try:
-                COMMANDS[name](args, r)
-            except Exception as e:  # a check that could not go on fails with its reason
-                r.check(f"{name}: could not complete", False, f"{type(e).__name__}: {e}")
-            note(f"{name}: took {time.monotonic() - t0:.0f} s")
-    finally:
-        for proc in rel.STARTED:
-            if proc.poll() is None:
-                try:
-                    proc.send_signal(signal.SIGCONT)
-                    proc.terminate()
-                    proc.wait(timeout=10)
-                except (OSError, subprocess.TimeoutExpired):
-                    proc.kill()
-    note(f"{r.passed} passed, {r.failed} failed")
-    sys.exit(1 if r.failed else 0)
+    rel.main(__doc__, COMMANDS, TEST)
 
 
 if __name__ == "__main__":

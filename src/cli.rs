@@ -375,6 +375,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", hide = true, requires = "api_listen")]
     pub api_addr_file: Option<PathBuf>,
 
+    /// Stop (cleanly, with the results) when process PID is gone: a child of `--processes`
+    /// does not outlive its parent.
+    #[arg(long, value_name = "PID", hide = true)]
+    pub parent_pid: Option<u32>,
+
     /// Progress line interval when not on a terminal (or with --headless).
     #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration_arg)]
     pub progress_every: fleet_core::SimDuration,

@@ -21,13 +21,40 @@ fn memory_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let machine = kb * 1024;
+    // In a container (a Kubernetes pod) the cgroup's limit is what counts, not the node's.
+    Some(cgroup_room().map_or(machine, |room| room.min(machine)))
 }
 
-/// Refuses a run whose estimated memory exceeds what the machine has available.
+/// Memory this process's cgroup may still take: its limit minus its use (cgroup v2, else v1);
+/// None without a limit.
+fn cgroup_room() -> Option<u64> {
+    let read = |p: &str| -> Option<String> {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let (limit, used) = match read("/sys/fs/cgroup/memory.max") {
+        Some(max) => (max, read("/sys/fs/cgroup/memory.current")?),
+        None => (
+            read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?,
+            read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?,
+        ),
+    };
+    let limit: u64 = limit.parse().ok()?; // "max": no limit
+    // cgroup v1 says "no limit" with a huge number.
+    if limit >= 1 << 60 {
+        return None;
+    }
+    Some(limit.saturating_sub(used.parse().ok()?))
+}
+
+/// Refuses a run whose estimated memory exceeds what the machine has available. `sessions`:
+/// the MQTT sessions of the fleet (one per device, or one per gateway for devices behind
+/// gateways, which cost a device's state each).
 pub fn check_memory(
     devices: u32,
-    mqtt_devices: u32,
+    sessions: u32,
     wall: bool,
     embedded: bool,
     tls: bool,
@@ -41,8 +68,9 @@ pub fn check_memory(
     } else {
         WALL_BYTES_PER_SESSION
     };
-    // Devices without MQTT cost a device's state only.
-    let sessions = u64::from(mqtt_devices.min(devices));
+    // Devices without a session of their own (no MQTT, or behind a gateway) cost a device's
+    // state only.
+    let sessions = u64::from(sessions.min(devices));
     let need = sessions * per_device + (u64::from(devices) - sessions) * VIRTUAL_BYTES_PER_DEVICE;
     let Some(available) = memory_available() else {
         return Ok(());
@@ -50,8 +78,18 @@ pub fn check_memory(
     let budget = (available as f64 * MEMORY_HEADROOM) as u64;
     if need > budget {
         let mib = |b: u64| b / (1024 * 1024);
+        // The largest fleet of the same mix that fits.
+        let fits = (u64::from(devices) as f64 * budget as f64 / need as f64) as u64;
+        let shared = if sessions < u64::from(devices) {
+            format!(
+                " and {} without a session of their own at {VIRTUAL_BYTES_PER_DEVICE} bytes",
+                u64::from(devices) - sessions
+            )
+        } else {
+            String::new()
+        };
         return Err(format!(
-            "{devices} devices need about {} MiB ({per_device} bytes each{}), but only {} MiB are available \
+            "{devices} devices need about {} MiB ({sessions} sessions at {per_device} bytes each{}{shared}), but only {} MiB are available \
              (80 % of MemAvailable).\n  fix: --devices {} or fewer{}",
             mib(need),
             if wall && embedded {
@@ -60,7 +98,7 @@ pub fn check_memory(
                 ""
             },
             mib(budget),
-            budget / per_device,
+            fits,
             if wall && embedded {
                 ", or an external broker (--broker)"
             } else {
@@ -93,11 +131,12 @@ fn ephemeral_ports() -> u64 {
 /// address, 1.4 ms from three).
 pub const FAST_SESSIONS_PER_SOURCE: u64 = 10_000;
 
-/// The source addresses to use. Given ones are kept (with a warning when they are few for the
-/// fleet); with none given and a loopback broker, enough 127.0.0.x addresses are chosen to keep
-/// every (source, listener) pair under `FAST_SESSIONS_PER_SOURCE`.
-pub fn source_addrs(devices: u32, targets: &[SocketAddr], given: &[IpAddr]) -> Vec<IpAddr> {
-    let per_target = u64::from(devices).div_ceil(targets.len().max(1) as u64);
+/// The source addresses to use for `sessions` MQTT sessions. Given ones are kept (with a
+/// warning when they are few for the fleet); with none given and a loopback broker, enough
+/// 127.0.0.x addresses are chosen to keep every (source, listener) pair under
+/// `FAST_SESSIONS_PER_SOURCE`.
+pub fn source_addrs(sessions: u32, targets: &[SocketAddr], given: &[IpAddr]) -> Vec<IpAddr> {
+    let per_target = u64::from(sessions).div_ceil(targets.len().max(1) as u64);
     let needed = per_target.div_ceil(FAST_SESSIONS_PER_SOURCE).max(1);
     if !given.is_empty() {
         if (given.len() as u64) < needed {
@@ -131,26 +170,28 @@ pub fn source_addrs(devices: u32, targets: &[SocketAddr], given: &[IpAddr]) -> V
     Vec::new()
 }
 
-/// Open files and source ports for a wall-clock run. `embedded`: the broker's sockets are in
-/// this process too (two per device).
+/// Open files and source ports for a wall-clock run of `sessions` MQTT sessions (one per
+/// device, or one per gateway for devices behind gateways). `embedded`: the broker's sockets
+/// are in this process too (two per session).
 /// `extra`: descriptors of other servers (Modbus listeners, lines and their connections).
 pub fn check(
-    devices: u32,
+    sessions: u32,
     embedded: bool,
     targets: usize,
     sources: usize,
     extra: u64,
 ) -> Result<(), String> {
     let limit = process::raise_open_files_limit();
-    let per_device: u64 = if embedded { 2 } else { 1 };
-    let need = u64::from(devices) * per_device + RESERVED_FDS + extra;
+    let per_session: u64 = if embedded { 2 } else { 1 };
+    let need = u64::from(sessions) * per_session + RESERVED_FDS + extra;
     if need > limit {
-        let max_devices = limit.saturating_sub(RESERVED_FDS + extra) / per_device;
+        let max_sessions = limit.saturating_sub(RESERVED_FDS + extra) / per_session;
         let mut msg = format!(
-            "this run needs about {need} open files ({devices} devices x {per_device} socket{}{} + {RESERVED_FDS} reserved{}), \
+            "this run needs about {need} open files ({sessions} MQTT sessions x {per_session} socket{}{} + {RESERVED_FDS} reserved{}), \
              but this process may open only {limit} (RLIMIT_NOFILE, hard limit).\n  \
-             fix: --devices {max_devices} or fewer",
-            if per_device == 2 { "s" } else { "" },
+             fix: at most {max_sessions} sessions (--devices {max_sessions} or fewer for devices with a session each; \
+             devices behind a gateway share its session: [gateway] in the profile)",
+            if per_session == 2 { "s" } else { "" },
             if embedded {
                 ": the embedded broker's end of each connection lives in this process too"
             } else {
@@ -164,7 +205,7 @@ pub fn check(
         );
         if embedded {
             msg.push_str(&format!(
-                ", or point the fleet at an external broker with --broker mqtt://HOST:PORT (one socket per device: up to {} devices)",
+                ", or point the fleet at an external broker with --broker mqtt://HOST:PORT (one socket per session: up to {} sessions)",
                 limit.saturating_sub(RESERVED_FDS)
             ));
         }
@@ -173,10 +214,10 @@ pub fn check(
     }
     let ports = ephemeral_ports();
     let pairs = (targets.max(1) * sources.max(1)) as u64;
-    let per_pair = u64::from(devices).div_ceil(pairs);
+    let per_pair = u64::from(sessions).div_ceil(pairs);
     if per_pair > ports {
         return Err(format!(
-            "{devices} sessions over {} source address(es) x {} broker listener(s) is {per_pair} per pair, \
+            "{sessions} sessions over {} source address(es) x {} broker listener(s) is {per_pair} per pair, \
              but one source address has only {ports} local ports per broker address.\n  \
              fix: add source addresses (--source-addr 127.0.0.2 ... on loopback, or [mqtt] source_addrs) \
              or broker listeners (repeat --broker)",
@@ -235,6 +276,24 @@ mod tests {
         assert_eq!(source_addrs(25_000, &[lo], &[given]), vec![given]);
         let remote: SocketAddr = "10.1.2.3:1883".parse().unwrap();
         assert!(source_addrs(25_000, &[remote], &[]).is_empty());
+    }
+
+    #[test]
+    fn a_million_devices_behind_a_thousand_gateways_fit_as_a_thousand_sessions() {
+        // One session per gateway: 1,000 sockets, even with the embedded broker's ends.
+        assert!(check(1_000, true, 1, 1, 0).is_ok());
+        assert!(source_addrs(1_000, &["127.0.0.1:1883".parse().unwrap()], &[]).is_empty());
+        // Memory: 1,000 sessions and 999,000 devices' state, about 1 GiB; a fleet of a
+        // million sessions would need 2 GiB more than that.
+        let gateways = check_memory(1_000_000, 1_000, true, false, false);
+        let sessions = check_memory(1_000_000, 1_000_000, true, false, false);
+        if let (Err(g), Err(s)) = (&gateways, &sessions) {
+            assert!(g.contains("999000 without a session"), "{g}");
+            assert!(s.contains("1000000 sessions"), "{s}");
+        }
+        if memory_available().is_some_and(|m| m > 4 << 30) {
+            assert!(gateways.is_ok(), "{gateways:?}");
+        }
     }
 
     #[test]

@@ -57,15 +57,14 @@ pub fn run(args: RunArgs, fleet: Fleet, n: u32) -> Result<bool, Failure> {
     }
     let settings = fleet.settings.clone();
     // Each child checks its own open files and source ports; memory is the machine's, shared.
-    let mqtt: u32 = fleet
+    let sessions: u32 = fleet
         .cohorts
         .iter()
-        .filter(|c| c.mqtt)
-        .map(|c| c.count)
+        .map(|c| c.sessions_in(c.first_device..c.first_device + c.count))
         .sum();
     crate::preflight::check_memory(
         total,
-        mqtt,
+        sessions,
         settings.clock == fleet_core::scenario::Clock::Wall,
         settings.broker_urls.is_empty(),
         settings
@@ -155,18 +154,29 @@ pub fn run(args: RunArgs, fleet: Fleet, n: u32) -> Result<bool, Failure> {
             live_urls.push(url);
         }
     }
-    let remote = fleet_api::RemoteFleet::connect(live_urls, None)
-        .map_err(|e| Failure::Runtime(anyhow::anyhow!("watching the shards: {e}")))?;
-    let remote: Arc<fleet_api::RemoteFleet> = Arc::new(remote);
-    let port: Arc<dyn FleetPort> = remote.clone();
-    let surfaces = if crate::surfaces::wanted(&args) {
-        Some(crate::surfaces::Surfaces::start(
-            &args,
-            port.clone(),
-            stop.clone(),
-        )?)
-    } else {
-        None
+    let watching = fleet_api::RemoteFleet::connect(live_urls, None)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("watching the shards: {e}")))
+        .and_then(|remote| {
+            let remote = Arc::new(remote);
+            let port: Arc<dyn FleetPort> = remote.clone();
+            let surfaces = if crate::surfaces::wanted(&args) {
+                Some(crate::surfaces::Surfaces::start(
+                    &args,
+                    port.clone(),
+                    stop.clone(),
+                )?)
+            } else {
+                None
+            };
+            Ok((remote, port, surfaces))
+        });
+    let (remote, port, surfaces) = match watching {
+        Ok(w) => w,
+        Err(e) => {
+            // Nobody would watch them: the children stop (and the reason is the parent's).
+            end_all(&mut shards);
+            return Err(e);
+        }
     };
     let mut progress = Progress::new(
         &settings,
@@ -355,8 +365,7 @@ impl Spread {
         let mqtt: u32 = fleet
             .cohorts
             .iter()
-            .filter(|c| c.mqtt)
-            .map(|c| c.count)
+            .map(|c| c.sessions_in(c.first_device..c.first_device + c.count))
             .sum();
         let sources: Vec<Vec<IpAddr>> = if !s.source_addrs.is_empty() {
             (0..n)
@@ -443,6 +452,7 @@ fn child_args(
     opt("api-listen", "127.0.0.1:0".into());
     opt("api-addr-file", addr_file.display().to_string());
     opt("progress-every", "10s".into());
+    opt("parent-pid", std::process::id().to_string());
     for b in &spread.brokers[k] {
         opt("broker", b.clone());
     }
@@ -653,7 +663,7 @@ pub fn describe_ranges(fleet: &Fleet, slice: Slice) -> String {
     let parts: Vec<String> = fleet
         .cohorts
         .iter()
-        .map(|c| (c, slice.of_cohort(c.first_device, c.count)))
+        .map(|c| (c, c.in_slice(slice)))
         .filter(|(_, r)| !r.is_empty())
         .map(|(c, r)| format!("{} {}..{}", c.name, r.start, r.end))
         .collect();

@@ -168,7 +168,8 @@ fn dry_run(fleet: &Fleet, slice: Slice) -> String {
         fleet.total_devices(),
         fleet.cohorts.len()
     );
-    let ranges = slice.ranges(fleet.cohorts.iter().map(|c| (c.first_device, c.count)));
+    let ranges: Vec<std::ops::Range<u32>> =
+        fleet.cohorts.iter().map(|c| c.in_slice(slice)).collect();
     let owned: usize = ranges.iter().map(|r| r.len()).sum();
     let _ = writeln!(out, "shard {slice} owns {owned} devices:");
     let mut buf = Vec::new();
@@ -182,9 +183,13 @@ fn dry_run(fleet: &Fleet, slice: Slice) -> String {
             let _ = writeln!(out, "  {}: ids {}..{} (0 devices)", c.name, r.start, r.end);
         } else {
             let (first, last) = (render(c, r.start), render(c, r.end - 1));
+            let gateways = match c.sessions_in(r.clone()) {
+                n if c.slice_unit() > 1 => format!(", behind {n} gateways"),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  {}: ids {}..{} ({} devices, {first} .. {last})",
+                "  {}: ids {}..{} ({} devices, {first} .. {last}{gateways})",
                 c.name,
                 r.start,
                 r.end,
@@ -340,11 +345,14 @@ pub fn run(
     if !slice.is_whole() {
         check_sliceable(&fleet)?;
     }
-    if args.dry_run {
-        print!("{}", dry_run(&fleet, slice));
-        return Ok(true);
-    }
     if let Some(n) = args.processes.filter(|&n| n > 1) {
+        if args.dry_run {
+            for k in 0..n {
+                let slice = Slice::new(k, n).map_err(Failure::Usage)?;
+                print!("{}", dry_run(&fleet, slice));
+            }
+            return Ok(true);
+        }
         return crate::processes::run(args, fleet, n);
     }
     if let Some(p) = &args.report {
@@ -354,7 +362,7 @@ pub fn run(
         ensure_writable(p, "--event-log")?;
     }
     // Devices this process simulates (its slice of the fleet).
-    let owned = |c: &fleet_core::Cohort| slice.of_cohort(c.first_device, c.count).len() as u32;
+    let owned = |c: &fleet_core::Cohort| c.in_slice(slice).len() as u32;
     let devices: u32 = fleet.cohorts.iter().map(owned).sum();
     let shards = args
         .shards
@@ -365,8 +373,13 @@ pub fn run(
         })
         .min(devices.max(1).min(u32::from(u16::MAX)) as u16);
     let settings = fleet.settings.clone();
-    // Devices with an MQTT session (the others only sample, for Modbus).
-    let mqtt_devices: u32 = fleet.cohorts.iter().filter(|c| c.mqtt).map(owned).sum();
+    // MQTT sessions: one per device with MQTT (the others only sample, for Modbus), one per
+    // gateway for devices behind gateways. Sockets, ports and memory are counted per session.
+    let mqtt_devices: u32 = fleet
+        .cohorts
+        .iter()
+        .map(|c| c.sessions_in(c.in_slice(slice)))
+        .sum();
     preflight::check_memory(
         devices,
         mqtt_devices,
@@ -378,6 +391,17 @@ pub fn run(
             .any(|u| fleet_core::scenario::is_tls_url(u)),
     )
     .map_err(Failure::Usage)?;
+    if args.dry_run {
+        // What can be checked without the network: TLS files, credentials.
+        if settings.clock == Clock::Wall && mqtt_devices > 0 {
+            mqtt_tls(&settings, &args, &fleet)?;
+            if !settings.broker_urls.is_empty() {
+                credentials(&settings, &args, &fleet)?;
+            }
+        }
+        print!("{}", dry_run(&fleet, slice));
+        return Ok(true);
+    }
     let modbus_plan =
         fleet_modbus::ModbusPlan::new(&fleet).map_err(|e| Failure::Usage(e.to_string()))?;
     let serial_devices: u32 = fleet
@@ -408,6 +432,9 @@ pub fn run(
     };
     let stop = Arc::new(AtomicBool::new(false));
     crate::signals::install(stop.clone());
+    if let Some(pid) = args.parent_pid {
+        crate::signals::stop_with_parent(pid, stop.clone());
+    }
     let control = fleet_engine::Control::new(shards);
     let mut opts = RunOptions {
         event_log: args.event_log.clone(),
@@ -440,6 +467,7 @@ pub fn run(
             name: c.name.clone(),
             first: c.first_device,
             count: c.count,
+            unit: c.slice_unit(),
         })
         .collect();
     let mut results = match &args.results {
@@ -486,7 +514,7 @@ pub fn run(
                 if settings.embedded_listeners > 0 {
                     settings.embedded_listeners
                 } else {
-                    fleet_mqtt::broker::default_listeners(devices)
+                    fleet_mqtt::broker::default_listeners(mqtt_devices)
                 }
             } else {
                 settings.broker_urls.len() as u16
@@ -536,7 +564,7 @@ pub fn run(
             let (targets, desc) = if mqtt_devices == 0 {
                 (Vec::new(), "none (no device speaks MQTT)".to_string())
             } else if embedded {
-                let b = fleet_mqtt::broker::start(devices, listeners, version)
+                let b = fleet_mqtt::broker::start(mqtt_devices, listeners, version)
                     .map_err(|e| Failure::Runtime(e.into()))?;
                 let listening: Vec<String> = b.listeners.iter().map(|a| a.to_string()).collect();
                 let desc = format!("embedded rumqttd ({})", listening.join(", "));

@@ -35,3 +35,27 @@ pub fn install(stop: Arc<AtomicBool>) {
         tracing::warn!(error = %e, "cannot watch for Ctrl-C; the run stops only at its end");
     }
 }
+
+/// Ends the run like SIGTERM does once process `pid` is gone (checked every second): a child
+/// of `run --processes` whose parent was killed stops and writes its results instead of
+/// running on unwatched.
+pub fn stop_with_parent(pid: u32, stop: Arc<AtomicBool>) {
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let spawned = std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if !proc_dir.exists() {
+                    tracing::warn!(
+                        "the parent process ({pid}) is gone: stopping the run and writing the results"
+                    );
+                    stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot watch the parent process");
+    }
+}

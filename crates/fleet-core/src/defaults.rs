@@ -37,6 +37,13 @@ pub const SIM_BROKER_SERVICE_SIGMA: f64 = 0.5;
 /// sets `start_epoch_ms`, so `ts` fields are reproducible too.
 pub const VIRTUAL_EPOCH_MS: u64 = 1_767_225_600_000;
 
+/// Gateways (`[gateway]`): the gateway's id, its MQTT client id, the Sparkplug group, and the
+/// most children one gateway may carry.
+pub const GATEWAY_ID: &str = "{cohort}-gw-{gateway_index:04}";
+pub const GATEWAY_CLIENT_ID: &str = "{gateway}";
+pub const SPARKPLUG_GROUP: &str = "fleetsim";
+pub const MAX_GATEWAY_CHILDREN: u32 = 1_000_000;
+
 pub fn backoff() -> Backoff {
     Backoff {
         initial: BACKOFF_INITIAL,

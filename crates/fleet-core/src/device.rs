@@ -101,7 +101,12 @@ pub enum Input<'a> {
 pub enum TopicKind {
     Telemetry,
     Response,
+    /// The device's status, `online: true` (and `online: false` unless the profile has a topic
+    /// of its own for that: Sparkplug's DDEATH, see `StatusOffline`).
     Status,
+    /// An `online: false` status, on `identity.status_offline_topic` when the profile has one
+    /// (else on `status_topic`, like `Status`).
+    StatusOffline,
     /// An update's status or job request: the topic is the first `topic_len` bytes of the
     /// payload range (AWS IoT Jobs topics carry the job id).
     Ota,
@@ -864,7 +869,9 @@ impl Device {
         let (qos, retain) = match topic {
             TopicKind::Telemetry => (profile.reporting.qos, profile.reporting.retain),
             TopicKind::Response => (profile.command_qos, false),
-            TopicKind::Status => (Qos::AtLeastOnce, true),
+            TopicKind::Status | TopicKind::StatusOffline => {
+                (Qos::AtLeastOnce, profile.identity.retain_status)
+            }
             TopicKind::Ota => (Qos::AtLeastOnce, false),
         };
         let link = &ctx.cohort.link;
@@ -951,7 +958,12 @@ impl Device {
         }
         let start = fx.payload.len();
         encode_status(self, online, now, ctx, &mut fx.payload);
-        self.push_publish(now, TopicKind::Status, 0, start, false, ctx, fx);
+        let kind = if online {
+            TopicKind::Status
+        } else {
+            TopicKind::StatusOffline
+        };
+        self.push_publish(now, kind, 0, start, false, ctx, fx);
     }
 
     fn on_command(&mut self, now: SimTime, payload: &[u8], ctx: &DeviceCtx, fx: &mut Effects) {

@@ -139,6 +139,22 @@ pub struct Cohort {
     pub modbus_faults: crate::modbus::ModbusFaults,
 }
 
+/// A gateway of a cohort whose profile has `[gateway]`: its number in the cohort and its
+/// children, the devices `first .. first + children` (the last gateway may have fewer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatewayRef {
+    pub index: u32,
+    pub first: DeviceId,
+    pub children: u32,
+}
+
+impl GatewayRef {
+    /// Whether device `id` is one of this gateway's children.
+    pub fn has_child(&self, id: DeviceId) -> bool {
+        id.0 >= self.first.0 && id.0 - self.first.0 < self.children
+    }
+}
+
 impl Cohort {
     /// The template placeholders of device `id` of this cohort, whose id renders as `device_id`.
     pub fn vars<'a>(
@@ -146,12 +162,136 @@ impl Cohort {
         id: crate::DeviceId,
         device_id: &'a [u8],
     ) -> crate::template::TemplateVars<'a> {
+        let index = id.0 - self.first_device;
         crate::template::TemplateVars {
             id: id.0,
-            index: id.0 - self.first_device,
+            index,
             cohort: &self.name,
             profile: &self.profile.name,
             device_id,
+            gateway: &[],
+            gateway_index: self
+                .profile
+                .gateway
+                .as_ref()
+                .map_or(0, |g| index / g.children.max(1)),
+        }
+    }
+
+    /// The placeholders of device `id`, a child of the gateway whose id renders as `gateway`.
+    pub fn child_vars<'a>(
+        &'a self,
+        id: crate::DeviceId,
+        device_id: &'a [u8],
+        gateway: &'a [u8],
+    ) -> crate::template::TemplateVars<'a> {
+        crate::template::TemplateVars {
+            gateway,
+            ..self.vars(id, device_id)
+        }
+    }
+
+    /// The gateway of device `id`, when the cohort's devices sit behind gateways (`[gateway]`
+    /// in the profile and MQTT on). Children are grouped in id order: `children` per gateway.
+    pub fn gateway_of(&self, id: DeviceId) -> Option<GatewayRef> {
+        let g = self.profile.gateway.as_ref().filter(|_| self.mqtt)?;
+        let per = g.children.max(1);
+        let index = id.0.checked_sub(self.first_device)? / per;
+        self.gateway_ref(index)
+    }
+
+    /// Gateway `index` of this cohort, if it has one.
+    pub fn gateway_ref(&self, index: u32) -> Option<GatewayRef> {
+        let g = self.profile.gateway.as_ref().filter(|_| self.mqtt)?;
+        let per = g.children.max(1);
+        let start = index.checked_mul(per).filter(|s| *s < self.count)?;
+        Some(GatewayRef {
+            index,
+            first: DeviceId(self.first_device + start),
+            children: per.min(self.count - start),
+        })
+    }
+
+    /// The devices a process slice (`--shard K/N`) cuts the cohort between: its gateway's
+    /// children, or single devices.
+    pub fn slice_unit(&self) -> u32 {
+        match self.profile.gateway.as_ref().filter(|_| self.mqtt) {
+            Some(g) => g.children.max(1),
+            None => 1,
+        }
+    }
+
+    /// The cohort's devices in process slice `slice`: the slice's contiguous part, never
+    /// cutting a gateway's children apart.
+    pub fn in_slice(&self, slice: crate::slice::Slice) -> std::ops::Range<u32> {
+        slice.of_units(self.first_device, self.count, self.slice_unit())
+    }
+
+    /// How many gateways the cohort's devices sit behind (0 without `[gateway]`).
+    pub fn gateways(&self) -> u32 {
+        match self.profile.gateway.as_ref().filter(|_| self.mqtt) {
+            Some(g) => self.count.div_ceil(g.children.max(1)),
+            None => 0,
+        }
+    }
+
+    /// The MQTT sessions the cohort's devices need: one per gateway, or one per device.
+    pub fn sessions(&self) -> u32 {
+        match self.gateways() {
+            0 if self.mqtt => self.count,
+            0 => 0,
+            n => n,
+        }
+    }
+
+    /// The MQTT sessions the devices `ids` of this cohort need (a process's slice of it): one
+    /// per device, or one per gateway any of them sits behind.
+    pub fn sessions_in(&self, ids: std::ops::Range<u32>) -> u32 {
+        if ids.is_empty() || !self.mqtt {
+            return 0;
+        }
+        match &self.profile.gateway {
+            None => ids.end - ids.start,
+            Some(g) => {
+                let per = g.children.max(1);
+                let first = ids.start.saturating_sub(self.first_device) / per;
+                let last = (ids.end - 1).saturating_sub(self.first_device) / per;
+                last - first + 1
+            }
+        }
+    }
+
+    /// Renders gateway `index`'s id into `out`.
+    pub fn render_gateway_id(&self, index: u32, out: &mut Vec<u8>) {
+        if let Some(g) = &self.profile.gateway {
+            let vars = crate::template::TemplateVars {
+                id: 0,
+                index: 0,
+                cohort: &self.name,
+                profile: &self.profile.name,
+                device_id: &[],
+                gateway: &[],
+                gateway_index: index,
+            };
+            g.id.render_into(&vars, out);
+        }
+    }
+
+    /// The placeholders of gateway `index` whose id renders as `gateway` (its client id and
+    /// topics).
+    pub fn gateway_vars<'a>(
+        &'a self,
+        index: u32,
+        gateway: &'a [u8],
+    ) -> crate::template::TemplateVars<'a> {
+        crate::template::TemplateVars {
+            id: 0,
+            index: 0,
+            cohort: &self.name,
+            profile: &self.profile.name,
+            device_id: &[],
+            gateway,
+            gateway_index: index,
         }
     }
 
@@ -515,6 +655,7 @@ pub fn load_fleet(source: &dyn FileSource, path: &Path) -> Result<Fleet, ConfigE
         });
     }
     check_distinct_device_ids(&file, &raw, &cohorts, &mut errors);
+    check_distinct_gateway_ids(&file, &raw, &cohorts, &mut errors);
     let rollouts = match &settings {
         Some(s) => resolve_rollouts(&file, s, &cohorts, &mut errors),
         None => Vec::new(),
@@ -671,6 +812,40 @@ fn check_distinct_device_ids(
                 format!(
                     "gives the same device ids as cohort {:?}: its identity.device_id uses {{index}} without {{cohort}}; \
                      use {{id}} (unique across the fleet) or add {{cohort}}",
+                    b.name
+                ),
+            ));
+        }
+    }
+}
+
+/// Two gateway cohorts whose gateway id templates are the same and do not use `{cohort}` give
+/// their gateways the same ids, so the same MQTT client ids: the broker would keep only one.
+fn check_distinct_gateway_ids(
+    file: &str,
+    raw: &ScenarioFile,
+    cohorts: &[Cohort],
+    errors: &mut ConfigErrors,
+) {
+    use crate::template::Var;
+    for (i, a) in cohorts.iter().enumerate() {
+        let Some(ga) = &a.profile.gateway else {
+            continue;
+        };
+        if ga.id.uses(Var::Cohort) {
+            continue;
+        }
+        if let Some(b) = cohorts[..i]
+            .iter()
+            .find(|b| b.profile.gateway.as_ref().is_some_and(|gb| gb.id == ga.id))
+        {
+            errors.push(ConfigError::new(
+                file,
+                format!("cohorts[{i}].profile"),
+                format!("{:?}", raw.cohorts.get(i).map(|c| c.profile.as_str()).unwrap_or("")),
+                format!(
+                    "gives the same gateway ids as cohort {:?}: its gateway.id does not use {{cohort}}, \
+                     so both cohorts' gateways would share MQTT client ids; add {{cohort}} to gateway.id",
                     b.name
                 ),
             ));

@@ -73,6 +73,30 @@ pub fn push_fixed(out: &mut Vec<u8>, v: f64, decimals: u8) {
     out.extend_from_slice(digits.as_bytes());
 }
 
+/// A gateway's status, published by the gateway when its session comes up (`online: true`)
+/// and as its will and at the end of the run (`online: false`):
+/// `{"gateway":"edge-gw-0001","online":true,"ts":1767225600000,"children":1000}`.
+pub fn encode_gateway_status(
+    gateway: &[u8],
+    online: bool,
+    ts_ms: u64,
+    children: u32,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"{\"gateway\":");
+    push_json_str(out, gateway);
+    out.extend_from_slice(if online {
+        b",\"online\":true"
+    } else {
+        b",\"online\":false"
+    });
+    out.extend_from_slice(b",\"ts\":");
+    push_u64(out, ts_ms);
+    out.extend_from_slice(b",\"children\":");
+    push_u64(out, u64::from(children));
+    out.push(b'}');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

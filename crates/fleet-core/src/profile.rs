@@ -39,6 +39,68 @@ pub struct ProfileFile {
     pub serial: Option<crate::serial::SerialRaw>,
     /// The device takes firmware updates (AWS IoT Jobs or the generic JSON job protocol).
     pub ota: Option<OtaRaw>,
+    /// The devices are children of gateways that publish for them over one MQTT session each.
+    pub gateway: Option<GatewayRaw>,
+}
+
+/// How a gateway's topics are laid out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicStyle {
+    /// `{gateway}/{device_id}/telemetry`, retained `{gateway}/{device_id}/status` and
+    /// `{gateway}/status` (the gateway's will).
+    #[default]
+    Plain,
+    /// Sparkplug B's topic namespace with JSON payloads: `spBv1.0/{group}/DDATA/{gateway}/{device_id}`,
+    /// DBIRTH / DDEATH per child, NBIRTH / NDEATH (the will) per gateway.
+    Sparkplug,
+}
+
+impl TopicStyle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicStyle::Plain => "plain",
+            TopicStyle::Sparkplug => "sparkplug",
+        }
+    }
+}
+
+/// `[gateway]` of a profile, as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRaw {
+    /// Devices behind one gateway (the cohort's devices are grouped in id order).
+    pub children: u32,
+    /// The gateway's id (`{gateway}` in templates); default "{cohort}-gw-{gateway_index:04}".
+    pub id: Option<String>,
+    /// The gateway session's MQTT client id; default "{gateway}".
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub topics: TopicStyle,
+    /// Sparkplug group id (`topics = "sparkplug"`); default "fleetsim".
+    pub group: Option<String>,
+    /// `topics = "plain"`: the gateway's retained status and will; default "{gateway}/status".
+    pub status_topic: Option<String>,
+}
+
+/// `[gateway]`, validated.
+#[derive(Clone, Debug)]
+pub struct GatewaySpec {
+    pub children: u32,
+    pub id: Template,
+    pub client_id: Template,
+    pub style: TopicStyle,
+    /// The gateway's status when its session comes up (plain: the retained status topic;
+    /// Sparkplug: NBIRTH).
+    pub status_topic: Template,
+    /// Its last will, also published when it leaves cleanly (plain: the status topic;
+    /// Sparkplug: NDEATH).
+    pub will_topic: Template,
+    /// Statuses, the gateway's and its children's, are retained (plain) or not (Sparkplug).
+    pub retain_status: bool,
+    /// What the gateway subscribes to for its children's commands: the children's command
+    /// topic with the device level as `+` (None: commands are off).
+    pub command_filter: Option<Template>,
 }
 
 /// How a device is told about updates and reports on them.
@@ -374,6 +436,10 @@ pub struct Identity {
     pub command_topic: Option<Template>,
     pub response_topic: Option<Template>,
     pub status_topic: Option<Template>,
+    /// Where an `online: false` status goes when not on `status_topic` (Sparkplug's DDEATH).
+    pub status_offline_topic: Option<Template>,
+    /// Status messages are retained (false for Sparkplug-style gateways).
+    pub retain_status: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -506,6 +572,7 @@ pub struct Profile {
     pub modbus: Option<crate::modbus::RegisterMap>,
     pub serial: Option<crate::serial::SerialSpec>,
     pub ota: Option<OtaSpec>,
+    pub gateway: Option<GatewaySpec>,
 }
 
 const DEVICE_ID_VARS: &[Var] = &[Var::Id, Var::Index, Var::Cohort, Var::Profile];
@@ -516,6 +583,49 @@ const TOPIC_VARS: &[Var] = &[
     Var::Profile,
     Var::DeviceId,
 ];
+/// Topics and client ids of a gateway's children may name their gateway too.
+const CHILD_TOPIC_VARS: &[Var] = &[
+    Var::Id,
+    Var::Index,
+    Var::Cohort,
+    Var::Profile,
+    Var::DeviceId,
+    Var::Gateway,
+    Var::GatewayIndex,
+];
+const GATEWAY_ID_VARS: &[Var] = &[Var::GatewayIndex, Var::Cohort, Var::Profile];
+const GATEWAY_VARS: &[Var] = &[Var::Gateway, Var::GatewayIndex, Var::Cohort, Var::Profile];
+
+/// The children's topics a gateway style gives when the profile names none (`{G}` stands for
+/// the Sparkplug group): telemetry, status, offline status, command, response.
+struct ChildTopics {
+    telemetry: String,
+    status: String,
+    status_offline: Option<String>,
+    command: String,
+    response: String,
+}
+
+fn child_topics(style: TopicStyle, group: &str) -> ChildTopics {
+    // The group is literal text in a template: braces are doubled.
+    let g = group.replace('{', "{{").replace('}', "}}");
+    match style {
+        TopicStyle::Plain => ChildTopics {
+            telemetry: "{gateway}/{device_id}/telemetry".into(),
+            status: "{gateway}/{device_id}/status".into(),
+            status_offline: None,
+            command: "{gateway}/{device_id}/cmd".into(),
+            response: "{gateway}/{device_id}/cmd/response".into(),
+        },
+        TopicStyle::Sparkplug => ChildTopics {
+            telemetry: format!("spBv1.0/{g}/DDATA/{{gateway}}/{{device_id}}"),
+            status: format!("spBv1.0/{g}/DBIRTH/{{gateway}}/{{device_id}}"),
+            status_offline: Some(format!("spBv1.0/{g}/DDEATH/{{gateway}}/{{device_id}}")),
+            command: format!("spBv1.0/{g}/DCMD/{{gateway}}/{{device_id}}"),
+            response: format!("spBv1.0/{g}/DDATA/{{gateway}}/{{device_id}}"),
+        },
+    }
+}
 
 fn template(c: &mut Checker, key: &str, text: &str, vars: &[Var], topic: bool) -> Template {
     match Template::parse(text, vars) {
@@ -577,6 +687,36 @@ impl ProfileFile {
             );
         }
         let id = &self.identity;
+        let gw = self.gateway.as_ref();
+        let group = gw
+            .and_then(|g| g.group.clone())
+            .unwrap_or_else(|| defaults::SPARKPLUG_GROUP.to_string());
+        // A gateway's children get topics under their gateway unless the profile names them.
+        let preset = gw.map(|g| child_topics(g.topics, &group));
+        let topic_vars = if gw.is_some() {
+            CHILD_TOPIC_VARS
+        } else {
+            TOPIC_VARS
+        };
+        let commands_on = !self.commands.enabled.is_empty();
+        let named_or_preset =
+            |given: &Option<String>, preset: Option<String>| given.clone().or(preset);
+        let command_text = named_or_preset(
+            &id.command_topic,
+            preset
+                .as_ref()
+                .filter(|_| commands_on)
+                .map(|p| p.command.clone()),
+        );
+        let response_text = named_or_preset(
+            &id.response_topic,
+            preset
+                .as_ref()
+                .filter(|_| commands_on)
+                .map(|p| p.response.clone()),
+        );
+        let status_text =
+            named_or_preset(&id.status_topic, preset.as_ref().map(|p| p.status.clone()));
         let identity = Identity {
             device_id: template(
                 &mut c,
@@ -589,7 +729,7 @@ impl ProfileFile {
                 &mut c,
                 "identity.client_id",
                 id.client_id.as_deref().unwrap_or("{device_id}"),
-                TOPIC_VARS,
+                topic_vars,
                 false,
             ),
             telemetry_topic: template(
@@ -597,22 +737,27 @@ impl ProfileFile {
                 "identity.telemetry_topic",
                 id.telemetry_topic
                     .as_deref()
+                    .or(preset.as_ref().map(|p| p.telemetry.as_str()))
                     .unwrap_or("{device_id}/telemetry"),
-                TOPIC_VARS,
+                topic_vars,
                 true,
             ),
-            command_topic: id
-                .command_topic
+            command_topic: command_text
                 .as_deref()
-                .map(|t| template(&mut c, "identity.command_topic", t, TOPIC_VARS, true)),
-            response_topic: id
-                .response_topic
+                .map(|t| template(&mut c, "identity.command_topic", t, topic_vars, true)),
+            response_topic: response_text
                 .as_deref()
-                .map(|t| template(&mut c, "identity.response_topic", t, TOPIC_VARS, true)),
-            status_topic: id
-                .status_topic
+                .map(|t| template(&mut c, "identity.response_topic", t, topic_vars, true)),
+            status_topic: status_text
                 .as_deref()
-                .map(|t| template(&mut c, "identity.status_topic", t, TOPIC_VARS, true)),
+                .map(|t| template(&mut c, "identity.status_topic", t, topic_vars, true)),
+            // Sparkplug's DDEATH, unless the profile chose its own status topic.
+            status_offline_topic: preset
+                .as_ref()
+                .filter(|_| id.status_topic.is_none())
+                .and_then(|p| p.status_offline.as_deref())
+                .map(|t| template(&mut c, "identity.status_topic", t, topic_vars, true)),
+            retain_status: gw.is_none_or(|g| g.topics == TopicStyle::Plain),
         };
         if id.device_id.is_empty() {
             c.fail("identity.device_id", "\"\"", "must not be empty");
@@ -670,7 +815,7 @@ impl ProfileFile {
         let link = validate_link(&mut c, "link", &self.link);
 
         let mqtt_on = self.mqtt.enabled;
-        if mqtt_on && id.telemetry_topic.is_none() {
+        if mqtt_on && id.telemetry_topic.is_none() && gw.is_none() {
             c.fail_key(
                 "identity.telemetry_topic",
                 "is required (or set mqtt.enabled = false for a device without MQTT)",
@@ -693,7 +838,8 @@ impl ProfileFile {
             format!("{:?}", self.mqtt.keep_alive),
             "must be at most 65535s (MQTT limit)",
         );
-        if mqtt_on && self.mqtt.last_will && identity.status_topic.is_none() {
+        // A gateway's children have no session, so no will: the gateway has one.
+        if mqtt_on && self.mqtt.last_will && identity.status_topic.is_none() && gw.is_none() {
             // A will needs a topic; silently turning it off would surprise a user.
             c.fail_key(
                 "mqtt.last_will",
@@ -749,8 +895,10 @@ impl ProfileFile {
             );
         }
         let ota = self.ota.as_ref().map(|o| validate_ota(&mut c, o));
+        let gateway = gw.map(|g| validate_gateway(&mut c, self, g, &group, &identity));
         let profile = Profile {
             ota,
+            gateway,
             name: self.name.clone(),
             description: self.description.clone(),
             identity,
@@ -1026,6 +1174,136 @@ fn validate_battery(c: &mut Checker, b: &BatteryRaw) -> BatterySpec {
         start_percent: start,
         low_percent: b.low_percent,
         low_interval_factor: b.low_interval_factor,
+    }
+}
+
+/// `[gateway]`: the gateway's own templates, and what a gateway cannot do for its children.
+fn validate_gateway(
+    c: &mut Checker,
+    file: &ProfileFile,
+    g: &GatewayRaw,
+    group: &str,
+    identity: &Identity,
+) -> GatewaySpec {
+    c.check(
+        (1..=defaults::MAX_GATEWAY_CHILDREN).contains(&g.children),
+        "gateway.children",
+        g.children,
+        &format!(
+            "must be between 1 and {} (devices behind one gateway)",
+            defaults::MAX_GATEWAY_CHILDREN
+        ),
+    );
+    let id_text = g.id.as_deref().unwrap_or(defaults::GATEWAY_ID);
+    let id = template(c, "gateway.id", id_text, GATEWAY_ID_VARS, false);
+    if !id_text.is_empty()
+        && Template::parse(id_text, GATEWAY_ID_VARS).is_ok()
+        && !id.uses(Var::GatewayIndex)
+    {
+        c.fail(
+            "gateway.id",
+            format!("{id_text:?}"),
+            "must contain {gateway_index} so every gateway gets its own id",
+        );
+    }
+    let client_id = template(
+        c,
+        "gateway.client_id",
+        g.client_id
+            .as_deref()
+            .unwrap_or(defaults::GATEWAY_CLIENT_ID),
+        GATEWAY_VARS,
+        false,
+    );
+    if g.group.is_some() && g.topics != TopicStyle::Sparkplug {
+        c.fail_key("gateway.group", "applies to topics = \"sparkplug\" only");
+    }
+    c.check(
+        !group.is_empty() && !group.contains(['/', '+', '#', '\0']),
+        "gateway.group",
+        format!("{group:?}"),
+        "must be a Sparkplug group id: non-empty, without /, + or #",
+    );
+    let g_lit = group.replace('{', "{{").replace('}', "}}");
+    let (status, will) = match (g.topics, &g.status_topic) {
+        (TopicStyle::Sparkplug, Some(_)) => {
+            c.fail_key(
+                "gateway.status_topic",
+                "does not apply to topics = \"sparkplug\" (the gateway publishes NBIRTH and its will is NDEATH)",
+            );
+            (String::new(), String::new())
+        }
+        (TopicStyle::Sparkplug, None) => (
+            format!("spBv1.0/{g_lit}/NBIRTH/{{gateway}}"),
+            format!("spBv1.0/{g_lit}/NDEATH/{{gateway}}"),
+        ),
+        (TopicStyle::Plain, given) => {
+            let t = given.clone().unwrap_or_else(|| "{gateway}/status".into());
+            (t.clone(), t)
+        }
+    };
+    let status_topic = template(c, "gateway.status_topic", &status, GATEWAY_VARS, true);
+    let will_topic = template(c, "gateway.status_topic", &will, GATEWAY_VARS, true);
+
+    // What a gateway does not do for its children: said plainly rather than ignored.
+    if file.ota.is_some() {
+        c.fail_key(
+            "ota",
+            "a gateway's children take no firmware updates in fleetsim: remove [ota] or [gateway]",
+        );
+    }
+    if !file.mqtt.enabled {
+        c.fail_key(
+            "mqtt.enabled",
+            "is false, but [gateway] publishes its children's telemetry over MQTT",
+        );
+    }
+    if !file.mqtt.clean_session {
+        c.fail(
+            "mqtt.clean_session",
+            "false",
+            "a gateway's session is a clean session (as Sparkplug requires); its children keep unsent telemetry in their offline buffers",
+        );
+    }
+    if file.serial.is_some() {
+        c.fail_key(
+            "serial",
+            "a gateway's children have no serial port of their own in fleetsim: remove [serial] or [gateway]",
+        );
+    }
+    let command_filter = match (&identity.command_topic, file.commands.enabled.is_empty()) {
+        (Some(t), false) => match t.level_wildcard(Var::DeviceId, &[Var::Id, Var::Index]) {
+            Ok(f) => Some(f),
+            Err(why) => {
+                let given = file.identity.command_topic.clone().unwrap_or_default();
+                c.fail(
+                    "identity.command_topic",
+                    format!("{given:?}"),
+                    format!(
+                        "with [gateway], the gateway subscribes for all its children with one filter, so the topic {why}"
+                    ),
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+    if command_filter.is_some() && file.identity.device_id.contains(['/', '+', '#']) {
+        c.fail(
+            "identity.device_id",
+            format!("{:?}", file.identity.device_id),
+            "with [gateway] and commands, a device id is one topic level: no /, + or #",
+        );
+    }
+    GatewaySpec {
+        children: g.children.max(1),
+        id,
+        client_id,
+        style: g.topics,
+        status_topic,
+        will_topic,
+        retain_status: g.topics == TopicStyle::Plain,
+        command_filter,
     }
 }
 

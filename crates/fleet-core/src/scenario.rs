@@ -344,6 +344,15 @@ impl FleetEvent {
             .as_ref()
             .is_none_or(|d| d.binary_search(&id).is_ok())
     }
+
+    /// Whether the event may touch any of the devices `first .. first + n` (a gateway's
+    /// children: a fault of its uplink reaches them all).
+    pub fn names_any(&self, first: u32, n: u32) -> bool {
+        self.devices.as_ref().is_none_or(|d| {
+            let i = d.partition_point(|x| *x < first);
+            d.get(i).is_some_and(|x| x - first < n)
+        })
+    }
 }
 
 /// Where Modbus slaves listen (`[modbus]` in a scenario).

@@ -826,6 +826,8 @@ mod tests {
             cohort: "meters",
             profile: "smart-meter",
             device_id,
+            gateway: &[],
+            gateway_index: 0,
         }
     }
 

@@ -58,17 +58,20 @@ impl Slice {
     /// `first + floor(K*len/N) .. first + floor((K+1)*len/N)`. The slices of all K are
     /// contiguous, in order, disjoint, and cover the cohort; their sizes differ by at most one.
     pub fn of_cohort(&self, first: u32, len: u32) -> Range<u32> {
-        let at = |k: u32| first + (u64::from(len) * u64::from(k) / u64::from(self.count)) as u32;
-        at(self.index)..at(self.index + 1)
+        self.of_units(first, len, 1)
     }
 
-    /// The slices of every cohort, given as (first id, count) in id order; empty ranges are
-    /// kept so the result lines up with the cohorts.
-    pub fn ranges(&self, cohorts: impl IntoIterator<Item = (u32, u32)>) -> Vec<Range<u32>> {
-        cohorts
-            .into_iter()
-            .map(|(first, len)| self.of_cohort(first, len))
-            .collect()
+    /// Like `of_cohort`, cutting only between units of `unit` devices (a gateway and its
+    /// children: one gateway's devices always stay in one slice, or two processes would each
+    /// open its session). The cohort's last unit may be smaller.
+    pub fn of_units(&self, first: u32, len: u32, unit: u32) -> Range<u32> {
+        let unit = unit.max(1);
+        let units = len.div_ceil(unit);
+        let at = |k: u32| {
+            let u = (u64::from(units) * u64::from(k) / u64::from(self.count)) as u32;
+            first + u.saturating_mul(unit).min(len)
+        };
+        at(self.index)..at(self.index + 1)
     }
 }
 
@@ -107,6 +110,24 @@ mod tests {
         assert!(Slice::parse("0/0").unwrap_err().contains("between 1 and"));
         assert!(Slice::parse("x").unwrap_err().contains("not K/N"));
         assert!(Slice::parse("1/-2").unwrap_err().contains("not K/N"));
+    }
+
+    #[test]
+    fn units_are_never_cut() {
+        for (len, unit) in [(1000u32, 100u32), (1001, 100), (7, 3), (5, 10), (0, 4)] {
+            for n in [1u32, 2, 3, 4, 16] {
+                let mut next = 50;
+                for k in 0..n {
+                    let r = Slice::new(k, n).unwrap().of_units(50, len, unit);
+                    assert_eq!(r.start, next, "len {len} unit {unit} n {n} k {k}");
+                    assert!(r.start == 50 + len || (r.start - 50).is_multiple_of(unit));
+                    next = r.end;
+                }
+                assert_eq!(next, 50 + len);
+            }
+        }
+        let s = Slice::new(1, 3).unwrap();
+        assert_eq!(s.of_units(0, 90, 1), s.of_cohort(0, 90));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Identity templates: `env-{id:06}`, `fleet/{cohort}/{device_id}/telemetry`.
 //!
 //! Placeholders: `{id}` (global device id), `{index}` (index within the cohort), `{cohort}`,
-//! `{profile}`, and in topics and client ids `{device_id}` (the rendered device id). A number
-//! placeholder may carry a zero-padded width: `{id:06}`. `{{` and `}}` write literal braces.
+//! `{profile}`, and in topics and client ids `{device_id}` (the rendered device id); in
+//! profiles with `[gateway]`, `{gateway}` (the rendered gateway id) and `{gateway_index}` (the
+//! gateway's number in its cohort). A number placeholder may carry a zero-padded width:
+//! `{id:06}`. `{{` and `}}` write literal braces.
 //! Templates are parsed once and rendered into a reused buffer, so a million devices cost no
 //! stored strings.
 
@@ -16,6 +18,10 @@ pub enum Var {
     Cohort,
     Profile,
     DeviceId,
+    /// The rendered id of the device's gateway (profiles with `[gateway]`).
+    Gateway,
+    /// The gateway's number within its cohort, from 0.
+    GatewayIndex,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +45,9 @@ pub struct TemplateVars<'a> {
     pub profile: &'a str,
     /// The rendered device id; empty while rendering the device id itself.
     pub device_id: &'a [u8],
+    /// The rendered gateway id (empty without a gateway, or while rendering it).
+    pub gateway: &'a [u8],
+    pub gateway_index: u32,
 }
 
 /// A piece of text with placeholders: literal text (`{{` and `}}` already unescaped) or the
@@ -133,6 +142,8 @@ impl Template {
                 "cohort" => Var::Cohort,
                 "profile" => Var::Profile,
                 "device_id" => Var::DeviceId,
+                "gateway" => Var::Gateway,
+                "gateway_index" => Var::GatewayIndex,
                 other => {
                     return Err(format!(
                         "unknown placeholder `{{{other}}}` (allowed: {})",
@@ -146,9 +157,9 @@ impl Template {
                     names(allowed)
                 ));
             }
-            if width > 0 && !matches!(var, Var::Id | Var::Index) {
+            if width > 0 && !matches!(var, Var::Id | Var::Index | Var::GatewayIndex) {
                 return Err(format!(
-                    "`{{{name}}}`: only {{id}} and {{index}} take a width"
+                    "`{{{name}}}`: only {{id}}, {{index}} and {{gateway_index}} take a width"
                 ));
             }
             segs.push(Seg::Var(var, width));
@@ -166,6 +177,8 @@ impl Template {
                 Seg::Var(Var::Cohort, _) => out.extend_from_slice(vars.cohort.as_bytes()),
                 Seg::Var(Var::Profile, _) => out.extend_from_slice(vars.profile.as_bytes()),
                 Seg::Var(Var::DeviceId, _) => out.extend_from_slice(vars.device_id),
+                Seg::Var(Var::Gateway, _) => out.extend_from_slice(vars.gateway),
+                Seg::Var(Var::GatewayIndex, w) => push_padded(out, vars.gateway_index, *w),
             }
         }
     }
@@ -190,6 +203,72 @@ impl Template {
             .iter()
             .any(|s| matches!(s, Seg::Var(v, _) if *v == var))
     }
+
+    /// The topic filter that matches this topic for every value of `var`: the one topic level
+    /// that is exactly `{var}` becomes `+`. An error says why there is none: `var` missing,
+    /// sharing its level with other text, or placeholders of `per_device` (values that differ
+    /// between the devices the filter must cover) elsewhere.
+    pub fn level_wildcard(&self, var: Var, per_device: &[Var]) -> Result<Template, String> {
+        // Split the segments into topic levels (a literal may hold several `/`).
+        let mut levels: Vec<Vec<Seg>> = vec![Vec::new()];
+        for seg in &self.segs {
+            match seg {
+                Seg::Lit(text) => {
+                    for (i, part) in text.split('/').enumerate() {
+                        if i > 0 {
+                            levels.push(Vec::new());
+                        }
+                        if !part.is_empty()
+                            && let Some(level) = levels.last_mut()
+                        {
+                            level.push(Seg::Lit(part.to_string()));
+                        }
+                    }
+                }
+                Seg::Var(..) => {
+                    if let Some(level) = levels.last_mut() {
+                        level.push(seg.clone());
+                    }
+                }
+            }
+        }
+        let name = names(&[var]);
+        let mut found = false;
+        let mut segs = Vec::new();
+        for (i, level) in levels.iter().enumerate() {
+            if i > 0 {
+                segs.push(Seg::Lit("/".into()));
+            }
+            let is_var = |s: &Seg| matches!(s, Seg::Var(v, _) if *v == var);
+            if level.len() == 1 && is_var(&level[0]) {
+                if found {
+                    return Err(format!("{name} may fill only one topic level"));
+                }
+                found = true;
+                segs.push(Seg::Lit("+".into()));
+                continue;
+            }
+            if level.iter().any(is_var) {
+                return Err(format!(
+                    "{name} must be a whole topic level (like `a/{name}/b`), not part of one"
+                ));
+            }
+            if let Some(Seg::Var(v, _)) = level
+                .iter()
+                .find(|s| matches!(s, Seg::Var(v, _) if per_device.contains(v)))
+            {
+                return Err(format!(
+                    "{} differs between devices: only {name} may",
+                    names(&[*v])
+                ));
+            }
+            segs.extend(level.iter().cloned());
+        }
+        if !found {
+            return Err(format!("must contain {name} as a whole topic level"));
+        }
+        Ok(Template { segs })
+    }
 }
 
 fn push_padded(out: &mut Vec<u8>, n: u32, width: usize) {
@@ -210,6 +289,8 @@ fn names(allowed: &[Var]) -> String {
             Var::Cohort => "{cohort}",
             Var::Profile => "{profile}",
             Var::DeviceId => "{device_id}",
+            Var::Gateway => "{gateway}",
+            Var::GatewayIndex => "{gateway_index}",
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -225,6 +306,8 @@ mod tests {
         Var::Cohort,
         Var::Profile,
         Var::DeviceId,
+        Var::Gateway,
+        Var::GatewayIndex,
     ];
 
     fn vars() -> TemplateVars<'static> {
@@ -234,6 +317,37 @@ mod tests {
             cohort: "meters",
             profile: "smart-meter",
             device_id: b"meter-000042",
+            gateway: b"gw-0003",
+            gateway_index: 3,
+        }
+    }
+
+    #[test]
+    fn gateway_placeholders_render() {
+        let t = Template::parse("{gateway}/{device_id}/t", ALL).unwrap();
+        assert_eq!(t.render(&vars()), "gw-0003/meter-000042/t");
+        let t = Template::parse("gw-{gateway_index:04}", ALL).unwrap();
+        assert_eq!(t.render(&vars()), "gw-0003");
+    }
+
+    #[test]
+    fn a_whole_level_placeholder_becomes_a_wildcard_filter() {
+        let per_device = &[Var::Id, Var::Index];
+        let t = Template::parse("fleet/{gateway}/{device_id}/cmd", ALL).unwrap();
+        let f = t.level_wildcard(Var::DeviceId, per_device).unwrap();
+        assert_eq!(f.render(&vars()), "fleet/gw-0003/+/cmd");
+        let t = Template::parse("spBv1.0/g/DCMD/{gateway}/{device_id}", ALL).unwrap();
+        let f = t.level_wildcard(Var::DeviceId, per_device).unwrap();
+        assert_eq!(f.render(&vars()), "spBv1.0/g/DCMD/gw-0003/+");
+        for (bad, why) in [
+            ("c/dev-{device_id}", "whole topic level"),
+            ("c/{gateway}/cmd", "must contain"),
+            ("c/{index}/{device_id}", "differs between devices"),
+            ("{device_id}/x/{device_id}", "only one topic level"),
+        ] {
+            let t = Template::parse(bad, ALL).unwrap();
+            let e = t.level_wildcard(Var::DeviceId, per_device).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 

@@ -343,7 +343,7 @@ impl Sim {
                             });
                         }
                         TopicKind::Telemetry => self.telemetry.push(body),
-                        TopicKind::Status | TopicKind::Response => {}
+                        TopicKind::Status | TopicKind::StatusOffline | TopicKind::Response => {}
                     }
                 }
                 Effect::Connect if self.broker_up => {

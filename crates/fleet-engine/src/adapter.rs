@@ -43,6 +43,29 @@ pub enum NetInput {
     },
     /// An inbound packet could not be decoded (the adapter has closed the session).
     Malformed,
+    /// The session of the device's gateway (profiles with `[gateway]`, wall clock): told once
+    /// per gateway, to one shard, with `dev` one of the gateway's children there. The fleet's
+    /// connection counters count gateway sessions, not children.
+    Gateway(GatewayNote),
+}
+
+/// What became of a gateway's session.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GatewayNote {
+    Attempt,
+    Connected { latency_us: u64 },
+    ConnectFailed { reason: &'static str },
+    Lost { reason: &'static str },
+}
+
+/// A fault of a gateway's uplink (every child of the gateway, on every shard, shares it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayFault {
+    /// The link is down until then: the session drops at once (the broker publishes the
+    /// gateway's will) and comes back after.
+    Outage { until: SimTime },
+    /// Nothing passes until then, though the connection stays open.
+    Partition { until: SimTime },
 }
 
 /// What became of a publish.
@@ -92,6 +115,10 @@ pub trait Adapter {
     /// attempts time out). What was written meanwhile passes when it heals, as TCP would
     /// retransmit it. Adapters without sessions ignore it.
     fn partition(&mut self, _dev: u32, _until: SimTime) {}
+
+    /// A fault of the uplink of device `dev`'s gateway (`dev` is a gateway's child). Called by
+    /// every shard holding children of the gateway; adapters without gateways ignore it.
+    fn gateway_fault(&mut self, _dev: u32, _device: &Device, _ctx: &DeviceCtx, _f: GatewayFault) {}
 
     /// Turns one of the adapter's events into inputs for devices.
     fn on_event(&mut self, event: Self::Event, now: SimTime, out: &mut Vec<(u32, NetInput)>);

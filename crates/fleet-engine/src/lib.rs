@@ -19,7 +19,7 @@ pub mod shard;
 mod virtual_clock;
 mod wall_clock;
 
-pub use adapter::{Adapter, IdleAdapter, NetInput, SendOutcome};
+pub use adapter::{Adapter, GatewayFault, GatewayNote, IdleAdapter, NetInput, SendOutcome};
 pub use control::Control;
 pub use plan::RunPlan;
 pub use query::{Query, QueryCx, QueryError, QueryInboxes, QueryRouter};

@@ -150,9 +150,10 @@ pub struct Owned {
 
 impl Owned {
     pub fn new(fleet: &Fleet, slice: Slice) -> Owned {
-        let ranges: Vec<Range<u32>> = slice
-            .ranges(fleet.cohorts.iter().map(|c| (c.first_device, c.count)))
-            .into_iter()
+        let ranges: Vec<Range<u32>> = fleet
+            .cohorts
+            .iter()
+            .map(|c| c.in_slice(slice))
             .filter(|r| !r.is_empty())
             .collect();
         let mut firsts = Vec::with_capacity(ranges.len());

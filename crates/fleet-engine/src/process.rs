@@ -63,19 +63,6 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_open_files_limit_and_usage_are_readable() {
-        assert!(open_files_limit() > 0);
-        let u = usage();
-        assert!(u.rss_peak_bytes > 0);
-        assert!(rss_bytes().is_some_and(|b| b > 0));
-    }
-}
-
 /// Asks process `pid` to stop (SIGTERM): how `run --processes` passes Ctrl-C or a
 /// termination on to its children. A pid that is gone is no error.
 pub fn terminate(pid: u32) {
@@ -86,5 +73,18 @@ pub fn terminate(pid: u32) {
     // SAFETY: kill(2) takes no pointers; sending SIGTERM has no effect on this process's memory.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_and_usage_are_readable() {
+        assert!(open_files_limit() > 0);
+        let u = usage();
+        assert!(u.rss_peak_bytes > 0);
+        assert!(rss_bytes().is_some_and(|b| b > 0));
     }
 }

@@ -34,6 +34,14 @@ pub enum Due {
     FleetEvent { index: u32 },
     /// A rollout's job reaches the device.
     OtaNotify { rollout: u16 },
+    /// Virtual clock, a gateway's own deadline (`dev` is its slot in the shard): power-on or
+    /// the next connect attempt of its session number `session`.
+    GatewayWake { session: u32 },
+    /// The simulated broker accepts a gateway's session.
+    GatewayConnected { session: u32, started: SimTime },
+    /// A gateway's session cut off by a partition: its keep-alive expired (`connecting` false)
+    /// or its connect attempt timed out.
+    GatewayCutOff { session: u32, connecting: bool },
 }
 
 #[derive(Clone, Copy, Debug)]

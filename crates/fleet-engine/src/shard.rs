@@ -29,6 +29,10 @@ use crate::scheduler::{Due, Entry, Scheduler};
 use fleet_core::device::OtaInput;
 use fleet_core::ota::{JobSource, Outcome};
 
+#[path = "shard_gateway.rs"]
+mod gateway;
+use gateway::{GatewayFaultKind, Gateways};
+
 /// Salt for picking the devices a fleet event touches (mixed with the event's index).
 const FLEET_EVENT_SALT: u64 = 0x6576_656e_7400_0000;
 /// Salt for spreading a reboot wave.
@@ -109,6 +113,10 @@ pub struct Shard {
     watch: Watch,
     /// Time spent paused, in ms (see `ctx`).
     pub epoch_shift_ms: u64,
+    /// The gateways of this shard's devices that sit behind one (`[gateway]` profiles).
+    gateways: Gateways,
+    /// The run is over and the devices are saying goodbye (`shutdown_devices`).
+    shutting_down: bool,
 }
 
 /// A device's context; `shift_ms` is the time the run spent paused (timestamps stay on the
@@ -186,8 +194,15 @@ fn observation(e: &Event, now: SimTime) -> Option<(u16, SimTime, ObsKind)> {
     }
 }
 
-fn count(c: &mut Counters, t: &mut Tally, e: &Event) {
+/// Counts a device's event. A gateway's child (`child`) has no session of its own: its
+/// connects and losses are its gateway's, counted once by the gateway.
+fn count(c: &mut Counters, t: &mut Tally, e: &Event, child: bool) {
     match e {
+        Event::ConnectAttempt { .. }
+        | Event::NoLink { .. }
+        | Event::ConnectFailed { .. }
+        | Event::LinkLost { .. }
+            if child => {}
         Event::Report { .. } => {
             c.published += 1;
             t.published += 1;
@@ -230,7 +245,7 @@ fn topic_name(t: TopicKind) -> &'static str {
     match t {
         TopicKind::Telemetry => "telemetry",
         TopicKind::Response => "response",
-        TopicKind::Status => "status",
+        TopicKind::Status | TopicKind::StatusOffline => "status",
         TopicKind::Ota => "ota",
     }
 }
@@ -247,7 +262,12 @@ impl Shard {
             .collect();
         let n = devices.len();
         let log = log_path.map(EventLog::create).transpose()?;
+        let ids: Vec<DeviceId> = devices.iter().map(|d| d.id).collect();
+        let gateways = Gateways::new(&plan, id, &ids);
+        drop(ids);
         Ok(Shard {
+            gateways,
+            shutting_down: false,
             id,
             scheduled: vec![SimTime::NEVER; n],
             sessions: vec![0; n],
@@ -357,6 +377,7 @@ impl Shard {
             self.sched
                 .push(SimTime::ZERO + e.at, 0, Due::FleetEvent { index: i as u32 });
         }
+        self.init_gateways();
         for (i, d) in self.devices.iter_mut().enumerate() {
             let at = self.plan.start_time(d.id);
             d.power_on_at(at);
@@ -386,6 +407,15 @@ impl Shard {
             Due::SimConnected { session, started } => {
                 let d = &self.devices[dev as usize];
                 if session == self.sessions[dev as usize] && d.state() == DeviceState::Connecting {
+                    if self.gateways.is_child(dev) {
+                        // A child attaches to its gateway's session, if it is still up
+                        // (else it waits for it).
+                        if self.child_may_attach(dev) {
+                            self.child_connected(dev, now);
+                            self.step(dev, now, Input::Connected, net);
+                        }
+                        return;
+                    }
                     if self.partitioned(dev, now) {
                         // The CONNACK is lost: the attempt times out.
                         let timeout = self.plan.fleet.cohorts[usize::from(d.cohort.0)]
@@ -435,7 +465,11 @@ impl Shard {
                 scheduled,
                 from_buffer,
             } => {
-                if session == self.sessions[dev as usize] {
+                let current = self
+                    .gateways
+                    .ack_session(dev)
+                    .unwrap_or(self.sessions[dev as usize]);
+                if session == current {
                     self.sim_in_flight -= 1;
                     self.acked(dev, now, scheduled, from_buffer);
                 } else if self.keeps_in_flight(dev, session) {
@@ -500,6 +534,9 @@ impl Shard {
                 }
             }
             Due::FleetEvent { index } => self.fleet_event(index, now, net),
+            Due::GatewayWake { .. } | Due::GatewayConnected { .. } | Due::GatewayCutOff { .. } => {
+                self.gateway_entry(dev, e.due, now, net)
+            }
             Due::OtaNotify { rollout } => {
                 let plan = self.plan.clone();
                 let Some(hub) = &plan.rollouts else { return };
@@ -579,12 +616,41 @@ impl Shard {
                 .map(|c| c.id)
         });
         let salt = FLEET_EVENT_SALT ^ u64::from(index);
+        let link_fault = matches!(
+            event.kind,
+            FleetEventKind::Partition { .. }
+                | FleetEventKind::LatencySpike { .. }
+                | FleetEventKind::Outage { .. }
+        );
         for dev in 0..self.devices.len() as u32 {
             let d = &self.devices[dev as usize];
-            if cohort.is_some_and(|c| c != d.cohort)
-                || !event.names_device(d.id.0)
-                || plan.seed.unit_draw(salt, d.id) >= event.fraction
-            {
+            if cohort.is_some_and(|c| c != d.cohort) {
+                continue;
+            }
+            // A fault of the uplink hits a gateway's children together: drawn for the gateway.
+            if link_fault && let Some((first, size)) = self.gateways.fault_key(dev) {
+                if !event.names_any(first.0, size)
+                    || plan.seed.unit_draw(salt, first) >= event.fraction
+                {
+                    continue;
+                }
+                let fault = match event.kind {
+                    FleetEventKind::Partition { duration } => GatewayFaultKind::Partition {
+                        until: now + duration,
+                    },
+                    FleetEventKind::LatencySpike { delay, duration } => GatewayFaultKind::Spike {
+                        delay,
+                        until: now + duration,
+                    },
+                    FleetEventKind::Outage { duration } => GatewayFaultKind::Outage {
+                        until: now + duration,
+                    },
+                    _ => continue,
+                };
+                self.gateway_fault(dev, index.wrapping_add(1), fault, now, net);
+                continue;
+            }
+            if !event.names_device(d.id.0) || plan.seed.unit_draw(salt, d.id) >= event.fraction {
                 continue;
             }
             let input = match event.kind {
@@ -680,6 +746,9 @@ impl Shard {
 
     /// The latency a spike adds to device `dev`'s messages at `now` (forgetting spent ones).
     fn spike(&mut self, dev: u32, now: SimTime) -> SimDuration {
+        if let Some(d) = self.gateways.spike(dev, now) {
+            return d;
+        }
         if self.disturbed.is_empty() {
             return SimDuration::ZERO;
         }
@@ -708,9 +777,14 @@ impl Shard {
         }
         match input {
             NetInput::Connected { latency_us } => {
-                self.connected(dev, now, latency_us);
+                if self.gateways.is_child(dev) {
+                    self.child_connected(dev, now);
+                } else {
+                    self.connected(dev, now, latency_us);
+                }
                 self.step(dev, now, Input::Connected, net);
             }
+            NetInput::Gateway(note) => self.gateway_note(dev, note, now),
             NetInput::ConnectFailed { reason } => {
                 tracing::debug!(
                     device_id = self.devices[dev as usize].id.0,
@@ -898,8 +972,9 @@ impl Shard {
         }
         self.metrics.counters.steps += 1;
         let id = self.devices[i].id;
+        let child = self.gateways.is_child(dev);
         for e in &fx.events {
-            count(&mut self.metrics.counters, &mut self.tally[i], e);
+            count(&mut self.metrics.counters, &mut self.tally[i], e, child);
             count_ota(&mut self.metrics.ota, e);
             if let Some((rollout, at, kind)) = observation(e, now) {
                 self.obs.push(Obs {
@@ -947,7 +1022,9 @@ impl Shard {
         let wake = self.devices[i].wake_at();
         if wake != self.scheduled[i] {
             self.scheduled[i] = wake;
-            if !wake.is_never() {
+            // A deadline after the run's last instant never runs (a device whose last report
+            // is done waits for its battery to run flat): it is not worth a timer entry.
+            if !wake.is_never() && wake <= self.plan.end + self.plan.drain {
                 self.sched.push(wake, dev, Due::Wake);
             }
         }
@@ -958,6 +1035,7 @@ impl Shard {
         // A new attempt replaces whatever session the device had.
         self.sessions[i] = self.sessions[i].wrapping_add(1);
         match net {
+            Net::Sim if self.child_connect(dev, now) => {}
             Net::Sim => {
                 let service = &self.plan.fleet.settings.sim_broker_service_us;
                 let d = &mut self.devices[i];
@@ -998,7 +1076,13 @@ impl Shard {
         net: &mut Net<A>,
     ) {
         let i = dev as usize;
-        let delay = p.delay + self.spike(dev, now);
+        // At the end of the run the goodbyes (offline statuses) go at once: holding a million
+        // of them for their simulated uplink latency would cost more than the fleet's state.
+        let delay = if self.shutting_down && matches!(net, Net::Real(_)) {
+            SimDuration::ZERO
+        } else {
+            p.delay + self.spike(dev, now)
+        };
         if let Some(log) = &mut self.log {
             let r = log.line(
                 self.devices[i].id,
@@ -1045,12 +1129,15 @@ impl Shard {
                 {
                     arrives = d.partition_until;
                 }
+                if let Some(until) = self.gateways.partitioned_until(dev, arrives) {
+                    arrives = until;
+                }
                 self.sim_in_flight += 1;
                 self.sched.push(
                     arrives + back,
                     dev,
                     Due::SimAck {
-                        session: self.sessions[i],
+                        session: self.gateways.ack_session(dev).unwrap_or(self.sessions[i]),
                         scheduled: p.scheduled,
                         from_buffer: p.from_buffer,
                     },
@@ -1200,6 +1287,7 @@ impl Shard {
 
     /// Ends every device's run (clean disconnects) at `now`.
     pub fn shutdown_devices<A: Adapter>(&mut self, now: SimTime, net: &mut Net<A>) {
+        self.shutting_down = true;
         for dev in 0..self.devices.len() as u32 {
             if self.devices[dev as usize].state() != DeviceState::Dead {
                 self.step(dev, now, Input::Shutdown, net);

@@ -43,12 +43,20 @@ pub use hlog::{LOG_TAGS, ResultsWriter};
 pub const RESULTS_FORMAT_VERSION: u32 = 1;
 
 /// A cohort of the whole fleet: its name and ids `first .. first + count`. With the slice
-/// count, any slice's ids follow (`Slice::of_cohort`).
+/// count, any slice's ids follow (`Slice::of_units`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CohortSpan {
     pub name: String,
     pub first: u32,
     pub count: u32,
+    /// Slices cut the cohort only between groups of this many devices (a gateway and its
+    /// children; 1 otherwise): `Slice::of_units`.
+    #[serde(default = "one")]
+    pub unit: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// What one process of a run leaves in `DIR/shard-K-of-N.json`. Build it with
@@ -106,7 +114,7 @@ impl ShardResults {
     pub fn ranges_of(&self, slice: Slice) -> Vec<(String, std::ops::Range<u32>)> {
         self.cohorts
             .iter()
-            .map(|c| (c.name.clone(), slice.of_cohort(c.first, c.count)))
+            .map(|c| (c.name.clone(), slice.of_units(c.first, c.count, c.unit)))
             .collect()
     }
 }

@@ -327,13 +327,7 @@ fn map_text(plan: &ModbusPlan, fleet: &Fleet, tcp: &[SocketAddr], rtu: &[PathBuf
     let mut line = |id: DeviceId, transport: &str, address: &str, port: &str, unit: usize| {
         let cohort = fleet.cohort_of(id);
         name.clear();
-        let ctx_vars = fleet_core::template::TemplateVars {
-            id: id.0,
-            index: id.0 - cohort.first_device,
-            cohort: &cohort.name,
-            profile: &cohort.profile.name,
-            device_id: &[],
-        };
+        let ctx_vars = cohort.vars(id, &[]);
         cohort
             .profile
             .identity

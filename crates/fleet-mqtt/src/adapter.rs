@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use fleet_core::profile::Qos;
 use fleet_core::{Device, DeviceCtx, Publish, SimTime, TopicKind};
 use fleet_engine::shard::Shard;
-use fleet_engine::{Adapter, NetInput, SendOutcome};
+use fleet_engine::{Adapter, GatewayFault, NetInput, SendOutcome};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -144,6 +144,8 @@ pub enum MqttEvent {
         total: Option<u64>,
     },
     DownloadEnded(Box<crate::downloads::Finished>),
+    /// From a gateway's task (or this shard's own wake-up), for the gateway's children.
+    Gateway(crate::gateway::GwEvent),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -220,7 +222,10 @@ impl Session {
 /// The MQTT side of one shard.
 pub struct MqttAdapter {
     cfg: Arc<MqttConfig>,
+    /// One per device, made when the first device with a session of its own connects (a
+    /// fleet of gateway children needs none: their sessions are their gateways').
     sessions: Vec<Session>,
+    devices: usize,
     events: Option<mpsc::Sender<MqttEvent>>,
     connecting: Arc<Semaphore>,
     start: Instant,
@@ -241,6 +246,8 @@ pub struct MqttAdapter {
     /// Tasks that still have a connection's end to see through: TLS writers (their last bytes
     /// and close_notify) and the readers of cleanly closed sessions (until the broker closes).
     closing_tasks: Arc<AtomicUsize>,
+    /// Devices behind gateways (`[gateway]` profiles): their sessions are their gateways'.
+    children: crate::gateway::Children,
 }
 
 /// Run time in milliseconds (wraps after 49 days; compared with wrapping arithmetic).
@@ -250,11 +257,11 @@ fn millis(now: SimTime) -> u32 {
 
 /// `io_reason`, or the TLS reason when TLS caused the error (under TLS 1.3 a broker's refusal
 /// of a client certificate arrives as an alert on the first read, after the handshake).
-fn tls_io_reason(e: &std::io::Error) -> &'static str {
+pub(crate) fn tls_io_reason(e: &std::io::Error) -> &'static str {
     crate::tls::error_reason(e).unwrap_or_else(|| io_reason(e))
 }
 
-fn io_reason(e: &std::io::Error) -> &'static str {
+pub(crate) fn io_reason(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(24) => "too many open files (EMFILE)",
         Some(99) => "no free local port for this source address (EADDRNOTAVAIL)",
@@ -276,8 +283,8 @@ impl MqttAdapter {
         let connecting = (cfg.max_connecting / usize::from(shards.max(1))).max(1);
         let downloads = crate::downloads::Downloads::new(cfg.download_slots.clone());
         MqttAdapter {
-            cfg,
-            sessions: (0..n).map(|_| Session::default()).collect(),
+            sessions: Vec::new(),
+            devices: n,
             events: None,
             connecting: Arc::new(Semaphore::new(connecting)),
             start: Instant::now(),
@@ -292,6 +299,8 @@ impl MqttAdapter {
             partitioned: HashMap::new(),
             held: Vec::new(),
             closing_tasks: Arc::new(AtomicUsize::new(0)),
+            children: crate::gateway::Children::new(&cfg, n, shards),
+            cfg,
         }
     }
 
@@ -302,6 +311,10 @@ impl MqttAdapter {
             TopicKind::Telemetry => Some(&identity.telemetry_topic),
             TopicKind::Response => identity.response_topic.as_ref(),
             TopicKind::Status => identity.status_topic.as_ref(),
+            TopicKind::StatusOffline => identity
+                .status_offline_topic
+                .as_ref()
+                .or(identity.status_topic.as_ref()),
             TopicKind::Ota => None,
         };
         let Some(template) = template else {
@@ -489,10 +502,18 @@ impl Adapter for MqttAdapter {
     type Event = MqttEvent;
 
     fn start(&mut self, events: mpsc::Sender<MqttEvent>) {
+        self.children.start(events.clone());
         self.events = Some(events);
     }
 
+    fn gateway_fault(&mut self, dev: u32, device: &Device, ctx: &DeviceCtx, f: GatewayFault) {
+        self.children.fault(dev, device, ctx, f);
+    }
+
     fn connect(&mut self, dev: u32, device: &Device, ctx: &DeviceCtx, now: SimTime) {
+        if self.children.connect(dev, device, ctx) {
+            return;
+        }
         let Some(events) = self.events.clone() else {
             return;
         };
@@ -595,7 +616,12 @@ impl Adapter for MqttAdapter {
             sub
         });
 
-        let s = &mut self.sessions[dev as usize];
+        if self.sessions.is_empty() {
+            self.sessions = (0..self.devices).map(|_| Session::default()).collect();
+        }
+        let Some(s) = self.sessions.get_mut(dev as usize) else {
+            return;
+        };
         let (_, _, unacked) = s.reset(false);
         debug_assert_eq!(unacked, 0, "connect() follows a close or a loss");
         s.state = State::Connecting;
@@ -713,7 +739,13 @@ impl Adapter for MqttAdapter {
         p: &Publish,
         payload: &[u8],
     ) -> SendOutcome {
-        let s = &self.sessions[dev as usize];
+        if self.children.is_child(dev) {
+            let version = self.cfg.version;
+            return self.children.publish(dev, device, ctx, p, payload, version);
+        }
+        let Some(s) = self.sessions.get(dev as usize) else {
+            return SendOutcome::Failed; // never connected
+        };
         // A persistent session holds QoS >= 1 messages while it has no connection: they go
         // first thing on the next one (a message that waited out its link latency while the
         // session died).
@@ -776,7 +808,12 @@ impl Adapter for MqttAdapter {
     }
 
     fn close(&mut self, dev: u32, clean: bool) -> u32 {
-        let s = &mut self.sessions[dev as usize];
+        if self.children.is_child(dev) {
+            return self.children.close(dev);
+        }
+        let Some(s) = self.sessions.get_mut(dev as usize) else {
+            return 0; // never connected
+        };
         let was_up = s.state == State::Up;
         // Leaving cleanly, the reader stays until the broker closes the connection: closing it
         // with acknowledgements unread would make the kernel answer with a reset, and a broker
@@ -890,6 +927,10 @@ impl Adapter for MqttAdapter {
                     out.push((dev, NetInput::DownloadProgress { bytes, total }));
                 }
             }
+            MqttEvent::Gateway(ev) => {
+                self.children.clock(now);
+                self.children.on_event(ev, out);
+            }
             MqttEvent::DownloadEnded(mut f) => {
                 use crate::downloads::Ended;
                 // Read before `finished` takes the state back for a resume.
@@ -934,6 +975,7 @@ impl Adapter for MqttAdapter {
     }
 
     fn tick(&mut self, now: SimTime, out: &mut Vec<(u32, NetInput)>) {
+        self.children.tick(now, out);
         for (dev, reason) in self.downloads.refused.drain(..) {
             out.push((
                 dev,
@@ -1011,7 +1053,7 @@ impl Adapter for MqttAdapter {
     }
 
     fn in_flight(&self) -> u64 {
-        self.in_flight
+        self.in_flight + self.children.in_flight()
     }
 
     fn pending_bytes(&self) -> u64 {
@@ -1031,7 +1073,7 @@ impl Adapter for MqttAdapter {
 }
 
 /// TCP connect, from `source` if given.
-async fn tcp_connect(
+pub(crate) async fn tcp_connect(
     target: SocketAddr,
     source: Option<IpAddr>,
     nodelay: bool,
@@ -1053,7 +1095,7 @@ async fn tcp_connect(
 }
 
 /// CONNECT, wait for CONNACK, SUBSCRIBE; returns what was read past the CONNACK.
-async fn mqtt_hello<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn mqtt_hello<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     version: Version,
     hello: &[u8],

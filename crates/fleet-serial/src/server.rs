@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fleet_core::serial::Persona;
-use fleet_core::template::TemplateVars;
 use fleet_core::{DeviceId, Fleet};
 use fleet_engine::{QueryRouter, ServiceThread};
 
@@ -78,13 +77,7 @@ impl SerialPlan {
             let decimals: Vec<u8> = cohort.profile.sensors.iter().map(|x| x.decimals).collect();
             for id in cohort.first_device..cohort.first_device + cohort.count {
                 let mut name = Vec::new();
-                let vars = TemplateVars {
-                    id,
-                    index: id - cohort.first_device,
-                    cohort: &cohort.name,
-                    profile: &cohort.profile.name,
-                    device_id: &[],
-                };
+                let vars = cohort.vars(DeviceId(id), &[]);
                 cohort
                     .profile
                     .identity

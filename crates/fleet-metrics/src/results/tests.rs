@@ -31,11 +31,13 @@ fn cohorts() -> Vec<CohortSpan> {
             name: "meters".into(),
             first: 0,
             count: 1000,
+            unit: 1,
         },
         CohortSpan {
             name: "sensors".into(),
             first: 1000,
             count: 250,
+            unit: 1,
         },
     ]
 }
