@@ -94,7 +94,10 @@
 #    event log, `report merge` of the results folder gives the report again; a child killed with
 #    SIGKILL is named at once with its devices, its devices stop while the others go on, exit 3,
 #    the report names the slice missing; SIGTERM to the parent stops every child cleanly (a
-#    DISCONNECT for every session) with the merged report.
+#    DISCONNECT for every session) with the merged report. Gateway mode: 1,000 children behind
+#    10 gateways as `--processes 3` (mosquitto sees exactly the 10 gateway client ids, none taken
+#    over: slices never cut a gateway), every child's seqs under its own topic; Sparkplug-style
+#    topics (DDATA per child, NBIRTH per gateway, DBIRTH per child).
 #
 # Needs root (or sudo) for apt-get when mosquitto, mosquitto_sub/pub, python3, (for E) mbpoll,
 # (for F) socat, (for H) tmux or (for K) kubectl are missing, and pip for pymodbus + pyserial (E,
@@ -916,8 +919,8 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 if want L; then
-log "Test L: past one process against three mosquittos: --processes 3, a child killed, SIGTERM to the parent"
-scaleout_checks 240 all --fleetsim "$FLEETSIM" --tmp "$TMP/L"   # three runs, about 50 s
+log "Test L: past one process against mosquitto: --processes 3 over three brokers, a child killed, SIGTERM to the parent, gateways"
+scaleout_checks 360 all --fleetsim "$FLEETSIM" --tmp "$TMP/L"   # five runs, about 100 s
 fi
 
 # cleanup (the EXIT trap) prints "N passed, M failed" and sets the exit code.

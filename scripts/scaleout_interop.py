@@ -28,6 +28,11 @@ two cohorts, "north" and "south" (the scenario maker of test I). Subcommands:
              SIGTERM: it exits within 10 s with the merged report (run.interrupted), every
              child disconnected every session cleanly (mosquitto: "Client <id> disconnected."
              for all 300).
+  gateway    gateway mode: 1,000 children of a 1 Hz edge-gateway-child variant behind 10
+             gateways for 20 s, as `--processes 3` (slices never cut a gateway: mosquitto sees
+             exactly 10 client ids and no session taken over), every child's telemetry under its
+             own topic with seqs 1..max and as many as acked; then Sparkplug-style topics in one
+             process: DDATA per child, NBIRTH per gateway, DBIRTH per child.
 """
 
 import json
@@ -327,7 +332,96 @@ def cmd_sigterm(args, r):
             f"'Client <id> disconnected.' for {len(clean)} of {devices}")
 
 
-COMMANDS = {"processes": cmd_processes, "kill": cmd_kill, "sigterm": cmd_sigterm}
+def gateway_files(args, topics):
+    """A 1 Hz variant of the shipped edge-gateway-child profile (100 children per gateway, the
+    given topic style) and a scenario of 1,000 of them (10 gateways) for 20 s."""
+    with open(os.path.join(rel.ROOT, "device-profiles", "edge-gateway-child.toml")) as f:
+        text = f.read()
+    text = re.sub(r'(?m)^interval = .*$', 'interval = "1s"', text, count=1)
+    text = re.sub(r'(?m)^jitter = .*$', 'jitter = 0.0', text, count=1)
+    text = re.sub(r'(?m)^children = .*$', 'children = 100', text, count=1)
+    text = re.sub(r'(?m)^topics = .*$', f'topics = "{topics}"', text, count=1)
+    text = text.replace('"../firmware-models/', f'"{rel.ROOT}/firmware-models/')
+    profile = os.path.join(args.tmp, f"L-gw-{topics}.toml")
+    with open(profile, "w") as f:
+        f.write(text)
+    scen = os.path.join(args.tmp, f"L-gw-{topics}-scenario.toml")
+    with open(scen, "w") as f:
+        f.write(f'name = "gateway-{topics}"\nseed = 3\nduration = "20s"\nclock = "wall"\ndrain = "3s"\n\n'
+                f'[ramp]\nmode = "rate"\nper_second = 500.0\n\n'
+                f'[[cohorts]]\nname = "edge"\nprofile = "{profile}"\ncount = 1000\n')
+    return scen
+
+
+def cmd_gateway(args, r):
+    """Gateway mode against mosquitto, cut into 3 processes: 1,000 children behind 10 gateways
+    (sessions), plain topics; then Sparkplug-style topics in one process."""
+    for topics, processes in (("plain", 3), ("sparkplug", 1)):
+        label = f"gateway-{topics}"
+        devices, gateways = 1000, 10
+        broker = Broker(args.tmp, f"L-{label}")
+        sub = None
+        parent = None
+        try:
+            broker.start()
+            sub_topics = ["+/+/telemetry"] if topics == "plain" else ["spBv1.0/#"]
+            sub = Subscriber(broker, label, sub_topics)
+            scen = gateway_files(args, topics)
+            parent = Parent(args, label, scen, [broker], processes)
+            rc = parent.wait(90)
+            r.check(f"{label}: exit 0", rc == 0, f"exit {rc}" + ("" if rc == 0 else "\n" + parent.tail()))
+            sub.drain()
+        finally:
+            if parent:
+                parent.stop()
+            if sub:
+                sub.close()
+            broker.stop()
+        rep = parent.load() if parent else None
+        if rep is None:
+            r.check(f"{label}: report", False, "missing")
+            continue
+        blog = broker.log()
+        clients = {c for c in re.findall(r"New client connected from \S+ as (\S+) ", blog)
+                   if not c.startswith("interop-")}  # the subscriber
+        taken = re.findall(r"Client (\S+) already connected, closing old connection", blog)
+        r.check(f"{label}: mosquitto saw {gateways} gateway sessions for {devices} devices, none taken over",
+                len(clients) == gateways and all(c.startswith("edge-gw-") for c in clients) and not taken,
+                f"client ids {sorted(clients)[:3]}... ({len(clients)}); taken over: {taken[:3]}")
+        with sub.lock:
+            msgs = list(sub.msgs)
+        seqs = {}
+        kinds = {}
+        for _, topic, payload, _ in msgs:
+            parts = topic.split("/")
+            if topics == "sparkplug":
+                if len(parts) < 4 or parts[0] != "spBv1.0":
+                    continue
+                kinds[parts[2]] = kinds.get(parts[2], 0) + 1
+                if parts[2] != "DDATA":
+                    continue
+            try:
+                j = json.loads(payload)
+                seqs.setdefault(j["device_id"], set()).add(int(j["seq"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        gaps = [d for d, ss in seqs.items() if ss != set(range(1, max(ss) + 1))]
+        distinct = sum(len(ss) for ss in seqs.values())
+        m = rep["messages"]
+        r.check(f"{label}: every child's telemetry arrived under its own topic, seqs 1..max",
+                len(seqs) == devices and not gaps and distinct == m["acked"] and m.get("unaccounted") == 0,
+                f"{len(seqs)} of {devices} children, {distinct} distinct (device, seq) vs acked {m['acked']}, "
+                f"gaps in {len(gaps)}, unaccounted {m.get('unaccounted')}")
+        if topics == "sparkplug":
+            r.check(f"{label}: NBIRTH per gateway, DBIRTH per child", kinds.get("NBIRTH", 0) >= gateways
+                    and kinds.get("DBIRTH", 0) >= devices, f"{kinds}")
+        else:
+            r.check(f"{label}: the report's sessions are the gateways'",
+                    get(rep, "connections.succeeded") == gateways and get(rep, "devices.total") == devices,
+                    f"connections.succeeded {get(rep, 'connections.succeeded')}, devices.total {get(rep, 'devices.total')}")
+
+
+COMMANDS = {"processes": cmd_processes, "kill": cmd_kill, "sigterm": cmd_sigterm, "gateway": cmd_gateway}
 
 
 def main():
