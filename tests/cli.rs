@@ -5,40 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+mod common;
+use common::{at, fleetsim, report, root, run, text};
+
 use serde_json::Value;
-
-fn fleetsim() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fleetsim"));
-    c.current_dir(root())
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG");
-    c
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(args: &[&str]) -> Output {
-    fleetsim().args(args).output().expect("fleetsim runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn report(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
-        .expect("report is JSON")
-}
-
-fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
-    path.split('.').fold(v, |v, k| &v[k])
-}
 
 /// A scenario in a temp dir that uses the shipped profiles by absolute path.
 fn scenario(dir: &Path, body: &str) -> PathBuf {

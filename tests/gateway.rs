@@ -1,35 +1,12 @@
 //! Gateway mode end to end: the shipped small gateway scenario on the embedded broker, and the
 //! pre-flight check counting sessions (gateways), not devices.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+
+mod common;
+use common::{report, run, text};
 
 use serde_json::Value;
-
-fn fleetsim() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fleetsim"));
-    c.current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    fleetsim().args(args).output().expect("fleetsim runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn report(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
-        .expect("report is JSON")
-}
 
 #[test]
 fn the_gateway_smoke_run_has_one_session_per_gateway_and_accounts_for_every_message() {

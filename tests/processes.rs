@@ -3,40 +3,11 @@
 //! silently dropped. Needs only the Rust toolchain (embedded brokers, virtual clock).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-fn fleetsim() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fleetsim"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .env_remove("JOB_COMPLETION_INDEX");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    fleetsim().args(args).output().expect("fleetsim runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn report(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
-        .expect("report is JSON")
-}
-
-fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
-    path.split('.').fold(v, |v, k| &v[k])
-}
+mod common;
+use common::{at, fleetsim, report, run, text};
 
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")

@@ -3,41 +3,16 @@
 //! broker, every device deterministic from the seed): each run takes a moment.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
+
+mod common;
+use common::{report, root, run, text};
 
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fleetsim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fleetsim"))
-        .current_dir(root())
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .env_remove("JOB_COMPLETION_INDEX")
-        .args(args)
-        .output()
-        .expect("fleetsim runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-fn report(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
-        .expect("report is JSON")
 }
 
 /// The small virtual run every test plays, with extra arguments (`--shard`, `--results`, ...).
@@ -56,7 +31,7 @@ fn run_demo(scenario: &str, extra: &[&str]) -> Output {
         "7",
     ];
     args.extend_from_slice(extra);
-    let o = fleetsim(&args);
+    let o = run(&args);
     assert!(
         o.status.code().is_some_and(|c| c <= 1),
         "{args:?}: {}",
@@ -80,7 +55,7 @@ fn merge(paths: &[&Path], out: &Path) -> (Output, Option<Value>) {
     let mut args = vec!["report", "merge"];
     args.extend(paths.iter().map(|p| s(p)));
     args.extend(["--report", s(out)]);
-    let o = fleetsim(&args);
+    let o = run(&args);
     let r = out.exists().then(|| report(out));
     (o, r)
 }

@@ -747,9 +747,15 @@ impl RolloutHub {
     }
 
     /// A shard stops taking part (its run is over); its last observations count for the report.
-    pub fn leave(&self, obs: &mut Vec<Obs>) {
+    /// `submitted`: the tick it handed in and has not had the decision of (a wall-clock shard
+    /// may end while it waits): that hand-in no longer counts as one of the shards still
+    /// present, or the hub would decide the tick before the others have handed theirs in.
+    pub fn leave(&self, obs: &mut Vec<Obs>, submitted: Option<SimTime>) {
         let mut s = self.lock();
         s.final_obs.append(obs);
+        if submitted == Some(s.collecting) {
+            s.arrived = s.arrived.saturating_sub(1);
+        }
         s.present = s.present.saturating_sub(1);
         Self::maybe_decide(&mut s);
         self.cv.notify_all();
@@ -819,16 +825,75 @@ impl Membership {
         self.hub.as_ref()
     }
 
-    /// Leaves with the shard's last observations.
-    pub(crate) fn leave(&mut self, obs: &mut Vec<Obs>) {
+    /// Leaves with the shard's last observations (`submitted`: see `RolloutHub::leave`).
+    pub(crate) fn leave(&mut self, obs: &mut Vec<Obs>, submitted: Option<SimTime>) {
         if let Some(h) = self.hub.take() {
-            h.leave(obs);
+            h.leave(obs, submitted);
         }
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.leave(&mut Vec::new());
+        self.leave(&mut Vec::new(), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(shards: u16) -> RolloutHub {
+        let period = SimDuration::from_secs(10);
+        let first_tick = SimTime::ZERO + period;
+        RolloutHub {
+            plans: RwLock::new(Vec::new()),
+            period,
+            first_tick,
+            state: Mutex::new(HubState {
+                orch: Orchestrator {
+                    runs: Vec::new(),
+                    period,
+                    live: true,
+                },
+                present: shards,
+                arrived: 0,
+                collecting: first_tick,
+                obs: Vec::new(),
+                decisions: Vec::new(),
+                final_obs: Vec::new(),
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    #[test]
+    fn a_shard_that_leaves_after_handing_in_does_not_decide_for_the_others() {
+        let h = hub(2);
+        let tick = h.first_tick;
+        // Shard 0 hands in the tick and ends before the decision (a wall-clock shard whose
+        // drain was short); shard 1 has not reached the tick yet.
+        h.submit(tick, &mut Vec::new());
+        h.leave(&mut Vec::new(), Some(tick));
+        assert!(h.try_get(0).is_none(), "decided without shard 1's hand-in");
+        h.submit(tick, &mut Vec::new());
+        let d = h.try_get(0).expect("decided once shard 1 handed in");
+        assert_eq!(d.at, tick);
+        assert_eq!(h.lock().collecting, d.next_at);
+    }
+
+    #[test]
+    fn a_shard_that_leaves_before_handing_in_lets_the_others_go_on() {
+        let h = hub(2);
+        let tick = h.first_tick;
+        h.submit(tick, &mut Vec::new());
+        h.leave(&mut Vec::new(), None);
+        assert!(h.try_get(0).is_some(), "the one shard left decides");
+        // A hand-in for a tick already decided does not count for the next one.
+        let h = hub(2);
+        h.submit(tick, &mut Vec::new());
+        h.submit(tick, &mut Vec::new());
+        h.leave(&mut Vec::new(), Some(tick));
+        assert_eq!(h.lock().arrived, 0);
     }
 }

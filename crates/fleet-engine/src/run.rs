@@ -183,7 +183,7 @@ where
                         Err(e) => {
                             // Never joined the rollout ticks: the others must not wait for it.
                             if let Some(h) = hub {
-                                h.leave(&mut Vec::new());
+                                h.leave(&mut Vec::new(), None);
                             }
                             Err(e)
                         }

@@ -134,7 +134,7 @@ pub(crate) fn run_virtual(mut shard: Shard, ctl: &ShardControl) -> std::io::Resu
         ctl.send_ended(shard.report(stop_time.min(end), false, &net));
     }
     shard.shutdown_devices(stop_time, &mut net);
-    member.leave(&mut shard.obs);
+    member.leave(&mut shard.obs, None);
     let result = shard.finish_log();
     ctl.send(ShardMsg::Report(shard.report(stop_time, true, &net)));
     result

@@ -283,7 +283,7 @@ pub(crate) fn run_wall<A: Adapter>(
                 shard.run_query(q, now, &mut net);
             }
         }
-        member.leave(&mut shard.obs);
+        member.leave(&mut shard.obs, awaiting.then_some(next_rollout));
         let net: Net<A> = Net::Real(&mut adapter);
         let result = shard.finish_log();
         ctl.send(ShardMsg::Report(shard.report(now, true, &net)));
