@@ -384,14 +384,22 @@ impl Spread {
             let each = per_child
                 .div_ceil(crate::preflight::FAST_SESSIONS_PER_SOURCE)
                 .max(1);
+            // 127.0.0.10 .. 127.0.0.254: past that, children share addresses (said once).
+            const FIRST: u64 = 10;
+            const AVAILABLE: u64 = 245;
             if sharing == 1 && each == 1 {
                 vec![Vec::new(); n]
             } else {
+                if n as u64 * each > AVAILABLE {
+                    tracing::warn!(
+                        "{n} processes would need {} loopback source addresses of their own; 127.0.0.10-254 are shared among them (give --source-addr to choose)",
+                        n as u64 * each
+                    );
+                }
                 (0..n as u64)
                     .map(|k| {
                         (0..each)
-                            .map(|j| 10 + k * each + j)
-                            .filter(|&x| x <= 254)
+                            .map(|j| FIRST + (k * each + j) % AVAILABLE)
                             .map(|x| IpAddr::V4(Ipv4Addr::new(127, 0, 0, x as u8)))
                             .collect()
                     })

@@ -442,6 +442,24 @@ pub struct Identity {
     pub retain_status: bool,
 }
 
+impl Identity {
+    /// The topic a message of `kind` goes to (None: the profile has none; OTA messages carry
+    /// their own).
+    pub fn topic(&self, kind: crate::device::TopicKind) -> Option<&Template> {
+        use crate::device::TopicKind;
+        match kind {
+            TopicKind::Telemetry => Some(&self.telemetry_topic),
+            TopicKind::Response => self.response_topic.as_ref(),
+            TopicKind::Status => self.status_topic.as_ref(),
+            TopicKind::StatusOffline => self
+                .status_offline_topic
+                .as_ref()
+                .or(self.status_topic.as_ref()),
+            TopicKind::Ota => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Reporting {
     pub interval: SimDuration,

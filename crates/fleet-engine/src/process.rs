@@ -63,6 +63,37 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// Lets the kernel choose a bound socket's local port at `connect()` instead of at `bind()`
+/// (Linux's IP_BIND_ADDRESS_NO_PORT): knowing the destination, it may use any port not in use
+/// towards that destination. Without it, binding a source address before connecting searches
+/// for a port free towards every destination, and each port still in TIME_WAIT from an earlier
+/// run makes that search longer (measured: 11 µs per connect normally, 446 µs with 10,000 such
+/// sockets on the address). Best effort: false where the option does not exist.
+pub fn bind_address_no_port(socket: &impl std::os::fd::AsRawFd) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let one: libc::c_int = 1;
+        #[allow(unsafe_code)]
+        // SAFETY: a valid socket descriptor, and a pointer to a c_int that lives for the call,
+        // with its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        rc == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        false
+    }
+}
+
 /// Asks process `pid` to stop (SIGTERM): how `run --processes` passes Ctrl-C or a
 /// termination on to its children. A pid that is gone is no error.
 pub fn terminate(pid: u32) {

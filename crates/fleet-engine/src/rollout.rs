@@ -639,8 +639,21 @@ impl RolloutHub {
         // Ticks fall on multiples of the period.
         let k = first_at.as_micros().div_ceil(period.as_micros().max(1));
         let first_tick = SimTime(k * period.as_micros());
+        Some(RolloutHub::with_plans(
+            plans, period, first_tick, live, shards,
+        ))
+    }
+
+    /// A hub over `plans` for `shards` shards, collecting the tick at `first_tick`.
+    fn with_plans(
+        plans: Vec<Arc<RolloutPlan>>,
+        period: SimDuration,
+        first_tick: SimTime,
+        live: bool,
+        shards: u16,
+    ) -> RolloutHub {
         let runs = plans.iter().cloned().map(RolloutRun::new).collect();
-        Some(RolloutHub {
+        RolloutHub {
             plans: RwLock::new(plans),
             period,
             first_tick,
@@ -654,7 +667,7 @@ impl RolloutHub {
                 final_obs: Vec::new(),
             }),
             cv: Condvar::new(),
-        })
+        }
     }
 
     /// Rollout number `i`.
@@ -845,26 +858,7 @@ mod tests {
 
     fn hub(shards: u16) -> RolloutHub {
         let period = SimDuration::from_secs(10);
-        let first_tick = SimTime::ZERO + period;
-        RolloutHub {
-            plans: RwLock::new(Vec::new()),
-            period,
-            first_tick,
-            state: Mutex::new(HubState {
-                orch: Orchestrator {
-                    runs: Vec::new(),
-                    period,
-                    live: true,
-                },
-                present: shards,
-                arrived: 0,
-                collecting: first_tick,
-                obs: Vec::new(),
-                decisions: Vec::new(),
-                final_obs: Vec::new(),
-            }),
-            cv: Condvar::new(),
-        }
+        RolloutHub::with_plans(Vec::new(), period, SimTime::ZERO + period, true, shards)
     }
 
     #[test]

@@ -4,14 +4,6 @@
 
 mod common;
 
-const FIRMWARE: &str = r#"
-name = "fw"
-[[versions]]
-version = "1.0.0"
-image_size_kb = 100
-boot_s = { dist = "uniform", min = 0.5, max = 2.0 }
-"#;
-
 /// 10 children per gateway; some children reboot, lose their own radio link, run flat.
 const CHILD: &str = r#"
 name = "child"
@@ -110,7 +102,7 @@ fn run_slice(
             ("gw.toml", scenario(children)),
             ("child.toml", CHILD.to_string()),
             ("child0.toml", qos0),
-            ("fw.toml", FIRMWARE.to_string()),
+            ("fw.toml", common::FIRMWARE.to_string()),
         ],
         shards,
         slice,
@@ -253,7 +245,7 @@ duration = "90s"
         vec![
             ("o.toml", scenario.to_string()),
             ("child.toml", child),
-            ("fw.toml", FIRMWARE.to_string()),
+            ("fw.toml", common::FIRMWARE.to_string()),
         ],
         2,
         Some(&path),

@@ -4,14 +4,6 @@ use std::path::Path;
 
 mod common;
 
-const FIRMWARE: &str = r#"
-name = "fw"
-[[versions]]
-version = "1.0.0"
-image_size_kb = 100
-boot_s = { dist = "uniform", min = 0.5, max = 2.0 }
-"#;
-
 const PROFILE: &str = r#"
 name = "sensor"
 [identity]
@@ -134,7 +126,7 @@ fn run_sliced(
                     + "[mqtt]\nclean_session = false\n",
             ),
             ("slave.toml", slave),
-            ("fw.toml", FIRMWARE.to_string()),
+            ("fw.toml", common::FIRMWARE.to_string()),
         ],
         shards,
         slice,
@@ -302,7 +294,7 @@ fn a_partition_costs_clean_sessions_their_in_flight_messages_and_persistent_ones
             vec![
                 ("p.toml", scenario.to_string()),
                 ("sensor.toml", profile),
-                ("fw.toml", FIRMWARE.to_string()),
+                ("fw.toml", common::FIRMWARE.to_string()),
             ],
             2,
             None,

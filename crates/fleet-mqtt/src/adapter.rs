@@ -306,18 +306,7 @@ impl MqttAdapter {
 
     /// Renders the topic of `kind` for `device` into `self.topic`; false if the profile has none.
     fn render_topic(&mut self, device: &Device, ctx: &DeviceCtx, kind: TopicKind) -> bool {
-        let identity = &ctx.cohort.profile.identity;
-        let template = match kind {
-            TopicKind::Telemetry => Some(&identity.telemetry_topic),
-            TopicKind::Response => identity.response_topic.as_ref(),
-            TopicKind::Status => identity.status_topic.as_ref(),
-            TopicKind::StatusOffline => identity
-                .status_offline_topic
-                .as_ref()
-                .or(identity.status_topic.as_ref()),
-            TopicKind::Ota => None,
-        };
-        let Some(template) = template else {
+        let Some(template) = ctx.cohort.profile.identity.topic(kind) else {
             return false;
         };
         self.device_id.clear();
@@ -648,9 +637,12 @@ impl Adapter for MqttAdapter {
             .map(|c| c.paths(&ctx.vars(device.id, &self.device_id)));
         let permits = self.connecting.clone();
         tokio::spawn(async move {
+            // Waiting for a slot (`--max-connecting`) is fleetsim's own queue, not the broker's:
+            // the attempt's timeout and its latency start once it has one.
+            let permit = permits.acquire_owned().await;
             let started = Instant::now();
             let result = tokio::time::timeout(timeout, async {
-                let _permit = permits.acquire_owned().await.map_err(|_| "shutting down")?;
+                let _permit = permit.map_err(|_| "shutting down")?;
                 let mut tcp = tcp_connect(target, source, nodelay).await?;
                 let sub = subscribe.as_deref();
                 let Some(tls) = &tls else {
@@ -1085,6 +1077,8 @@ pub(crate) async fn tcp_connect(
     }
     .map_err(|e| io_reason(&e))?;
     if let Some(ip) = source {
+        // The port is chosen at connect time, for this destination (see the function's doc).
+        fleet_engine::process::bind_address_no_port(&socket);
         socket
             .bind(SocketAddr::new(ip, 0))
             .map_err(|e| io_reason(&e))?;

@@ -1183,18 +1183,7 @@ impl Children {
             self.topic.extend_from_slice(topic);
             body
         } else {
-            let identity = &ctx.cohort.profile.identity;
-            let template = match p.topic {
-                TopicKind::Telemetry => Some(&identity.telemetry_topic),
-                TopicKind::Response => identity.response_topic.as_ref(),
-                TopicKind::Status => identity.status_topic.as_ref(),
-                TopicKind::StatusOffline => identity
-                    .status_offline_topic
-                    .as_ref()
-                    .or(identity.status_topic.as_ref()),
-                TopicKind::Ota => None,
-            };
-            let Some(template) = template else {
+            let Some(template) = ctx.cohort.profile.identity.topic(p.topic) else {
                 return SendOutcome::Failed;
             };
             self.device_id.clear();

@@ -55,3 +55,13 @@ pub fn sorted_lines(path: &Path) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// A firmware model with one version, for profiles that name `fw.toml`.
+#[allow(dead_code)] // not every test file has such a profile
+pub const FIRMWARE: &str = r#"
+name = "fw"
+[[versions]]
+version = "1.0.0"
+image_size_kb = 100
+boot_s = { dist = "uniform", min = 0.5, max = 2.0 }
+"#;
