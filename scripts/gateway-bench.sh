@@ -162,49 +162,16 @@ for _ in $(seq 1 200); do
 done
 [[ -n $FLEET_PID ]] || die "fleetsim did not start: $(cat "$OUT/fleetsim.log")"
 
-"$PY" - "$FLEET_PID" "${MOSQ_PID:-0}" "$OUT/fleetsim.log" "$OUT/samples.csv" "$START" "$INTERVAL" <<'PYEOF' &
-import json, os, re, sys, time, urllib.request
+PYTHONPATH="$ROOT/scripts" "$PY" - "$FLEET_PID" "${MOSQ_PID:-0}" "$OUT/fleetsim.log" "$OUT/samples.csv" "$START" "$INTERVAL" <<'PYEOF' &
+import sys, time
 pid, mpid, logf, out, start, every = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), int(sys.argv[6])
-TICK = os.sysconf("SC_CLK_TCK")
 COLS = ["elapsed_s", "rss_kib", "hwm_kib", "cpu_s", "threads", "sim_time_s", "online", "published",
         "acked", "failed", "in_flight", "buffered", "sessions_lost", "connects_ok", "max_lag_ms",
         "mosq_rss_kib", "mosq_cpu_s"]
 
-def status(p):
-    r = {}
-    try:
-        with open(f"/proc/{p}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                r[k] = v.split()[0] if v.split() else ""
-    except OSError:
-        return None
-    return r
+from procstat import ApiFromLog, cpu, status
 
-def cpu(p):
-    try:
-        with open(f"/proc/{p}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-    except (OSError, IndexError, ValueError):
-        return ""
-
-api = None
-def snapshot():
-    global api
-    if api is None:
-        try:
-            m = re.search(r"control API on (http://[0-9.:]+)", open(logf).read())
-            api = m.group(1) if m else None
-        except OSError:
-            pass
-    if api is None:
-        return None
-    try:
-        with urllib.request.urlopen(api + "/api/v1/snapshot?histograms=false", timeout=3) as r:
-            return json.load(r)
-    except Exception:
-        return None
+snapshot = ApiFromLog(logf).snapshot
 
 with open(out, "w") as f:
     f.write(",".join(COLS) + "\n")

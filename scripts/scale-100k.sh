@@ -236,8 +236,8 @@ done
 # The sampler: every INTERVAL seconds while the fleetsim parent lives, one line per process to
 # procs.csv and one line for the fleet and the machine to fleet.csv. Open files are counted
 # before the API is asked, so the sampler's own connection is never in the count.
-"$PY" - "$FLEET_PID" "$OUT" "$START" "$INTERVAL" "${MOSQ_PIDS[@]}" <<'PYEOF' &
-import json, os, re, sys, time, urllib.request
+PYTHONPATH="$ROOT/scripts" "$PY" - "$FLEET_PID" "$OUT" "$START" "$INTERVAL" "${MOSQ_PIDS[@]}" <<'PYEOF' &
+import os, re, sys, time
 parent, out, start, every = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 mosqs = [int(p) for p in sys.argv[5:]]
 tck = os.sysconf("SC_CLK_TCK")
@@ -249,30 +249,8 @@ FCOLS = ["unix_s", "elapsed_s", "sim_time_s", "online", "connecting", "offline",
          "mem_available_mib", "slab_mib", "tcp_inuse", "tcp_mem_mib", "listen_overflows", "listen_drops",
          "others_running"]
 
-def status(p):
-    r = {}
-    try:
-        with open(f"/proc/{p}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                r[k] = v.split()[0] if v.split() else ""
-    except OSError:
-        return None
-    return r
-
-def cpu(p):
-    try:
-        with open(f"/proc/{p}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-        return (int(rest[11]) + int(rest[12])) / tck, int(rest[1])  # utime + stime, ppid
-    except (OSError, IndexError, ValueError):
-        return None, None
-
-def nfds(p):
-    try:
-        return len(os.listdir(f"/proc/{p}/fd"))
-    except OSError:
-        return ""
+from procstat import ApiFromLog, nfds, status
+from procstat import cpu_and_parent as cpu  # (CPU seconds, parent pid)
 
 def all_cpu():
     # CPU seconds of every process now, by pid, with the pids' parents
@@ -338,22 +316,7 @@ def others_running():
                 n.append(d)
     return len(n)
 
-api = None
-def snapshot():
-    global api
-    if api is None:
-        try:
-            m = re.search(r"control API on (http://[0-9.:]+)", open(f"{out}/fleetsim.log").read())
-            api = m.group(1) if m else None
-        except OSError:
-            pass
-    if api is None:
-        return None
-    try:
-        with urllib.request.urlopen(api + "/api/v1/snapshot?histograms=false", timeout=5) as r:
-            return json.load(r)
-    except Exception:
-        return None
+snapshot = ApiFromLog(f"{out}/fleetsim.log", timeout=5).snapshot
 
 def shard_index(pid):
     try:

@@ -164,47 +164,17 @@ done
 
 # The sampler: one CSV line every INTERVAL seconds while fleetsim lives. Open files are counted
 # before the API is asked, so the sampler's own connection is never in the count.
-"$PY" - "$FLEET_PID" "$MOSQ_PID" "$OUT/fleetsim.log" "$OUT/samples.csv" "$START" "$INTERVAL" <<'PYEOF' &
-import json, os, re, sys, time, urllib.request
+PYTHONPATH="$ROOT/scripts" "$PY" - "$FLEET_PID" "$MOSQ_PID" "$OUT/fleetsim.log" "$OUT/samples.csv" "$START" "$INTERVAL" <<'PYEOF' &
+import sys, time
 pid, mpid, logf, out, start, every = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), int(sys.argv[6])
 COLS = ["unix_s", "elapsed_s", "rss_kib", "rss_anon_kib", "open_files", "threads",
         "sim_time_s", "online", "connecting", "offline", "published", "acked", "failed",
         "in_flight", "buffered", "sessions_lost", "connects_ok", "max_lag_ms",
         "mosq_rss_kib", "mosq_open_files"]
 
-def status(p):
-    r = {}
-    try:
-        with open(f"/proc/{p}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                r[k] = v.split()[0] if v.split() else ""
-    except OSError:
-        return None
-    return r
+from procstat import ApiFromLog, nfds, status
 
-def nfds(p):
-    try:
-        return len(os.listdir(f"/proc/{p}/fd"))
-    except OSError:
-        return ""
-
-api = None
-def snapshot():
-    global api
-    if api is None:
-        try:
-            m = re.search(r"control API on (http://[0-9.:]+)", open(logf).read())
-            api = m.group(1) if m else None
-        except OSError:
-            pass
-    if api is None:
-        return None
-    try:
-        with urllib.request.urlopen(api + "/api/v1/snapshot?histograms=false", timeout=3) as r:
-            return json.load(r)
-    except Exception:
-        return None
+snapshot = ApiFromLog(logf).snapshot
 
 with open(out, "w") as f:
     f.write(",".join(COLS) + "\n")

@@ -355,7 +355,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub processes: Option<u32>,
 
-    /// Print which devices this process would own (per cohort, with --shard) and stop.
+    /// Print which devices this process would own (per cohort, with --shard; every slice with
+    /// --processes) after the checks that need no network (memory, TLS files, credentials),
+    /// and stop without starting anything.
     #[arg(long)]
     pub dry_run: bool,
 
