@@ -105,12 +105,7 @@ class Parent:
                 return int(entry)
         return None
 
-    def wait(self, timeout):
-        try:
-            self.rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.rc = None
-        return self.rc
+    wait = rel.Fleet.wait
 
     def stop(self):
         if self.proc.poll() is None:
@@ -128,6 +123,18 @@ class Parent:
 
     def tail(self):
         return indent(read(self.out), 14) + "\n" + indent(read(self.err), 10)
+
+
+def end(parent, subs, brokers):
+    """Ends what a check started: the fleet's parent (if it got as far), the subscribers, the
+    brokers."""
+    if parent:
+        parent.stop()
+    for sub in subs:
+        if sub:
+            sub.close()
+    for b in brokers:
+        b.stop()
 
 
 def online_in(blog):
@@ -189,12 +196,7 @@ def cmd_processes(args, r):
         for s in subs:
             s.drain()
     finally:
-        if parent:
-            parent.stop()
-        for s in subs:
-            s.close()
-        for b in brokers:
-            b.stop()
+        end(parent, subs, brokers)
     rep = parent.load() if parent else None
     if rep is None:
         r.check(f"{label}: report", False, f"missing (exit {parent.rc if parent else None})")
@@ -270,11 +272,7 @@ def cmd_kill(args, r):
         r.check(f"{label}: exit 3 (not carried out: a slice is missing)", rc == 3, f"exit {rc}\n{indent(read(parent.out), 4)}")
         sub.drain()
     finally:
-        if parent:
-            parent.stop()
-        if sub:
-            sub.close()
-        broker.stop()
+        end(parent, [sub], [broker])
     rep = parent.load() if parent else None
     if rep is None:
         r.check(f"{label}: report", False, "missing")
@@ -320,9 +318,7 @@ def cmd_sigterm(args, r):
         r.check(f"{label}: the parent exits within 10 s with the merged report", rc in (0, 1) and took <= 10
                 and os.path.exists(parent.report), f"exit {rc} after {took:.2f} s" + ("" if rc in (0, 1) else "\n" + parent.tail()))
     finally:
-        if parent:
-            parent.stop()
-        broker.stop()
+        end(parent, [], [broker])
     rep = parent.load() if parent else None
     r.check(f"{label}: report run.interrupted, three parts", rep is not None and get(rep, "run.interrupted") is True
             and len(rep.get("parts") or []) == n,
@@ -372,11 +368,7 @@ def cmd_gateway(args, r):
             r.check(f"{label}: exit 0", rc == 0, f"exit {rc}" + ("" if rc == 0 else "\n" + parent.tail()))
             sub.drain()
         finally:
-            if parent:
-                parent.stop()
-            if sub:
-                sub.close()
-            broker.stop()
+            end(parent, [sub], [broker])
         rep = parent.load() if parent else None
         if rep is None:
             r.check(f"{label}: report", False, "missing")
